@@ -1,0 +1,1050 @@
+"""The EM engine: soft clustering of plain ``(N, D)`` arrays.
+
+Nothing here knows about images. Three models share one engine:
+
+* :class:`GaussianMixture` -- full, diagonal, spherical or tied covariances;
+* :class:`SoftKMeans` -- equal weights and one shared isotropic variance
+  (MacKay's soft k-means; the stiffness is ``beta = 1 / (2 variance)``);
+* :class:`FuzzyCMeans` -- Bezdek's fuzzy c-means with fuzzifier ``m``.
+
+How it is fast
+--------------
+Every component's log-density is a quadratic form in ``x``, so for all ``K``
+components at once it is one matrix product ``Q(x) @ W`` where
+``Q(x) = [1, x_i, x_i x_j (i <= j)]`` (P columns) and ``W`` (P x K) holds
+each component's constant, linear and quadratic coefficients. The M-step
+needs only the sufficient statistics ``sum_n r_nk Q(x_n)``, which is the
+second product ``Q^T R``. One pass over the data per iteration, two BLAS
+calls per chunk of rows. ``Q`` is built per chunk in float64 from the float32
+data, so memory stays bounded and the cancellation between the quadratic and
+linear terms (large when a variance is small) stays harmless. The data are
+centred on their mean first (an exact symmetry of every model here) to keep
+those terms small.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GaussianMixture", "SoftKMeans", "FuzzyCMeans", "model_from_dict"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_EPS10 = 10.0 * np.finfo(np.float64).eps  # scikit-learn adds this to every N_k
+_TINY = np.finfo(np.float64).tiny
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+ProgressFn = Callable[[int, float], None]
+
+
+# --------------------------------------------------------------------------
+# Quadratic feature layouts
+
+
+class _Layout:
+    """Column layout of the quadratic features ``Q(x)`` for one model family.
+
+    ``kind`` is ``"full"`` (all products ``x_i x_j, i <= j``), ``"diag"``
+    (squares ``x_i^2``) or ``"iso"`` (the squared norm ``|x|^2``).
+    """
+
+    def __init__(self, d: int, kind: str):
+        self.d, self.kind = d, kind
+        if kind == "full":
+            self.pairs = [(i, j) for i in range(d) for j in range(i, d)]
+            self.n_quad = len(self.pairs)
+        elif kind == "diag":
+            self.n_quad = d
+        else:
+            self.n_quad = 1
+        self.p = 1 + d + self.n_quad
+
+    def build(self, x: np.ndarray, center: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (P, n) with ``Q(x - center)`` for the rows of ``x``."""
+        n, d = x.shape
+        q = out[:, :n]
+        q[0] = 1.0
+        lin = q[1 : 1 + d]
+        lin[...] = x.T  # float32 -> float64, exact
+        lin -= center[:, None]
+        quad = q[1 + d :]
+        if self.kind == "full":
+            for c, (i, j) in enumerate(self.pairs):
+                np.multiply(lin[i], lin[j], out=quad[c])
+        elif self.kind == "diag":
+            np.multiply(lin, lin, out=quad)
+        else:
+            np.einsum("dn,dn->n", lin, lin, out=quad[0])
+        return q
+
+    def coefficients(self, const: np.ndarray, lin: np.ndarray, quad: np.ndarray) -> np.ndarray:
+        """Pack per-component ``const + lin.x - 0.5 x^T A x`` into W (P, K).
+
+        ``quad`` is ``A``: (K, d, d) for "full", (K, d) diagonals for "diag",
+        (K,) scalars for "iso".
+        """
+        k, d = lin.shape
+        w = np.empty((self.p, k))
+        w[0] = const
+        w[1 : 1 + d] = lin.T
+        if self.kind == "full":
+            for c, (i, j) in enumerate(self.pairs):
+                # off-diagonal products appear once in Q but twice in x^T A x
+                w[1 + d + c] = -0.5 * quad[:, i, i] if i == j else -quad[:, i, j]
+        elif self.kind == "diag":
+            w[1 + d :] = -0.5 * quad.T
+        else:
+            w[1 + d] = -0.5 * quad
+        return w
+
+    def second_moments(self, s: np.ndarray) -> np.ndarray:
+        """Unpack the quadratic rows of the statistics ``S`` (P, K).
+
+        Returns (K, d, d) for "full", (K, d) for "diag", (K,) for "iso".
+        """
+        d = self.d
+        quad = s[1 + d :]
+        if self.kind == "full":
+            k = s.shape[1]
+            m2 = np.empty((k, d, d))
+            for c, (i, j) in enumerate(self.pairs):
+                m2[:, i, j] = m2[:, j, i] = quad[c]
+            return m2
+        if self.kind == "diag":
+            return quad.T.copy()
+        return quad[0].copy()
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _check_array(X: Any, name: str = "X") -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return X
+
+
+def _check_finite(X: np.ndarray) -> None:
+    # chunked so the check never makes a full-size boolean temporary
+    step = 1 << 20
+    for s in range(0, X.shape[0], step):
+        if not np.isfinite(X[s : s + step]).all():
+            raise ValueError("X contains NaN or infinite values")
+
+
+def _column_mean(X: np.ndarray) -> np.ndarray:
+    step = 1 << 20
+    total = np.zeros(X.shape[1])
+    for s in range(0, X.shape[0], step):
+        total += X[s : s + step].sum(axis=0, dtype=np.float64)
+    return total / X.shape[0]
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (n, k) between rows of x and c."""
+    d2 = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on float64 rows.
+
+    Like scikit-learn, each step draws ``2 + log(k)`` candidates in proportion
+    to the squared distance to the nearest chosen centre and keeps the one
+    that lowers the potential most.
+    """
+    n = X.shape[0]
+    trials = 2 + int(math.log(k))
+    centers = np.empty((k, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    closest = _sq_dist(X, centers[:1])[:, 0]
+    for c in range(1, k):
+        pot = closest.sum()
+        if pot <= 0.0:  # every point already sits on a centre
+            centers[c] = X[rng.integers(n)]
+            continue
+        cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * pot)
+        cand = np.minimum(cand, n - 1)
+        dist = np.minimum(closest[None, :], _sq_dist(X, X[cand]).T)
+        best = int(np.argmin(dist.sum(1)))
+        centers[c] = X[cand[best]]
+        closest = dist[best]
+    return centers
+
+
+def kmeans(X: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 30) -> np.ndarray:
+    """Lloyd's k-means from a k-means++ start; returns the centres (k, d).
+
+    Used only to initialise EM, on a sample of the data. A cluster that
+    empties keeps its previous centre.
+    """
+    centers = kmeans_plusplus(X, k, rng)
+    labels = None
+    for _ in range(max_iter):
+        new = np.argmin(_sq_dist(X, centers), axis=1)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, X)
+        full = counts > 0
+        centers[full] = sums[full] / counts[full, None]
+    return centers
+
+
+# --------------------------------------------------------------------------
+# The engine
+
+
+class _EMBase:
+    """EM loop, initialisation, chunked passes and scoring shared by all models."""
+
+    _layout_kind = "full"
+
+    def __init__(
+        self,
+        n_components: int = 4,
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        init: str = "k-means++",
+        n_init: int = 1,
+        seed: int | None = 0,
+        sample_size: int | None = None,
+        polish_iter: int = 2,
+        chunk_size: int = 16384,
+        n_jobs: int | None = None,
+    ):
+        self.n_components = n_components
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.n_init = n_init
+        self.seed = seed
+        self.sample_size = sample_size
+        self.polish_iter = polish_iter
+        self.chunk_size = chunk_size
+        self.n_jobs = n_jobs
+
+    # -- parameters ---------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, as in scikit-learn."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _validate(self, X: np.ndarray) -> None:
+        k = self.n_components
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"n_components must be a positive integer, got {k!r}")
+        if X.shape[0] < k:
+            raise ValueError(f"n_samples={X.shape[0]} is smaller than n_components={k}")
+        if self.max_iter < 0 or self.n_init < 1 or self.tol < 0:
+            raise ValueError("max_iter must be >= 0, n_init >= 1 and tol >= 0")
+        if self.init not in ("k-means++", "random"):
+            raise ValueError(f"init must be 'k-means++' or 'random', got {self.init!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "means_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X) first")
+
+    # -- subclass hooks -----------------------------------------------------
+
+    def _coefficients(self) -> np.ndarray:  # W (P, K) in centred coordinates
+        raise NotImplementedError
+
+    def _m_step(self, s: np.ndarray, n: int) -> None:
+        raise NotImplementedError
+
+    def _posterior(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """From logits (n, K), in place: (memberships, statistic weights, per-sample score)."""
+        m = logits.max(axis=1, keepdims=True)
+        logits -= m
+        np.exp(logits, out=logits)
+        total = logits.sum(axis=1, keepdims=True)
+        logits /= total
+        score = m[:, 0] + np.log(total[:, 0])
+        return logits, logits, score
+
+    def _reseed(self, k: int, point: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _permute(self, order: np.ndarray) -> None:
+        raise NotImplementedError
+
+    # -- chunked passes -----------------------------------------------------
+
+    def _pass(
+        self,
+        X: np.ndarray,
+        *,
+        stats: bool = True,
+        resp_out: np.ndarray | None = None,
+        score_out: np.ndarray | None = None,
+        coefficients: np.ndarray | None = None,
+        posterior: Callable | None = None,
+    ) -> tuple[float, np.ndarray | None, tuple[float, int]]:
+        """One pass over X: E-step, and optionally M-step statistics.
+
+        Returns (mean score, statistics S (P, K) or None, (worst score, its row)).
+        """
+        w = self._coefficients() if coefficients is None else coefficients
+        post = self._posterior if posterior is None else posterior
+        layout, center, size = self._layout, self._center, self.chunk_size
+        n = X.shape[0]
+        starts = list(range(0, n, size))
+
+        def work(s: int, buf: np.ndarray) -> tuple[float, np.ndarray | None, float, int]:
+            e = min(s + size, n)
+            q = layout.build(X[s:e], center, buf)
+            logits = q.T @ w
+            resp, weights, score = post(logits)
+            if resp_out is not None:
+                resp_out[s:e] = resp
+            if score_out is not None:
+                score_out[s:e] = score
+            worst = int(np.argmin(score))
+            return float(score.sum()), (q @ weights if stats else None), float(score[worst]), s + worst
+
+        n_jobs = min(self.n_jobs or 2, len(starts))
+        if n_jobs <= 1:
+            buf = np.empty((layout.p, size))
+            results = [work(s, buf) for s in starts]
+        else:
+            # numpy releases the GIL in BLAS and ufuncs; partial sums are added
+            # in chunk order, so the result does not depend on thread timing
+            local = threading.local()
+
+            def threaded(s: int):
+                if not hasattr(local, "buf"):
+                    local.buf = np.empty((layout.p, size))
+                return work(s, local.buf)
+
+            with ThreadPoolExecutor(n_jobs) as ex:
+                results = list(ex.map(threaded, starts))
+        total = sum(r[0] for r in results)
+        s_tot = None
+        if stats:
+            s_tot = np.zeros((layout.p, self.n_components))
+            for r in results:
+                s_tot += r[1]
+        worst = min(results, key=lambda r: r[2])
+        return total / n, s_tot, (worst[2], worst[3])
+
+    # -- fitting ------------------------------------------------------------
+
+    def fit(self, X: Any, means_init: Any = None, progress: ProgressFn | None = None):
+        """Fit the model to the rows of ``X`` by EM.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            float32 data are used as they are (no float64 copy is made).
+        means_init : array-like, shape (n_components, n_features), optional
+            Initial means. Each row of X starts assigned to its nearest mean
+            and the first M-step sets weights and covariances from that.
+            When given, ``n_init`` restarts are not used.
+        progress : callable(iteration, log_likelihood), optional
+            Called after every iteration.
+
+        Returns
+        -------
+        self
+        """
+        X = _check_array(X)
+        self._validate(X)
+        _check_finite(X)
+        n, d = X.shape
+        k = self.n_components
+        self._layout = _Layout(d, self._layout_kind)
+        self._center = _column_mean(X)
+        rng = np.random.default_rng(self.seed)
+
+        fit_rows = X
+        sampled = self.sample_size is not None and 0 < self.sample_size < n and self.sample_size >= k
+        if sampled:
+            idx = np.sort(rng.choice(n, size=self.sample_size, replace=False))
+            fit_rows = X[idx]
+
+        if means_init is not None:
+            starts = [np.asarray(means_init, dtype=np.float64).reshape(k, d) - self._center]
+        else:
+            starts = [self._initial_means(fit_rows, rng) for _ in range(self.n_init)]
+
+        best = None
+        for means0 in starts:
+            self._init_from_means(fit_rows, means0)
+            trace, converged, n_iter = self._em(fit_rows, self.max_iter, progress)
+            if best is None or trace[-1] > best[0][-1]:
+                best = (trace, converged, n_iter, self._state())
+        trace, converged, n_iter, state = best
+        self._set_state(state)
+        self.n_iter_sample_ = n_iter if sampled else 0
+        if sampled and self.polish_iter > 0:
+            polish, converged, n_polish = self._em(X, self.polish_iter, progress, start=n_iter)
+            trace = trace + polish
+            n_iter += n_polish
+        self.log_likelihood_trace_ = np.asarray(trace)
+        self.log_likelihood_ = float(trace[-1])
+        self.converged_ = bool(converged)
+        self.n_iter_ = int(n_iter)
+        self.n_features_in_ = d
+        self._sort_components()
+        return self
+
+    def _initial_means(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        m = min(X.shape[0], 20000)
+        idx = rng.choice(X.shape[0], size=m, replace=False) if m < X.shape[0] else np.arange(m)
+        xs = X[idx].astype(np.float64) - self._center
+        if self.init == "random":
+            return xs[rng.choice(m, size=self.n_components, replace=False)]
+        return kmeans(xs, self.n_components, rng)
+
+    def _init_from_means(self, X: np.ndarray, means: np.ndarray) -> None:
+        """Hard-assign every row to its nearest mean, then one M-step."""
+        k, d = means.shape
+        iso = _Layout(d, "iso")
+        # -|x - mu|^2 / 2 as a linear model in the iso layout of this family
+        sq = np.einsum("kd,kd->k", means, means)
+        w_iso = iso.coefficients(-0.5 * sq, means, np.ones(k))
+        w = np.zeros((self._layout.p, k))
+        w[: 1 + d] = w_iso[: 1 + d]
+        # the |x|^2 term is the same for every component: it does not change argmin
+        def hard(logits: np.ndarray):
+            onehot = np.zeros_like(logits)
+            onehot[np.arange(logits.shape[0]), np.argmax(logits, axis=1)] = 1.0
+            return onehot, onehot, np.zeros(logits.shape[0])
+
+        _, s, _ = self._pass(X, coefficients=w, posterior=hard)
+        # fresh state for this start: a component no row is nearest to keeps its mean
+        self._means, self._cov = means.copy(), None
+        self._m_step(s, X.shape[0])
+
+    def _em(self, X: np.ndarray, max_iter: int, progress: ProgressFn | None, start: int = 0):
+        trace: list[float] = []
+        converged = False
+        n_iter = 0
+        reseeds_left = 3 * self.n_components
+        for it in range(max_iter):
+            ll, s, (worst_ll, worst_row) = self._pass(X)
+            trace.append(ll)
+            self._m_step(s, X.shape[0])
+            n_iter = it + 1
+            dead = np.flatnonzero(self._collapsed_mask())
+            if dead.size and reseeds_left > 0 and self._far_from_means(X[worst_row]):
+                # re-seed one collapsed component on the worst-explained row
+                # rather than leaving it at weight 0; the objective may dip once
+                self._reseed(int(dead[0]), X[worst_row].astype(np.float64) - self._center)
+                reseeds_left -= 1
+                self.n_reseeds_ = getattr(self, "n_reseeds_", 0) + 1
+                continue
+            if progress is not None:
+                progress(start + n_iter, ll)
+            if len(trace) > 1 and abs(trace[-1] - trace[-2]) < self.tol:
+                converged = True
+                break
+        return trace, converged, n_iter
+
+    def _far_from_means(self, point: np.ndarray) -> bool:
+        live = ~self._collapsed_mask()
+        if not live.any():
+            return False
+        p = point.astype(np.float64) - self._center
+        d2 = ((self._means[live] - p) ** 2).sum(1)
+        return bool(d2.min() > 1e-12 * (1.0 + (p * p).sum()))
+
+    def _min_count(self) -> float:
+        """Membership mass below which a component counts as collapsed."""
+        return 1.0
+
+    def _collapsed_mask(self) -> np.ndarray:
+        return self._nk < self._min_count()
+
+    def _sort_components(self) -> None:
+        # stable numbering: by the mean's first coordinate (L* for Lab), then the rest
+        means = self._means + self._center
+        order = np.lexsort(means.T[::-1])
+        self._permute(order)
+        self._publish()
+
+    # -- prediction ---------------------------------------------------------
+
+    def predict_proba(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Posterior memberships (n_samples, n_components); each row sums to 1.
+
+        float32 input gives float32 output (half the memory for images).
+        """
+        self._check_fitted()
+        X = _check_array(X)
+        if out is None:
+            out = np.empty((X.shape[0], self.n_components), dtype=X.dtype)
+        self._pass(X, stats=False, resp_out=out)
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Index of the most probable component for each row."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Per-row score: the log-likelihood log p(x) (for fuzzy c-means, minus
+        the row's weighted squared distances)."""
+        self._check_fitted()
+        X = _check_array(X)
+        out = np.empty(X.shape[0])
+        self._pass(X, stats=False, score_out=out)
+        return out
+
+    def score(self, X: Any) -> float:
+        """Mean of :meth:`score_samples` (the mean log-likelihood for mixtures)."""
+        self._check_fitted()
+        X = _check_array(X)
+        return self._pass(X, stats=False)[0]
+
+    def predict_proba_and_score(self, X: Any, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Memberships and the mean score in a single pass over X."""
+        self._check_fitted()
+        X = _check_array(X)
+        if out is None:
+            out = np.empty((X.shape[0], self.n_components), dtype=X.dtype)
+        mean, _, _ = self._pass(X, stats=False, resp_out=out)
+        return out, mean
+
+    # -- state --------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items() if k.startswith("_") and not k.startswith("__")}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    # -- serialisation ------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings and fitted parameters as plain JSON-able Python objects."""
+        self._check_fitted()
+        fitted = {
+            name: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for name, v in vars(self).items()
+            if name.endswith("_") and not name.startswith("_")
+        }
+        return {"type": type(self).__name__, "params": self.get_params(), "fitted": fitted}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Rebuild a fitted model from :meth:`to_dict` output."""
+        model = cls(**data["params"])
+        fitted = {k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v) for k, v in data["fitted"].items()}
+        model._restore(fitted)
+        return model
+
+    def _restore(self, fitted: dict[str, Any]) -> None:
+        for name, v in fitted.items():
+            setattr(self, name, v)
+        d = np.asarray(self.means_).shape[1]
+        self._layout = _Layout(d, self._layout_kind)
+        self._center = np.zeros(d)
+        self._from_published()
+
+    def _from_published(self) -> None:
+        raise NotImplementedError
+
+
+class _LikelihoodMixin:
+    """BIC and AIC for the models that have a likelihood."""
+
+    def n_parameters(self) -> int:
+        """Number of free parameters (what BIC and AIC count)."""
+        raise NotImplementedError
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        X = _check_array(X)
+        return -2.0 * self.score(X) * X.shape[0] + self.n_parameters() * math.log(X.shape[0])
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        X = _check_array(X)
+        return -2.0 * self.score(X) * X.shape[0] + 2.0 * self.n_parameters()
+
+
+# --------------------------------------------------------------------------
+# Gaussian mixture
+
+
+class GaussianMixture(_LikelihoodMixin, _EMBase):
+    """Gaussian mixture fitted by EM, with scikit-learn's API and conventions.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of mixture components K.
+    covariance : {"full", "diag", "spherical", "tied"}
+        Covariance structure, as scikit-learn's ``covariance_type``.
+    max_iter, tol : int, float
+        Stop after ``max_iter`` EM iterations or when the mean log-likelihood
+        per row changes by less than ``tol``.
+    reg_covar : float
+        Added to the covariance diagonals so they stay positive definite.
+    init : {"k-means++", "random"}
+        Starting means: k-means (seeded by k-means++) on up to 20,000 rows, or
+        random rows. Every row then starts assigned to its nearest mean.
+    n_init : int
+        Restarts; the one with the highest log-likelihood is kept.
+    seed : int or None
+        Seed of every random choice: same data and seed, same result.
+    sample_size : int or None
+        Fit on this many random rows, then run up to ``polish_iter`` EM
+        iterations on all rows so the answer does not drift from the
+        full-data fit. None fits on every row.
+    chunk_size : int
+        Rows per chunk in each pass; bounds the working memory.
+    n_jobs : int or None
+        Threads for the chunked passes (default 2).
+
+    Attributes
+    ----------
+    weights_, means_, covariances_, precisions_cholesky_ : ndarray
+        As in scikit-learn. Components are sorted by their mean's first
+        coordinate (then the second, ...), so numbering is reproducible.
+    converged_ : bool
+    n_iter_ : int
+        EM iterations (M-steps) done.
+    log_likelihood_trace_ : ndarray
+        Mean log-likelihood per row before each M-step (on the sample, then
+        on all rows when ``sample_size`` is used).
+    log_likelihood_ : float
+        Its last value (like scikit-learn's ``lower_bound_``).
+    collapsed_ : ndarray of bool
+        Components left with (almost) no membership after re-seeding failed,
+        e.g. more components than distinct points.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(-3, 1, (200, 2)), rng.normal(3, 1, (200, 2))])
+    >>> gm = GaussianMixture(2, seed=0).fit(X)
+    >>> np.round(gm.means_[:, 0])
+    array([-3.,  3.])
+    >>> gm.predict_proba(X).sum(axis=1)[:3]
+    array([1., 1., 1.])
+    """
+
+    def __init__(
+        self,
+        n_components: int = 4,
+        *,
+        covariance: str = "full",
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        reg_covar: float = 1e-6,
+        init: str = "k-means++",
+        n_init: int = 1,
+        seed: int | None = 0,
+        sample_size: int | None = None,
+        polish_iter: int = 2,
+        chunk_size: int = 16384,
+        n_jobs: int | None = None,
+    ):
+        super().__init__(
+            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
+            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+        )
+        self.covariance = covariance
+        self.reg_covar = reg_covar
+
+    @property
+    def _layout_kind(self) -> str:  # type: ignore[override]
+        return "full" if self.covariance in ("full", "tied") else "diag"
+
+    def _min_count(self) -> float:
+        # a full covariance needs d + 1 rows' worth of membership to exist
+        return self._layout.d + 1.0 if self.covariance == "full" else 1.0
+
+    def _validate(self, X: np.ndarray) -> None:
+        super()._validate(X)
+        if self.covariance not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {self.covariance!r}")
+        if self.reg_covar < 0:
+            raise ValueError("reg_covar must be >= 0")
+
+    # internal state, in centred coordinates: _w (K,), _means (K, d), _cov
+    # (K, d, d) | (d, d) tied | (K, d) diag | (K,) spherical, _nk (K,)
+
+    def _m_step(self, s: np.ndarray, n: int) -> None:
+        lay, reg = self._layout, self.reg_covar
+        d = lay.d
+        nk = s[0] + _EPS10
+        means = s[1 : 1 + d].T / nk[:, None]
+        m2 = lay.second_moments(s)
+        cov_type = self.covariance
+        if cov_type == "full":
+            cov = m2 / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+            cov[:, np.arange(d), np.arange(d)] += reg
+        elif cov_type == "tied":
+            cov = m2.sum(0) - np.einsum("k,ki,kj->ij", nk, means, means)
+            cov /= nk.sum()
+            cov[np.arange(d), np.arange(d)] += reg
+        else:
+            diag = m2 / nk[:, None] - means**2 + reg
+            cov = diag if cov_type == "diag" else diag.mean(1)
+        self._nk = nk
+        collapsed = self._collapsed_mask()
+        if collapsed.any():
+            # keep a collapsed component's previous shape instead of one
+            # estimated from (almost) nothing
+            means[collapsed] = self._means[collapsed]
+            if cov_type != "tied":
+                prev = getattr(self, "_cov", None)
+                if prev is None:
+                    live = ~collapsed
+                    pooled = np.average(cov[live], axis=0, weights=nk[live]) if live.any() else cov[0]
+                    cov[collapsed] = pooled
+                else:
+                    cov[collapsed] = prev[collapsed]
+        self._w = np.maximum(nk / nk.sum(), _TINY)
+        self._means = means
+        self._cov = self._make_pd(cov)
+
+    def _make_pd(self, cov: np.ndarray) -> np.ndarray:
+        if self.covariance in ("diag", "spherical"):
+            floor = max(self.reg_covar, 1e-12)
+            return np.maximum(cov, floor)
+        # Cholesky must succeed: raise the diagonal of the offending matrix
+        # until it does (only collapsed or degenerate components get here)
+        mats = cov[None] if cov.ndim == 2 else cov
+        d = mats.shape[-1]
+        for i in range(mats.shape[0]):
+            bump = max(self.reg_covar, 1e-12)
+            while True:
+                try:
+                    np.linalg.cholesky(mats[i])
+                    break
+                except np.linalg.LinAlgError:
+                    mats[i][np.arange(d), np.arange(d)] += bump
+                    bump *= 10.0
+        return cov
+
+    def _prec_chol(self) -> np.ndarray:
+        cov = self._cov
+        d = self._layout.d
+        if self.covariance in ("diag", "spherical"):
+            return 1.0 / np.sqrt(cov)
+        chol = np.linalg.cholesky(cov)
+        eye = np.broadcast_to(np.eye(d), chol.shape)
+        return np.swapaxes(np.linalg.solve(chol, eye), -1, -2)
+
+    def _coefficients(self) -> np.ndarray:
+        lay, means, k = self._layout, self._means, self.n_components
+        d = lay.d
+        pc = self._prec_chol()
+        cov_type = self.covariance
+        if cov_type in ("full", "tied"):
+            pcs = np.broadcast_to(pc, (k, d, d))
+            prec = pcs @ np.swapaxes(pcs, -1, -2)
+            logdet = np.log(np.diagonal(pcs, axis1=1, axis2=2)).sum(1)
+            lin = np.einsum("kij,kj->ki", prec, means)
+            quad = prec
+        elif cov_type == "diag":
+            prec = pc**2
+            logdet = np.log(pc).sum(1)
+            lin = prec * means
+            quad = prec
+        else:
+            prec = pc**2
+            logdet = d * np.log(pc)
+            lin = prec[:, None] * means
+            quad = np.repeat(prec[:, None], d, axis=1)
+        const = np.log(self._w) - 0.5 * d * _LOG_2PI + logdet - 0.5 * np.einsum("kd,kd->k", lin, means)
+        layout = lay if cov_type != "spherical" else _Layout(d, "diag")
+        return layout.coefficients(const, lin, quad)
+
+    def _reseed(self, k: int, point: np.ndarray) -> None:
+        self._means[k] = point
+        if self.covariance != "tied":
+            live = ~self._collapsed_mask()
+            self._cov[k] = np.average(self._cov[live], axis=0, weights=self._w[live])
+        self._w[k] = 1.0 / self.n_components
+        self._w /= self._w.sum()
+
+    def _permute(self, order: np.ndarray) -> None:
+        self._w, self._means, self._nk = self._w[order], self._means[order], self._nk[order]
+        if self.covariance != "tied":
+            self._cov = self._cov[order]
+
+    def _publish(self) -> None:
+        self.weights_ = self._w.copy()
+        self.means_ = self._means + self._center
+        self.covariances_ = self._cov.copy()
+        self.precisions_cholesky_ = self._prec_chol()
+        if self.covariance in ("diag", "spherical"):
+            self.precisions_ = self.precisions_cholesky_**2
+        else:
+            pc = self.precisions_cholesky_
+            self.precisions_ = pc @ np.swapaxes(pc, -1, -2)
+        self.collapsed_ = self._collapsed_mask().copy()
+
+    def _from_published(self) -> None:
+        self._w = np.asarray(self.weights_, dtype=np.float64)
+        self._means = np.asarray(self.means_, dtype=np.float64)
+        self._cov = np.asarray(self.covariances_, dtype=np.float64)
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "log_likelihood_trace_"):
+            if hasattr(self, name):
+                setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        self.collapsed_ = np.asarray(getattr(self, "collapsed_", np.zeros(len(self._w))), dtype=bool)
+        self._nk = np.where(self.collapsed_, 0.0, np.inf)
+
+    def n_parameters(self) -> int:
+        k, d = self.n_components, self.means_.shape[1]
+        cov = {"full": k * d * (d + 1) // 2, "diag": k * d, "tied": d * (d + 1) // 2, "spherical": k}
+        return cov[self.covariance] + k * d + k - 1
+
+
+# --------------------------------------------------------------------------
+# Soft k-means
+
+
+class SoftKMeans(_LikelihoodMixin, _EMBase):
+    """Soft k-means: memberships ``r_k(x) ~ exp(-beta |x - mu_k|^2)``.
+
+    This is EM for a mixture of K isotropic Gaussians with equal weights and
+    one shared variance ``1 / (2 beta)`` (MacKay, *Information Theory,
+    Inference, and Learning Algorithms*, ch. 20-22), so it has a
+    log-likelihood, a monotone trace, BIC and AIC.
+
+    Parameters
+    ----------
+    beta : float or None
+        Stiffness. None learns it (the shared variance is re-estimated in every
+        M-step); a number keeps it fixed: large beta approaches hard k-means.
+    Other parameters are as in :class:`GaussianMixture`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> skm = SoftKMeans(2, beta=2.0).fit(X)
+    >>> np.round(skm.means_.ravel(), 2)
+    array([0.05, 5.05])
+    """
+
+    _layout_kind = "iso"
+
+    def __init__(
+        self,
+        n_components: int = 4,
+        *,
+        beta: float | None = None,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        reg_covar: float = 1e-6,
+        init: str = "k-means++",
+        n_init: int = 1,
+        seed: int | None = 0,
+        sample_size: int | None = None,
+        polish_iter: int = 2,
+        chunk_size: int = 16384,
+        n_jobs: int | None = None,
+    ):
+        super().__init__(
+            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
+            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+        )
+        self.beta = beta
+        self.reg_covar = reg_covar
+
+    def _validate(self, X: np.ndarray) -> None:
+        super()._validate(X)
+        if self.beta is not None and not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta!r}")
+
+    def _m_step(self, s: np.ndarray, n: int) -> None:
+        d = self._layout.d
+        nk = s[0] + _EPS10
+        means = s[1 : 1 + d].T / nk[:, None]
+        self._nk = nk
+        empty = self._collapsed_mask()
+        means[empty] = self._means[empty]
+        self._means = means
+        if self.beta is None:
+            sse = s[1 + d].sum() - np.einsum("k,kd,kd->", nk, means, means)
+            self._var = max(sse / (nk.sum() * d), 0.0) + self.reg_covar
+        else:
+            self._var = 1.0 / (2.0 * self.beta)
+        self._var = max(self._var, 1e-12)
+
+    def _coefficients(self) -> np.ndarray:
+        k, d = self.n_components, self._layout.d
+        prec = 1.0 / self._var
+        const = (-math.log(k) - 0.5 * d * (_LOG_2PI + math.log(self._var))
+                 - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means))
+        return self._layout.coefficients(const, prec * self._means, np.full(k, prec))
+
+    def _reseed(self, k: int, point: np.ndarray) -> None:
+        self._means[k] = point
+
+    def _permute(self, order: np.ndarray) -> None:
+        self._means, self._nk = self._means[order], self._nk[order]
+
+    def _publish(self) -> None:
+        k = self.n_components
+        self.means_ = self._means + self._center
+        self.weights_ = np.full(k, 1.0 / k)
+        self.covariances_ = np.full(k, self._var)
+        self.beta_ = 1.0 / (2.0 * self._var)
+        self.collapsed_ = self._collapsed_mask().copy()
+
+    def _from_published(self) -> None:
+        self._means = np.asarray(self.means_, dtype=np.float64)
+        self.means_ = self._means.copy()
+        self._var = 1.0 / (2.0 * float(self.beta_))
+        self.collapsed_ = np.asarray(self.collapsed_, dtype=bool)
+        self._nk = np.where(self.collapsed_, 0.0, np.inf)
+
+    def n_parameters(self) -> int:
+        return self.n_components * self.means_.shape[1] + (1 if self.beta is None else 0)
+
+
+# --------------------------------------------------------------------------
+# Fuzzy c-means
+
+
+class FuzzyCMeans(_EMBase):
+    """Fuzzy c-means (Bezdek 1981) with fuzzifier ``m``.
+
+    Alternates memberships ``u_k(x) ~ |x - c_k|^(-2/(m-1))`` and centres
+    ``c_k = sum u^m x / sum u^m``, which lowers ``J = sum_x sum_k u^m |x - c_k|^2``
+    at every step. There is no likelihood: :meth:`score` and the trace are
+    ``-J`` per row (higher is better, never decreasing), and there is no BIC.
+
+    Parameters
+    ----------
+    m : float
+        Fuzzifier, > 1. Near 1 the memberships approach hard k-means; 2 is
+        the usual choice.
+    Other parameters are as in :class:`GaussianMixture`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [0.2], [5.0], [5.2]])
+    >>> fcm = FuzzyCMeans(2, m=2.0).fit(X)
+    >>> np.round(fcm.means_.ravel(), 1)
+    array([0.1, 5.1])
+    """
+
+    _layout_kind = "iso"
+
+    def __init__(
+        self,
+        n_components: int = 4,
+        *,
+        m: float = 2.0,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        init: str = "k-means++",
+        n_init: int = 1,
+        seed: int | None = 0,
+        sample_size: int | None = None,
+        polish_iter: int = 2,
+        chunk_size: int = 16384,
+        n_jobs: int | None = None,
+    ):
+        super().__init__(
+            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
+            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+        )
+        self.m = m
+
+    def _validate(self, X: np.ndarray) -> None:
+        super()._validate(X)
+        if not self.m > 1.0:
+            raise ValueError(f"the fuzzifier m must be > 1, got {self.m!r}")
+
+    def _coefficients(self) -> np.ndarray:
+        # logits = -|x - c|^2
+        k = self.n_components
+        return self._layout.coefficients(-np.einsum("kd,kd->k", self._means, self._means), 2.0 * self._means, np.full(k, 2.0))
+
+    def _posterior(self, logits: np.ndarray):
+        d2 = np.maximum(np.negative(logits, out=logits), 1e-300)
+        log_d2 = np.log(d2)
+        # u_k ~ d2_k^(-1/(m-1)): a softmax of -log(d2)/(m-1), exact when a row sits on a centre
+        a = log_d2 * (-1.0 / (self.m - 1.0))
+        a -= a.max(axis=1, keepdims=True)
+        u = np.exp(a, out=a)
+        u /= u.sum(axis=1, keepdims=True)
+        um = u**self.m
+        score = -np.einsum("nk,nk->n", um, d2)
+        return u, um, score
+
+    def _m_step(self, s: np.ndarray, n: int) -> None:
+        d = self._layout.d
+        nk = s[0] + _EPS10
+        means = s[1 : 1 + d].T / nk[:, None]
+        self._nk = nk
+        empty = self._collapsed_mask()
+        means[empty] = self._means[empty]
+        self._means = means
+
+    def _min_count(self) -> float:
+        return 1e-8
+
+    def _reseed(self, k: int, point: np.ndarray) -> None:
+        self._means[k] = point
+
+    def _permute(self, order: np.ndarray) -> None:
+        self._means, self._nk = self._means[order], self._nk[order]
+
+    def _publish(self) -> None:
+        self.means_ = self._means + self._center
+        self.collapsed_ = self._collapsed_mask().copy()
+
+    def _from_published(self) -> None:
+        self._means = np.asarray(self.means_, dtype=np.float64)
+        self.means_ = self._means.copy()
+        self.collapsed_ = np.asarray(self.collapsed_, dtype=bool)
+        self._nk = np.where(self.collapsed_, 0.0, np.inf)
+
+
+_MODELS = {cls.__name__: cls for cls in (GaussianMixture, SoftKMeans, FuzzyCMeans)}
+
+
+def model_from_dict(data: dict[str, Any]) -> GaussianMixture | SoftKMeans | FuzzyCMeans:
+    """Rebuild any fitted segsoft model from its ``to_dict()`` output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gm = GaussianMixture(2).fit(np.r_[np.zeros(5), np.ones(5)][:, None] + np.arange(10)[:, None] * 1e-2)
+    >>> model_from_dict(gm.to_dict()).means_.shape
+    (2, 1)
+    """
+    try:
+        cls = _MODELS[data["type"]]
+    except KeyError as exc:
+        raise ValueError(f"unknown model type {data.get('type')!r}") from exc
+    return cls.from_dict(data)
