@@ -1,1 +1,36 @@
+"""segsoft: soft image segmentation with mixture models.
+
+Every pixel gets a degree of membership in each of k clusters.
+
+Examples
+--------
+>>> import segsoft
+>>> seg = segsoft.segment("images/coffee.jpg", k=4, seed=0)  # doctest: +SKIP
+>>> seg.probabilities.shape  # doctest: +SKIP
+(200, 300, 4)
+>>> seg.save("outputs/coffee")  # doctest: +SKIP
+"""
+
 __version__ = "0.1.0"
+
+from .errors import SegsoftError
+from .features import FeatureSpec
+from .io import Image, read_image
+from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
+from .outputs import load_model
+from .segment import SoftSegmentation, apply_model, segment
+
+__all__ = [
+    "FeatureSpec",
+    "FuzzyCMeans",
+    "GaussianMixture",
+    "Image",
+    "SegsoftError",
+    "SoftKMeans",
+    "SoftSegmentation",
+    "__version__",
+    "apply_model",
+    "load_model",
+    "read_image",
+    "segment",
+]

@@ -1,0 +1,5 @@
+"""``python -m segsoft`` is the ``segsoft`` command."""
+
+from .cli import entry
+
+entry()

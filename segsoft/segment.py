@@ -1,0 +1,344 @@
+"""One image in, soft segmentation out: the pipeline behind ``segsoft run``.
+
+``segment()`` reads the image, extracts features, fits the chosen mixture
+and computes every pixel's memberships; the :class:`SoftSegmentation` it
+returns renders pictures on demand and saves everything with ``save()``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import render
+from .errors import SegsoftError
+from .features import FeatureSpec, extract
+from .io import DEFAULT_MAX_PIXELS, Image, as_image
+from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
+
+__all__ = ["MODELS", "SoftSegmentation", "segment", "apply_model", "make_model"]
+
+MODELS = ("gmm", "soft-kmeans", "fcm")
+DEFAULT_SAMPLE = 200_000
+
+
+@dataclass
+class SoftSegmentation:
+    """Per-pixel memberships of one image, with the model that made them.
+
+    Attributes
+    ----------
+    image : Image
+        The input, as read.
+    probabilities : ndarray, float32 (H, W, k)
+        Memberships; each used pixel's sum to 1. Pixels masked out by
+        transparency are NaN.
+    model : GaussianMixture, SoftKMeans or FuzzyCMeans
+        The fitted model, on feature vectors made by ``spec``.
+    spec : FeatureSpec
+        The fitted feature transform.
+    log_likelihood : float
+        Mean log-likelihood per used pixel under the final model (for fuzzy
+        c-means, minus the mean weighted squared distance).
+    settings : dict
+        The arguments ``segment()`` was called with.
+    timings : dict
+        Seconds spent in each stage.
+
+    Examples
+    --------
+    >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    >>> rgb[:, 4:] = 255
+    >>> seg = segment(rgb, k=2)
+    >>> seg.probabilities.shape, seg.labels.shape
+    ((8, 8, 2), (8, 8))
+    """
+
+    image: Image
+    probabilities: np.ndarray
+    model: Any
+    spec: FeatureSpec
+    log_likelihood: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.probabilities.shape[-1]
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self.image.mask
+
+    @property
+    def n_used(self) -> int:
+        return self.image.n_used
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Hard labels (H, W): the most probable cluster; -1 where masked."""
+        labels = np.argmax(np.nan_to_num(self.probabilities, nan=0.0), axis=-1).astype(np.int32)
+        if self.mask is not None:
+            labels[~self.mask] = -1
+        return labels
+
+    @property
+    def bic(self) -> float | None:
+        """BIC of the model on this image's pixels (None for fuzzy c-means)."""
+        if not hasattr(self.model, "n_parameters"):
+            return None
+        n = self.n_used
+        return float(-2.0 * self.log_likelihood * n + self.model.n_parameters() * np.log(n))
+
+    @property
+    def aic(self) -> float | None:
+        if not hasattr(self.model, "n_parameters"):
+            return None
+        return float(-2.0 * self.log_likelihood * self.n_used + 2.0 * self.model.n_parameters())
+
+    @cached_property
+    def colors(self) -> np.ndarray:
+        """Display colour of each cluster, uint8 (k, 3)."""
+        return render.cluster_colors(self.k)
+
+    @cached_property
+    def mean_rgb(self) -> np.ndarray:
+        """Membership-weighted mean sRGB of each cluster, float (k, 3) in [0, 1]."""
+        p = self.probabilities.reshape(-1, self.k)
+        rgb = self.image.pixels.reshape(-1, 3)
+        sums = np.zeros((self.k, 3))
+        mass = np.zeros(self.k)
+        step = 1 << 20
+        for s in range(0, p.shape[0], step):
+            block = np.nan_to_num(p[s : s + step], nan=0.0)
+            sums += block.T.astype(np.float64) @ rgb[s : s + step]
+            mass += block.sum(0, dtype=np.float64)
+        return sums / np.maximum(mass, 1e-12)[:, None]
+
+    def overlay(self, alpha: float = 0.5) -> np.ndarray:
+        """Soft overlay, uint8 RGB: each pixel blends the cluster colours by its memberships."""
+        return render.soft_overlay(self.image.pixels, self.probabilities, alpha=alpha, colors=self.colors, mask=self.mask)
+
+    def heatmap(self, j: int, cmap: str = "viridis") -> np.ndarray:
+        """Membership of cluster ``j`` through a colormap, uint8 RGB."""
+        return render.heatmap(self.probabilities, j, cmap=cmap, mask=self.mask)
+
+    def label_image(self) -> np.ndarray:
+        """Hard label map in the cluster colours, uint8 RGB."""
+        return render.label_image(self.labels, colors=self.colors, k=self.k)
+
+    def uncertainty(self, cmap: str = "magma") -> np.ndarray:
+        """Normalised entropy of the memberships (0 = certain) through a colormap, uint8 RGB."""
+        return render.uncertainty_image(self.probabilities, cmap=cmap, mask=self.mask)
+
+    def entropy(self) -> np.ndarray:
+        """Normalised entropy of each pixel's memberships, float32 (H, W) in [0, 1]."""
+        return render.normalized_entropy(self.probabilities)
+
+    def montage(self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256) -> np.ndarray:
+        """Original, overlay, labels, uncertainty and every heatmap on one sheet."""
+        original = np.rint(self.image.pixels * 255.0).astype(np.uint8)
+        tiles = [("original", original), ("soft overlay", self.overlay(alpha)), ("labels", self.label_image()),
+                 ("uncertainty", self.uncertainty())]
+        tiles += [(f"cluster {j}", self.heatmap(j, cmap)) for j in range(self.k)]
+        return render.montage(tiles, tile_width=tile_width)
+
+    def save(self, folder: str | os.PathLike, *, alpha: float = 0.5, cmap: str = "viridis") -> dict[str, Path]:
+        """Write every output (pictures, probabilities.npy, model.json) into ``folder``.
+
+        Returns the written paths by name. See :func:`segsoft.outputs.write`.
+        """
+        from .outputs import write
+
+        return write(self, folder, alpha=alpha, cmap=cmap)
+
+
+def make_model(
+    model: str = "gmm",
+    k: int = 4,
+    *,
+    covariance: str = "full",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    n_init: int = 1,
+    sample: int | None = DEFAULT_SAMPLE,
+    seed: int | None = 0,
+    reg_covar: float = 1e-6,
+    beta: float | None = None,
+    m: float = 2.0,
+):
+    """The unfitted engine object for a model name used on the command line.
+
+    Examples
+    --------
+    >>> make_model("fcm", 3, m=1.5)  # doctest: +ELLIPSIS
+    FuzzyCMeans(n_components=3, m=1.5, ...)
+    """
+    common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=sample or None)
+    if model == "gmm":
+        return GaussianMixture(k, covariance=covariance, reg_covar=reg_covar, **common)
+    if model == "soft-kmeans":
+        return SoftKMeans(k, beta=beta, reg_covar=reg_covar, **common)
+    if model == "fcm":
+        return FuzzyCMeans(k, m=m, **common)
+    raise SegsoftError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+
+
+def _name(image: Image) -> str:
+    return str(image.path) if image.path is not None else "image"
+
+
+def _count_distinct(image: Image, at_least: int) -> int:
+    """Distinct colours among the used pixels, counted exactly only when a
+    sample has fewer than ``at_least`` (full counts are slow on big images)."""
+    rgb = image.pixels.reshape(-1, 3)
+    if image.mask is not None:
+        rgb = rgb[image.mask.ravel()]
+    sample = rgb[:: max(1, rgb.shape[0] // 50_000)]
+    n = len(np.unique(sample, axis=0))
+    return n if n >= at_least else len(np.unique(rgb, axis=0))
+
+
+def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W, k) float32 memberships (NaN where masked) and the mean score."""
+    h, w, k = image.height, image.width, model.n_components
+    if image.mask is None:
+        probs = np.empty((h * w, k), dtype=np.float32)
+        _, mean = model.predict_proba_and_score(X, out=probs)
+        return probs.reshape(h, w, k), mean
+    used, mean = model.predict_proba_and_score(X)
+    probs = np.full((h * w, k), np.nan, dtype=np.float32)
+    probs[image.mask.ravel()] = used
+    return probs.reshape(h, w, k), mean
+
+
+def segment(
+    image: str | os.PathLike | np.ndarray | Image,
+    k: int = 4,
+    *,
+    color: str = "lab",
+    spatial_weight: float = 0.0,
+    model: str = "gmm",
+    covariance: str = "full",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    n_init: int = 1,
+    sample: int | None = DEFAULT_SAMPLE,
+    seed: int | None = 0,
+    reg_covar: float = 1e-6,
+    beta: float | None = None,
+    m: float = 2.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, float], None] | None = None,
+) -> SoftSegmentation:
+    """Soft-segment one image into ``k`` clusters.
+
+    Parameters
+    ----------
+    image : path, array or Image
+        A file Pillow can read, an (H, W[, 3|4]) array, or an :class:`Image`.
+    k : int
+        Number of clusters.
+    color : {"lab", "rgb", "hsv", "gray"}
+        Colour space of the features (see :class:`FeatureSpec`).
+    spatial_weight : float
+        Weight of the x, y position features; 0 leaves them out.
+    model : {"gmm", "soft-kmeans", "fcm"}
+        Gaussian mixture, soft k-means or fuzzy c-means.
+    covariance : {"full", "diag", "spherical", "tied"}
+        Gaussian mixture covariance structure.
+    max_iter, tol, n_init, seed, reg_covar
+        EM settings, as in :class:`~segsoft.mixture.GaussianMixture`.
+    sample : int or None
+        Fit on this many random pixels, then polish on all of them; None or 0
+        fits on every pixel (slower on big images, same answer to ~1e-4).
+    beta : float or None
+        Soft k-means stiffness (None learns it).
+    m : float
+        Fuzzy c-means fuzzifier.
+    max_pixels : int
+        Refuse larger images (decompression-bomb guard).
+    progress : callable(iteration, log_likelihood), optional
+        Called after every EM iteration.
+
+    Returns
+    -------
+    SoftSegmentation
+
+    Examples
+    --------
+    >>> import segsoft
+    >>> seg = segsoft.segment("images/coffee.jpg", k=3, seed=0)  # doctest: +SKIP
+    >>> seg.probabilities.sum(-1).round(4).min()  # doctest: +SKIP
+    1.0
+    >>> seg.save("outputs/coffee")  # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    settings = dict(k=k, model=model, covariance=covariance, color=color, spatial_weight=spatial_weight,
+                    max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed, reg_covar=reg_covar,
+                    beta=beta, m=m)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SegsoftError(f"k must be a whole number >= 1, got {k!r}")
+    spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight))
+    estimator = make_model(model, int(k), covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init,
+                           sample=sample, seed=seed, reg_covar=reg_covar, beta=beta, m=m)
+    img = as_image(image, max_pixels=max_pixels)
+    name = _name(img)
+    t_read = time.perf_counter()
+    if img.n_used < k:
+        raise SegsoftError(f"{name}: k={k} is more than the {img.n_used} usable pixels")
+    if spatial_weight == 0 and k > 1:
+        distinct = _count_distinct(img, k)
+        if distinct < k:
+            raise SegsoftError(f"{name}: k={k} is more than the {distinct} distinct colours in the image")
+    X, spec = extract(img, spec, return_spec=True)
+    t_feat = time.perf_counter()
+    try:
+        estimator.fit(X, progress=progress)
+    except ValueError as exc:
+        raise SegsoftError(f"{name}: {exc}") from exc
+    t_fit = time.perf_counter()
+    probs, mean = _memberships(img, estimator, X)
+    t_pred = time.perf_counter()
+    timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": t_fit - t_feat,
+               "memberships": t_pred - t_fit, "total": t_pred - t0}
+    return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings)
+
+
+def apply_model(
+    image: str | os.PathLike | np.ndarray | Image,
+    model: Any,
+    spec: FeatureSpec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    settings: dict[str, Any] | None = None,
+) -> SoftSegmentation:
+    """Memberships of a new image under an already fitted model.
+
+    The image goes through the same fitted feature transform ``spec``, so
+    cluster numbers and colours mean the same as for the image the model
+    was fitted on.
+
+    Examples
+    --------
+    >>> seg = segment("images/coffee.jpg", k=3)  # doctest: +SKIP
+    >>> other = apply_model("images/chelsea.jpg", seg.model, seg.spec)  # doctest: +SKIP
+    """
+    if not spec.fitted:
+        raise SegsoftError("the feature spec must be fitted (as stored in model.json) to apply a model")
+    t0 = time.perf_counter()
+    img = as_image(image, max_pixels=max_pixels)
+    t_read = time.perf_counter()
+    X = extract(img, spec)
+    t_feat = time.perf_counter()
+    probs, mean = _memberships(img, model, X)
+    t_pred = time.perf_counter()
+    timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": 0.0, "memberships": t_pred - t_feat,
+               "total": t_pred - t0}
+    return SoftSegmentation(img, probs, model, spec, float(mean), dict(settings or {}), timings)
