@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image as PILImage
 
-from . import __version__
+from . import __version__, render
 from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes
@@ -42,6 +42,7 @@ __all__ = ["write", "check_writable", "model_record", "load_model", "save_model"
 
 # zlib level 1: PNGs ~10 % larger than the default level 6, written ~4x faster
 PNG_COMPRESS_LEVEL = 1
+MONTAGE_TILE_WIDTH = 256
 
 
 def output_files(k: int) -> list[str]:
@@ -212,13 +213,15 @@ def write(
         written[name] = folder / name
         atomic_write_bytes(written[name], _png_bytes(rgb))
 
-    put_png("overlay.png", seg.overlay(alpha))
-    put_png("labels.png", seg.label_image())
-    put_png("uncertainty.png", seg.uncertainty())
-    for j in range(seg.k):
-        put_png(f"prob_{j}.png", seg.heatmap(j, cmap))
+    # render each picture once; the montage gets a small copy of it
+    tiles = [("original", render.shrink(seg.original(), MONTAGE_TILE_WIDTH))] if montage else []
+    for name, title, make in seg.pictures(alpha, cmap):
+        rgb = make()
+        put_png(name, rgb)
+        if montage:
+            tiles.append((title, render.shrink(rgb, MONTAGE_TILE_WIDTH)))
     if montage:
-        put_png("montage.png", seg.montage(alpha=alpha, cmap=cmap))
+        put_png("montage.png", render.montage(tiles, tile_width=MONTAGE_TILE_WIDTH))
     target = folder / "probabilities.npy"
     with atomic_path(target) as tmp:
         np.save(tmp, seg.probabilities)

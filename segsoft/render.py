@@ -32,6 +32,7 @@ __all__ = [
     "normalized_entropy",
     "uncertainty_image",
     "montage",
+    "shrink",
 ]
 
 # matplotlib's 'tab10' palette, hard-coded so choosing colours needs no matplotlib import.
@@ -499,6 +500,23 @@ def _fit_title(draw: ImageDraw.ImageDraw, title: str, font: ImageFont.ImageFont 
 def _title_band_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
     left, top, right, bottom = font.getbbox("Ag")
     return int(bottom) + 2 * _TITLE_PAD
+
+
+def shrink(rgb: np.ndarray, width: int) -> np.ndarray:
+    """Cheaply shrink a uint8 picture by an integer factor to at least ``width`` wide.
+
+    Keeps memory low when many full-size pictures feed a montage; the
+    montage does the exact final resize.
+
+    Examples
+    --------
+    >>> shrink(np.zeros((1000, 2000, 3), np.uint8), 256).shape
+    (143, 286, 3)
+    """
+    factor = rgb.shape[1] // max(width, 1)
+    if factor < 2:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).reduce(factor))
 
 
 def montage(

@@ -141,12 +141,22 @@ class SoftSegmentation:
         """Normalised entropy of each pixel's memberships, float32 (H, W) in [0, 1]."""
         return render.normalized_entropy(self.probabilities)
 
+    def pictures(self, alpha: float = 0.5, cmap: str = "viridis") -> list[tuple[str, str, Callable[[], np.ndarray]]]:
+        """(file name, title, renderer) of every picture in the output layout, in montage order."""
+        pics = [("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
+                ("labels.png", "labels", self.label_image),
+                ("uncertainty.png", "uncertainty", self.uncertainty)]
+        pics += [(f"prob_{j}.png", f"cluster {j}", lambda j=j: self.heatmap(j, cmap)) for j in range(self.k)]
+        return pics
+
+    def original(self) -> np.ndarray:
+        """The input image as uint8 RGB."""
+        return np.rint(self.image.pixels * 255.0).astype(np.uint8)
+
     def montage(self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256) -> np.ndarray:
         """Original, overlay, labels, uncertainty and every heatmap on one sheet."""
-        original = np.rint(self.image.pixels * 255.0).astype(np.uint8)
-        tiles = [("original", original), ("soft overlay", self.overlay(alpha)), ("labels", self.label_image()),
-                 ("uncertainty", self.uncertainty())]
-        tiles += [(f"cluster {j}", self.heatmap(j, cmap)) for j in range(self.k)]
+        tiles = [("original", render.shrink(self.original(), tile_width))]
+        tiles += [(title, render.shrink(make(), tile_width)) for _, title, make in self.pictures(alpha, cmap)]
         return render.montage(tiles, tile_width=tile_width)
 
     def save(self, folder: str | os.PathLike, *, alpha: float = 0.5, cmap: str = "viridis") -> dict[str, Path]:
