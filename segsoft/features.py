@@ -204,6 +204,25 @@ class FeatureSpec:
         return f * np.array(self.scale) + np.array(self.offset)
 
 
+_STATS_SAMPLE = 1 << 18  # pixels used to fit the standardisation
+
+
+def _fit_standardization(spec: FeatureSpec, rgb: np.ndarray, rows: np.ndarray | None, eight_bit: bool) -> FeatureSpec:
+    """Offset and scale from an evenly strided sample of the used pixels.
+
+    Any fixed affine map will do for standardising, so a quarter-megapixel
+    sample is as good as all pixels and saves a pass over a large image;
+    images smaller than the sample use every pixel.
+    """
+    n = rgb.shape[0] if rows is None else rows.size
+    step = max(1, n // _STATS_SAMPLE)
+    picked = rgb[::step] if rows is None else rgb[rows[::step]]
+    color = _convert(picked, spec.color, eight_bit).astype(np.float64)
+    mean = color.mean(axis=0)
+    std = np.maximum(color.std(axis=0), _SCALE_FLOOR[spec.color])
+    return replace(spec, offset=tuple(map(float, mean)), scale=tuple(map(float, std)))
+
+
 def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool = False):
     """Feature matrix of the used pixels of ``image``.
 
@@ -236,23 +255,22 @@ def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool 
     nc = spec.n_color
     X = np.empty((n, spec.n_features), dtype=np.float32)
     eight_bit = image.bit_depth == 8
+    if spec.standardize and spec.offset is None:
+        spec = _fit_standardization(spec, rgb, rows, eight_bit)
+    if spec.standardize:
+        off = np.asarray(spec.offset, dtype=np.float32)
+        inv = (1.0 / np.asarray(spec.scale)).astype(np.float32)
     for s in range(0, n, _CHUNK):
         e = min(s + _CHUNK, n)
         block = rgb[s:e] if rows is None else rgb[rows[s:e]]
-        X[s:e, :nc] = _convert(block, spec.color, eight_bit)
-
-    if spec.standardize:
-        if spec.offset is None:
-            mean = X[:, :nc].mean(axis=0, dtype=np.float64)
-            std = X[:, :nc].std(axis=0, dtype=np.float64)
-            std = np.maximum(std, _SCALE_FLOOR[spec.color])
-            spec = replace(spec, offset=tuple(map(float, mean)), scale=tuple(map(float, std)))
-        off = np.asarray(spec.offset, dtype=np.float32)
-        inv = (1.0 / np.asarray(spec.scale)).astype(np.float32)
-        for s in range(0, n, _CHUNK):
-            block = X[s : s + _CHUNK, :nc]
-            block -= off
-            block *= inv
+        color = _convert(block, spec.color, eight_bit)
+        if spec.standardize:
+            if color is block:  # rgb features are a view of the image: never modify it
+                color = color - off
+            else:
+                color -= off
+            color *= inv
+        X[s:e, :nc] = color
 
     if spec.spatial_weight > 0:
         # centred coordinates; sqrt(12) gives the long side unit variance

@@ -243,8 +243,8 @@ class _EMBase:
         n_init: int = 1,
         seed: int | None = 0,
         sample_size: int | None = None,
-        polish_iter: int = 2,
-        chunk_size: int = 16384,
+        polish_iter: int = 1,
+        chunk_size: int = 8192,
         n_jobs: int | None = None,
     ):
         self.n_components = n_components
@@ -427,7 +427,9 @@ class _EMBase:
         self._set_state(state)
         self.n_iter_sample_ = n_iter if sampled else 0
         if sampled and self.polish_iter > 0:
-            polish, converged, n_polish = self._em(X, self.polish_iter, progress, start=n_iter)
+            # converged_ keeps saying whether the sample fit converged: the
+            # polish is a fixed, small number of full-data iterations
+            polish, _, n_polish = self._em(X, self.polish_iter, progress, start=n_iter)
             trace = trace + polish
             n_iter += n_polish
         self.log_likelihood_trace_ = np.asarray(trace)
@@ -646,9 +648,11 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
     seed : int or None
         Seed of every random choice: same data and seed, same result.
     sample_size : int or None
-        Fit on this many random rows, then run up to ``polish_iter`` EM
+        Fit on this many random rows, then run ``polish_iter`` EM
         iterations on all rows so the answer does not drift from the
         full-data fit. None fits on every row.
+    polish_iter : int
+        Full-data iterations after a sample fit (default 1).
     chunk_size : int
         Rows per chunk in each pass; bounds the working memory.
     n_jobs : int or None
@@ -660,6 +664,7 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         As in scikit-learn. Components are sorted by their mean's first
         coordinate (then the second, ...), so numbering is reproducible.
     converged_ : bool
+        Whether EM stopped on ``tol`` (with ``sample_size``: the sample fit).
     n_iter_ : int
         EM iterations (M-steps) done.
     log_likelihood_trace_ : ndarray
@@ -695,8 +700,8 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         n_init: int = 1,
         seed: int | None = 0,
         sample_size: int | None = None,
-        polish_iter: int = 2,
-        chunk_size: int = 16384,
+        polish_iter: int = 1,
+        chunk_size: int = 8192,
         n_jobs: int | None = None,
     ):
         super().__init__(
@@ -895,8 +900,8 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
         n_init: int = 1,
         seed: int | None = 0,
         sample_size: int | None = None,
-        polish_iter: int = 2,
-        chunk_size: int = 16384,
+        polish_iter: int = 1,
+        chunk_size: int = 8192,
         n_jobs: int | None = None,
     ):
         super().__init__(
@@ -999,8 +1004,8 @@ class FuzzyCMeans(_EMBase):
         n_init: int = 1,
         seed: int | None = 0,
         sample_size: int | None = None,
-        polish_iter: int = 2,
-        chunk_size: int = 16384,
+        polish_iter: int = 1,
+        chunk_size: int = 8192,
         n_jobs: int | None = None,
     ):
         super().__init__(

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,14 @@ def output_files(k: int) -> list[str]:
             + ["montage.png", "probabilities.npy", "model.json"])
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
+def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
+    if isinstance(picture, render.IndexedImage):
+        img = PILImage.fromarray(picture.indices)
+        img.putpalette(picture.palette.tobytes())  # turns the L image into P
+    else:
+        img = PILImage.fromarray(picture)
     buf = _io.BytesIO()
-    PILImage.fromarray(rgb).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
@@ -129,8 +135,12 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
 
 def save_model(seg: SoftSegmentation, path: str | os.PathLike) -> Path:
     """Write ``model.json`` for ``seg`` to ``path`` (atomically)."""
+    return _write_json(model_record(seg), path)
+
+
+def _write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
-    atomic_write_bytes(path, (json.dumps(model_record(seg), indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
     return path
 
 
@@ -209,23 +219,38 @@ def write(
     t0 = time.perf_counter()
     written: dict[str, Path] = {}
 
-    def put_png(name: str, rgb: np.ndarray) -> None:
-        written[name] = folder / name
-        atomic_write_bytes(written[name], _png_bytes(rgb))
+    # Pillow releases the GIL while encoding, so PNGs are encoded and written
+    # on worker threads while the next picture renders; a bounded queue keeps
+    # at most a few full-size pictures alive at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: list[Future] = []
 
-    # render each picture once; the montage gets a small copy of it
-    tiles = [("original", render.shrink(seg.original(), MONTAGE_TILE_WIDTH))] if montage else []
-    for name, title, make in seg.pictures(alpha, cmap):
-        rgb = make()
-        put_png(name, rgb)
+        def submit(fn: Any, *args: Any) -> None:
+            if len(pending) >= 3:
+                pending.pop(0).result()
+            pending.append(pool.submit(fn, *args))
+
+        def put_png(name: str, picture: Any) -> None:
+            written[name] = folder / name
+            submit(lambda: atomic_write_bytes(written[name], _png_bytes(picture)))
+
+        def put_npy() -> None:
+            with atomic_path(folder / "probabilities.npy") as tmp:
+                np.save(tmp, seg.probabilities)
+
+        written["probabilities.npy"] = folder / "probabilities.npy"
+        submit(put_npy)
+        tiles = [("original", seg.original(MONTAGE_TILE_WIDTH))] if montage else []
+        for name, title, make in seg.pictures(alpha, cmap):
+            picture = make()
+            put_png(name, picture)
+            if montage:
+                tiles.append((title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
         if montage:
-            tiles.append((title, render.shrink(rgb, MONTAGE_TILE_WIDTH)))
-    if montage:
-        put_png("montage.png", render.montage(tiles, tile_width=MONTAGE_TILE_WIDTH))
-    target = folder / "probabilities.npy"
-    with atomic_path(target) as tmp:
-        np.save(tmp, seg.probabilities)
-    written["probabilities.npy"] = target
-    seg.timings["render_write"] = time.perf_counter() - t0
-    written["model.json"] = save_model(seg, folder / "model.json")
+            put_png("montage.png", render.montage(tiles, tile_width=MONTAGE_TILE_WIDTH))
+        for job in pending:
+            job.result()  # re-raises the first write error
+    record = model_record(seg)
+    seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
+    written["model.json"] = _write_json(record, folder / "model.json")
     return written

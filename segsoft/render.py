@@ -15,6 +15,7 @@ import colorsys
 import math
 import operator
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -24,10 +25,14 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import SegsoftError
 
 __all__ = [
+    "IndexedImage",
     "cluster_colors",
     "colormap_lut",
     "soft_overlay",
     "heatmap",
+    "heatmap_indexed",
+    "label_indexed",
+    "uncertainty_indexed",
     "label_image",
     "normalized_entropy",
     "uncertainty_image",
@@ -186,27 +191,6 @@ def _row_chunks(height: int, width: int) -> Iterator[slice]:
         yield slice(r0, min(r0 + step, height))
 
 
-def _lut_with_black(lut: np.ndarray) -> np.ndarray:
-    """The LUT plus a 257th, black entry that NaN and masked pixels index."""
-    return np.concatenate([lut, np.zeros((1, 3), np.uint8)])
-
-
-def _lut_rows(values: np.ndarray, lut257: np.ndarray, keep: np.ndarray | None, out: np.ndarray) -> None:
-    """Write ``lut257[round(255 * values)]`` into ``out``; NaN or ``keep`` False → black.
-
-    ``values`` (rows, W) float is overwritten.
-    """
-    np.multiply(values, 255.0, out=values)
-    values += 0.5
-    np.clip(values, 0.0, 255.0, out=values)  # NaN passes through clip
-    bad = np.isnan(values)
-    if keep is not None:
-        bad |= ~keep
-    values[bad] = 256.0
-    # mode="clip" skips the buffered bounds check of the default mode; indices are 0..256 already.
-    np.take(lut257, values.astype(np.uint16), axis=0, out=out, mode="clip")
-
-
 def _entropy_rows(p: np.ndarray, inv_log_k: float) -> np.ndarray:
     """Normalised entropy, float32 (rows, W), of one chunk of memberships."""
     p = p.astype(np.float32, copy=False)
@@ -225,6 +209,63 @@ def _entropy_rows(p: np.ndarray, inv_log_k: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- pictures
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    """A picture stored as palette indices.
+
+    Heatmaps, label maps and uncertainty maps have at most 256 colours, so
+    this is exact: a third of the memory of RGB, and written as a palette
+    PNG it encodes several times faster into a file half the size.
+
+    Examples
+    --------
+    >>> IndexedImage(np.array([[0, 1]], np.uint8), np.array([[0, 0, 0], [255, 0, 0]], np.uint8)).to_rgb().tolist()
+    [[[0, 0, 0], [255, 0, 0]]]
+    """
+
+    indices: np.ndarray  # uint8 (H, W)
+    palette: np.ndarray  # uint8 (n <= 256, 3)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.indices.shape, 3)
+
+    def to_rgb(self) -> np.ndarray:
+        """uint8 RGB (H, W, 3)."""
+        return np.take(self.palette, self.indices, axis=0)
+
+
+def _indexed_levels(lut: np.ndarray, any_bad: bool) -> tuple[np.ndarray, int]:
+    """(palette, top index) for values in [0, 1] drawn through ``lut``.
+
+    With no unused pixels the palette is the 256-entry LUT itself; otherwise
+    255 evenly spaced LUT entries plus black at index 255 for unused pixels.
+    """
+    if not any_bad:
+        return lut, 255
+    picked = lut[np.rint(np.arange(255) * (255.0 / 254.0)).astype(np.intp)]
+    return np.concatenate([picked, np.zeros((1, 3), np.uint8)]), 254
+
+
+def _index_rows(values: np.ndarray, top: int, keep: np.ndarray | None, out: np.ndarray) -> None:
+    """Write ``round(top * values)`` into uint8 ``out``; NaN or ``keep`` False → 255.
+
+    ``values`` (rows, W) float32 is overwritten.
+    """
+    np.multiply(values, np.float32(top), out=values)
+    values += np.float32(0.5)
+    np.clip(values, 0.0, float(top), out=values)  # NaN passes through clip
+    bad = np.isnan(values)
+    if keep is not None:
+        bad |= ~keep
+    values[bad] = 255.0
+    np.copyto(out, values, casting="unsafe")  # truncation of x + 0.5 rounds
+
+
+def _any_unused(p: np.ndarray, keep: np.ndarray | None) -> bool:
+    return (keep is not None and not keep.all()) or bool(np.isnan(p[..., 0]).any())
 
 
 def soft_overlay(
@@ -326,18 +367,34 @@ def heatmap(
     >>> heatmap(p, 0, cmap="gray").tolist()
     [[[0, 0, 0], [255, 255, 255]]]
     """
+    return heatmap_indexed(probabilities, j, cmap, mask).to_rgb()
+
+
+def heatmap_indexed(
+    probabilities: ArrayLike,
+    j: int,
+    cmap: str = "viridis",
+    mask: ArrayLike | None = None,
+) -> IndexedImage:
+    """:func:`heatmap` as an :class:`IndexedImage` (what the output files use).
+
+    Examples
+    --------
+    >>> heatmap_indexed(np.array([[[0.0, 1.0], [1.0, 0.0]]], np.float32), 0).indices.tolist()
+    [[0, 255]]
+    """
     p = _check_probabilities(probabilities)
     h, w, k = p.shape
     j = operator.index(j)
     if not 0 <= j < k:
         raise SegsoftError(f"cluster {j} out of range: there are {k} clusters (0..{k - 1})")
     keep = _check_mask(mask, (h, w))
-    lut257 = _lut_with_black(colormap_lut(cmap))
-    out = np.empty((h, w, 3), np.uint8)
+    palette, top = _indexed_levels(colormap_lut(cmap), _any_unused(p, keep))
+    out = np.empty((h, w), np.uint8)
     for rows in _row_chunks(h, w):
-        values = p[rows, :, j].astype(np.float32)  # a copy: _lut_rows overwrites it
-        _lut_rows(values, lut257, None if keep is None else keep[rows], out[rows])
-    return out
+        values = p[rows, :, j].astype(np.float32)  # a copy: _index_rows overwrites it
+        _index_rows(values, top, None if keep is None else keep[rows], out[rows])
+    return IndexedImage(out, palette)
 
 
 def label_image(
@@ -345,6 +402,24 @@ def label_image(
     colors: ArrayLike | None = None,
     k: int | None = None,
 ) -> np.ndarray:
+    """Hard labels drawn in the cluster colours, uint8 RGB (H, W, 3).
+
+    See :func:`label_indexed` for the parameters.
+
+    Examples
+    --------
+    >>> label_image(np.array([[0, 1, -1]])).tolist()
+    [[[31, 119, 180], [255, 127, 14], [0, 0, 0]]]
+    """
+    pic = label_indexed(labels, colors, k)
+    return pic.to_rgb() if isinstance(pic, IndexedImage) else pic
+
+
+def label_indexed(
+    labels: ArrayLike,
+    colors: ArrayLike | None = None,
+    k: int | None = None,
+) -> IndexedImage | np.ndarray:
     """Hard labels drawn in the cluster colours.
 
     Parameters
@@ -359,12 +434,12 @@ def label_image(
 
     Returns
     -------
-    ndarray, uint8 (H, W, 3)
+    IndexedImage, or uint8 RGB (H, W, 3) when there are more than 255 clusters
 
     Examples
     --------
-    >>> label_image(np.array([[0, 1, -1]])).tolist()
-    [[[31, 119, 180], [255, 127, 14], [0, 0, 0]]]
+    >>> label_indexed(np.array([[0, 1, -1]])).indices.tolist()
+    [[0, 1, 2]]
     """
     lab = np.asarray(labels)
     if lab.ndim != 2 or not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
@@ -382,6 +457,8 @@ def label_image(
         raise SegsoftError(f"labels must be -1 or in 0..{n - 1}, found {lo}..{hi}")
     # Label -1 indexes the appended black row.
     lut = np.concatenate([cols, np.zeros((1, 3), np.uint8)])
+    if len(lut) <= 256:
+        return IndexedImage(lab.astype(np.uint8) if lo >= 0 else np.where(lab < 0, n, lab).astype(np.uint8), lut)
     return np.ascontiguousarray(lut[lab])
 
 
@@ -448,19 +525,34 @@ def uncertainty_image(
     >>> uncertainty_image(p, cmap="gray").tolist()
     [[[0, 0, 0], [255, 255, 255]]]
     """
+    return uncertainty_indexed(probabilities, cmap, mask).to_rgb()
+
+
+def uncertainty_indexed(
+    probabilities: ArrayLike,
+    cmap: str = "magma",
+    mask: ArrayLike | None = None,
+) -> IndexedImage:
+    """:func:`uncertainty_image` as an :class:`IndexedImage`.
+
+    Examples
+    --------
+    >>> uncertainty_indexed(np.array([[[1.0, 0.0], [0.5, 0.5]]], np.float32)).indices.tolist()
+    [[0, 255]]
+    """
     p = _check_probabilities(probabilities)
     h, w, k = p.shape
     keep = _check_mask(mask, (h, w))
-    lut257 = _lut_with_black(colormap_lut(cmap))
-    out = np.empty((h, w, 3), np.uint8)
+    palette, top = _indexed_levels(colormap_lut(cmap), _any_unused(p, keep))
+    out = np.empty((h, w), np.uint8)
     inv_log_k = 1.0 / math.log(k) if k > 1 else 0.0
     for rows in _row_chunks(h, w):
         if k > 1:
             values = _entropy_rows(p[rows], inv_log_k)
         else:
             values = np.where(np.isnan(p[rows, :, 0]), np.float32(np.nan), np.float32(0.0))
-        _lut_rows(values, lut257, None if keep is None else keep[rows], out[rows])
-    return out
+        _index_rows(values, top, None if keep is None else keep[rows], out[rows])
+    return IndexedImage(out, palette)
 
 
 # ----------------------------------------------------------------------------- montage
@@ -502,21 +594,27 @@ def _title_band_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> in
     return int(bottom) + 2 * _TITLE_PAD
 
 
-def shrink(rgb: np.ndarray, width: int) -> np.ndarray:
-    """Cheaply shrink a uint8 picture by an integer factor to at least ``width`` wide.
+def shrink(picture: np.ndarray | IndexedImage, width: int) -> np.ndarray:
+    """Cheaply shrink a picture by an integer factor to at least ``width`` wide.
 
     Keeps memory low when many full-size pictures feed a montage; the
-    montage does the exact final resize.
+    montage does the exact final resize. Returns uint8 RGB.
 
     Examples
     --------
     >>> shrink(np.zeros((1000, 2000, 3), np.uint8), 256).shape
     (143, 286, 3)
     """
-    factor = rgb.shape[1] // max(width, 1)
+    factor = picture.shape[1] // max(width, 1)
+    if isinstance(picture, IndexedImage):
+        # subsample the indices to twice the size, then average 2x2 in RGB
+        step = max(factor // 2, 1)
+        small = IndexedImage(picture.indices[::step, ::step], picture.palette).to_rgb()
+        factor = 2 if factor >= 4 else 1
+        picture = small
     if factor < 2:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).reduce(factor))
+        return np.asarray(picture)
+    return np.asarray(Image.fromarray(picture).reduce(factor))
 
 
 def montage(

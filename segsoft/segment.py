@@ -83,7 +83,8 @@ class SoftSegmentation:
     @cached_property
     def labels(self) -> np.ndarray:
         """Hard labels (H, W): the most probable cluster; -1 where masked."""
-        labels = np.argmax(np.nan_to_num(self.probabilities, nan=0.0), axis=-1).astype(np.int32)
+        # masked (NaN) pixels come out as 0 here and are set to -1 below
+        labels = np.argmax(self.probabilities, axis=-1).astype(np.int32)
         if self.mask is not None:
             labels[~self.mask] = -1
         return labels
@@ -114,10 +115,12 @@ class SoftSegmentation:
         rgb = self.image.pixels.reshape(-1, 3)
         sums = np.zeros((self.k, 3))
         mass = np.zeros(self.k)
-        step = 1 << 20
+        step = 1 << 18  # float32 products, float64 totals: accurate and fast
         for s in range(0, p.shape[0], step):
-            block = np.nan_to_num(p[s : s + step], nan=0.0)
-            sums += block.T.astype(np.float64) @ rgb[s : s + step]
+            block = p[s : s + step]
+            if self.mask is not None:
+                block = np.nan_to_num(block, nan=0.0)
+            sums += block.T @ rgb[s : s + step]
             mass += block.sum(0, dtype=np.float64)
         return sums / np.maximum(mass, 1e-12)[:, None]
 
@@ -141,21 +144,34 @@ class SoftSegmentation:
         """Normalised entropy of each pixel's memberships, float32 (H, W) in [0, 1]."""
         return render.normalized_entropy(self.probabilities)
 
-    def pictures(self, alpha: float = 0.5, cmap: str = "viridis") -> list[tuple[str, str, Callable[[], np.ndarray]]]:
-        """(file name, title, renderer) of every picture in the output layout, in montage order."""
+    def pictures(self, alpha: float = 0.5, cmap: str = "viridis") -> list[tuple[str, str, Callable[[], Any]]]:
+        """(file name, title, renderer) of every picture in the output layout, in montage order.
+
+        Renderers return uint8 RGB arrays or, for the pictures with at most
+        256 colours, :class:`~segsoft.render.IndexedImage` (exact, and much
+        faster to write as PNG).
+        """
+        labels = self.labels
         pics = [("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
-                ("labels.png", "labels", self.label_image),
-                ("uncertainty.png", "uncertainty", self.uncertainty)]
-        pics += [(f"prob_{j}.png", f"cluster {j}", lambda j=j: self.heatmap(j, cmap)) for j in range(self.k)]
+                ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
+                ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask))]
+        pics += [(f"prob_{j}.png", f"cluster {j}", lambda j=j: render.heatmap_indexed(self.probabilities, j, cmap, self.mask))
+                 for j in range(self.k)]
         return pics
 
-    def original(self) -> np.ndarray:
-        """The input image as uint8 RGB."""
-        return np.rint(self.image.pixels * 255.0).astype(np.uint8)
+    def original(self, width: int | None = None) -> np.ndarray:
+        """The input image as uint8 RGB; with ``width``, shrunk by block averaging
+        to at least that wide (cheap on big images)."""
+        pixels = self.image.pixels
+        f = 1 if width is None else max(1, pixels.shape[1] // max(width, 1))
+        if f > 1:
+            h, w = (pixels.shape[0] // f) * f, (pixels.shape[1] // f) * f
+            pixels = pixels[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
+        return np.rint(pixels * 255.0).astype(np.uint8)
 
     def montage(self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256) -> np.ndarray:
         """Original, overlay, labels, uncertainty and every heatmap on one sheet."""
-        tiles = [("original", render.shrink(self.original(), tile_width))]
+        tiles = [("original", self.original(tile_width))]
         tiles += [(title, render.shrink(make(), tile_width)) for _, title, make in self.pictures(alpha, cmap)]
         return render.montage(tiles, tile_width=tile_width)
 

@@ -1,0 +1,186 @@
+"""EM speed and accuracy: segsoft against scikit-learn and scikit-fuzzy, side by side.
+
+Builds standardised Lab + x,y features (D = 5) from a sample image resized to
+each size, then fits K = 4 clusters with every tool from the same initial
+means and the same number of iterations, followed by the full posterior
+memberships. Each measurement runs in its own subprocess so its peak memory
+(resident set, features included) is its own.
+
+    python benchmarks/bench_em.py                       # 0.25, 1, 4 MP
+    python benchmarks/bench_em.py --sizes 0.25,1,4,12   # add 12 MP (scikit-learn takes minutes there)
+    python benchmarks/bench_em.py --end-to-end          # also `segsoft run` on a 12 MP photo
+
+Needs the ``bench`` extra: ``pip install '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+K, ITERS, SEED = 4, 20, 0
+
+
+def features(megapixels: float) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    import segsoft
+    from segsoft.features import FeatureSpec, extract
+
+    src = PILImage.open(ROOT / "images" / "astronaut.jpg").convert("RGB")
+    scale = (megapixels * 1e6 / (src.width * src.height)) ** 0.5
+    img = src.resize((round(src.width * scale), round(src.height * scale)), PILImage.Resampling.BICUBIC)
+    return extract(segsoft.Image.from_array(np.asarray(img)), FeatureSpec(spatial_weight=1.0))
+
+
+def initial_means(X: np.ndarray) -> np.ndarray:
+    """k-means++ / k-means on a 20,000-row sample: the start every tool gets."""
+    from segsoft.mixture import kmeans
+
+    rng = np.random.default_rng(SEED)
+    sample = X[rng.choice(len(X), 20000, replace=False)].astype(np.float64)
+    return kmeans(sample, K, rng)
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(method: str, megapixels: float) -> dict:
+    X = features(megapixels)
+    means0 = initial_means(X)
+    start = time.perf_counter()
+    if method == "segsoft":
+        from segsoft.mixture import GaussianMixture
+
+        gm = GaussianMixture(K, max_iter=ITERS, tol=0.0).fit(X, means_init=means0)
+        _, ll = gm.predict_proba_and_score(X)
+        iters = gm.n_iter_
+    elif method == "sklearn":
+        from sklearn.mixture import GaussianMixture as SkGM
+        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+
+        # scikit-learn from the same start segsoft uses: each row on its nearest
+        # mean, one M-step (timed: segsoft's start costs it one pass too)
+        X64 = X.astype(np.float64)
+        labels = np.argmin(((X64[:, None, :] - means0[None]) ** 2).sum(-1), axis=1)
+        resp = np.zeros((len(X), K))
+        resp[np.arange(len(X)), labels] = 1.0
+        w, m, c = _estimate_gaussian_parameters(X64, resp, 1e-6, "full")
+        pc = _compute_precision_cholesky(c, "full")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tol=0 runs all iterations on purpose
+            sk = SkGM(K, covariance_type="full", max_iter=ITERS, tol=0.0, init_params="random",
+                      weights_init=w / len(X), means_init=m, precisions_init=pc @ np.swapaxes(pc, 1, 2),
+                      random_state=SEED).fit(X64)
+        sk.predict_proba(X64)
+        elapsed = time.perf_counter() - start
+        ll = sk.score(X64)  # not timed: segsoft gets its score from the memberships pass
+        iters = sk.n_iter_
+    elif method == "skfuzzy":
+        import skfuzzy
+
+        X64 = X.astype(np.float64)
+        d2 = ((X64[:, None, :] - means0[None]) ** 2).sum(-1)
+        u0 = np.zeros((K, len(X)))
+        u0[np.argmin(d2, axis=1), np.arange(len(X))] = 1.0
+        cntr, u, *_ = skfuzzy.cluster.cmeans(X64.T, K, 2.0, error=0.0, maxiter=ITERS, init=u0, seed=SEED)
+        ll = float("nan")
+        iters = ITERS
+    elif method == "segsoft-fcm":
+        from segsoft.mixture import FuzzyCMeans
+
+        fcm = FuzzyCMeans(K, m=2.0, max_iter=ITERS - 1, tol=0.0).fit(X, means_init=means0)
+        fcm.predict_proba(X)
+        ll = float("nan")
+        iters = fcm.n_iter_ + 1
+    else:
+        raise SystemExit(f"unknown method {method}")
+    if method != "sklearn":
+        elapsed = time.perf_counter() - start
+    return {"method": method, "mp": megapixels, "seconds": elapsed, "iters": iters, "ll": float(ll),
+            "peak_mib": peak_mib()}
+
+
+def run_end_to_end(sample: bool) -> dict:
+    """`segsoft run` on a 12 MP JPEG, timed from the shell's point of view."""
+    from PIL import Image as PILImage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = PILImage.open(ROOT / "images" / "astronaut.jpg").convert("RGB")
+        photo = Path(tmp) / "photo12mp.jpg"
+        src.resize((4000, 3000), PILImage.Resampling.BICUBIC).save(photo, quality=90)
+        cmd = [sys.executable, "-m", "segsoft", "run", str(photo), "-k", "4", "-o", str(Path(tmp) / "out"), "-q"]
+        if not sample:
+            cmd += ["--sample", "0"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        record = json.loads((Path(tmp) / "out" / "photo12mp" / "model.json").read_text())
+    return {"sample": sample, "seconds": seconds, "peak_mib": peak, "timings": record["timings"],
+            "n_iter": record["result"]["n_iter"]}
+
+
+def child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="0.25,1,4", help="megapixels, comma-separated")
+    parser.add_argument("--methods", default="segsoft,sklearn,segsoft-fcm,skfuzzy")
+    parser.add_argument("--end-to-end", action="store_true", help="also time `segsoft run` on a 12 MP photo")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "MP"), help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", choices=["sample", "full"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], float(args.one[1]))))
+        return
+    if args.e2e:
+        print(json.dumps(run_end_to_end(args.e2e == "sample")))
+        return
+
+    print(f"# EM benchmark: K={K}, D=5 (Lab + x,y), {ITERS} iterations + full memberships, same initial means")
+    print(f"# machine: {os.cpu_count()} cores; numpy {np.__version__}")
+    header = f"{'MP':>5} {'method':<12} {'seconds':>8} {'s/iter':>8} {'peak MiB':>9} {'mean log-lik':>16} {'rel. diff':>10} {'speed-up':>9}"
+    print(header)
+    print("-" * len(header))
+    for mp in [float(s) for s in args.sizes.split(",")]:
+        rows = {m: child(["--one", m, str(mp)]) for m in args.methods.split(",")}
+        for pair in (("segsoft", "sklearn"), ("segsoft-fcm", "skfuzzy")):
+            ours, ref = rows.get(pair[0]), rows.get(pair[1])
+            for r in (ref, ours):
+                if r is None:
+                    continue
+                speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else ""
+                diff = (f"{abs(r['ll'] - ref['ll']) / abs(ref['ll']):.1e}"
+                        if ref and r is ours and np.isfinite(r["ll"]) else "")
+                ll = f"{r['ll']:.10f}" if np.isfinite(r["ll"]) else "n/a"
+                print(f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {r['seconds'] / r['iters']:>8.3f} "
+                      f"{r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}")
+        sys.stdout.flush()
+    if args.end_to_end:
+        print("\n# segsoft run photo.jpg -k 4 on a 12 MP (4000x3000) JPEG, end to end")
+        for mode in ("sample", "full"):
+            r = child(["--e2e", mode])
+            t = r["timings"]
+            print(f"{'--sample 200000 (default)' if mode == 'sample' else '--sample 0 (all pixels)':<26} "
+                  f"{r['seconds']:6.2f} s  peak {r['peak_mib']:5.0f} MiB  iterations {r['n_iter']:3d}  "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total"))
+
+
+if __name__ == "__main__":
+    main()
