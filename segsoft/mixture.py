@@ -379,7 +379,7 @@ class _EMBase:
     # -- fitting ------------------------------------------------------------
 
     @_one_blas_thread
-    def fit(self, X: Any, means_init: Any = None, progress: ProgressFn | None = None):
+    def fit(self, X: Any, means_init: Any = None, progress: ProgressFn | None = None, prior: Any = None):
         """Fit the model to the rows of ``X`` by EM.
 
         Parameters
@@ -392,6 +392,13 @@ class _EMBase:
             When given, ``n_init`` restarts are not used.
         progress : callable(iteration, log_likelihood), optional
             Called after every iteration.
+        prior : optional
+            A prior on the memberships between E- and M-steps, such as
+            :class:`segsoft.spatial.PottsPrior`: anything with
+            ``memberships(log_joint) -> (memberships, objective)`` and
+            ``reset()``. EM then maximises the prior's objective, which is
+            what ``log_likelihood_trace_`` records (per row). Every row is
+            used (``sample_size`` is ignored).
 
         Returns
         -------
@@ -401,13 +408,19 @@ class _EMBase:
         self._validate(X)
         _check_finite(X)
         n, d = X.shape
+        if prior is not None:
+            if not hasattr(self, "n_parameters"):
+                raise ValueError(f"a prior on the memberships needs a likelihood model, not {type(self).__name__}")
+            if getattr(prior, "n_rows", n) != n:
+                raise ValueError(f"the prior is for {prior.n_rows} rows but X has {n}")
+        self._prior = prior
         k = self.n_components
         self._layout = _Layout(d, self._layout_kind)
         self._center = _column_mean(X)
         rng = np.random.default_rng(self.seed)
 
         fit_rows = X
-        sampled = self.sample_size is not None and 0 < self.sample_size < n and self.sample_size >= k
+        sampled = prior is None and self.sample_size is not None and 0 < self.sample_size < n and self.sample_size >= k
         if sampled:
             idx = np.sort(rng.choice(n, size=self.sample_size, replace=False))
             fit_rows = X[idx]
@@ -419,6 +432,8 @@ class _EMBase:
 
         best = None
         for means0 in starts:
+            if prior is not None:
+                prior.reset()
             self._init_from_means(fit_rows, means0)
             trace, converged, n_iter = self._em(fit_rows, self.max_iter, progress)
             if best is None or trace[-1] > best[0][-1]:
@@ -437,6 +452,7 @@ class _EMBase:
         self.converged_ = bool(converged)
         self.n_iter_ = int(n_iter)
         self.n_features_in_ = d
+        self._prior = None  # not part of the fitted state
         self._sort_components()
         return self
 
@@ -474,12 +490,15 @@ class _EMBase:
         n_iter = 0
         reseeds_left = 3 * self.n_components
         for it in range(max_iter):
-            ll, s, (worst_ll, worst_row) = self._pass(X)
+            if self._prior is not None:
+                ll, s, worst_row = *self._prior_step(X), None
+            else:
+                ll, s, (_, worst_row) = self._pass(X)
             trace.append(ll)
             self._m_step(s, X.shape[0])
             n_iter = it + 1
             dead = np.flatnonzero(self._collapsed_mask())
-            if dead.size and reseeds_left > 0 and self._far_from_means(X[worst_row]):
+            if dead.size and reseeds_left > 0 and worst_row is not None and self._far_from_means(X[worst_row]):
                 # re-seed one collapsed component on the worst-explained row
                 # rather than leaving it at weight 0; the objective may dip once
                 self._reseed(int(dead[0]), X[worst_row].astype(np.float64) - self._center)
@@ -492,6 +511,29 @@ class _EMBase:
                 converged = True
                 break
         return trace, converged, n_iter
+
+    def _prior_step(self, X: np.ndarray) -> tuple[float, np.ndarray]:
+        """E-step through the prior: (objective per row, M-step statistics)."""
+        log_joint = self._log_joint(X)
+        resp, objective = self._prior.memberships(log_joint)
+        return objective / X.shape[0], self._stats(X, resp)
+
+    def _log_joint(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((X.shape[0], self.n_components))
+        raw = lambda logits: (logits, logits, np.zeros(logits.shape[1]))  # noqa: E731
+        self._pass(X, stats=False, resp_out=out, posterior=raw)
+        return out
+
+    def _stats(self, X: np.ndarray, resp: np.ndarray) -> np.ndarray:
+        """Sufficient statistics ``sum_n resp_nk Q(x_n)`` for given memberships (N, K)."""
+        layout, size = self._layout, self.chunk_size
+        buf = np.empty((layout.p, size))
+        s = np.zeros((layout.p, self.n_components))
+        for a in range(0, X.shape[0], size):
+            q = layout.build(X[a : a + size], self._center, buf)
+            s += q @ resp[a : a + size]
+        return s
 
     def _far_from_means(self, point: np.ndarray) -> bool:
         live = ~self._collapsed_mask()
@@ -610,6 +652,16 @@ class _LikelihoodMixin:
     def n_parameters(self) -> int:
         """Number of free parameters (what BIC and AIC count)."""
         raise NotImplementedError
+
+    @_one_blas_thread
+    def weighted_log_prob(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """``log(weight_k) + log p(x | component k)`` for every row and component, (N, K).
+
+        What a prior on the memberships (e.g. the spatial one) combines
+        with. float64 unless ``out`` (e.g. float32, to save memory) is given.
+        """
+        self._check_fitted()
+        return self._log_joint(_check_array(X), out)
 
     def bic(self, X: Any) -> float:
         """Bayesian information criterion on X (lower is better)."""

@@ -8,6 +8,7 @@ Layout of ``write(seg, folder)``::
       uncertainty.png    normalised entropy of the memberships (0 = certain)
       prob_0.png ...     one heatmap per cluster
       montage.png        all of the above on one sheet, with the original
+      k_selection.png    with k="auto": BIC and ICL against k, the chosen k marked
       probabilities.npy  float32 (H, W, k), NaN where the image is transparent
       model.json         settings, features, parameters, trace, BIC, timings
 
@@ -46,10 +47,10 @@ PNG_COMPRESS_LEVEL = 1
 MONTAGE_TILE_WIDTH = 256
 
 
-def output_files(k: int) -> list[str]:
-    """Names of the files :func:`write` creates for ``k`` clusters."""
+def output_files(k: int, auto: bool = False) -> list[str]:
+    """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen)."""
     return (["overlay.png", "labels.png", "uncertainty.png"] + [f"prob_{j}.png" for j in range(k)]
-            + ["montage.png", "probabilities.npy", "model.json"])
+            + ["montage.png", "probabilities.npy", "model.json"] + (["k_selection.png"] if auto else []))
 
 
 def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
@@ -128,6 +129,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
             "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
         },
         "clusters": clusters,
+        "k_selection": seg.selection,
         "timings": seg.timings,
         "model": model.to_dict(),
     })
@@ -248,6 +250,8 @@ def write(
                 tiles.append((title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
         if montage:
             put_png("montage.png", render.montage(tiles, tile_width=MONTAGE_TILE_WIDTH))
+        if seg.selection is not None:
+            put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
             job.result()  # re-raises the first write error
     record = model_record(seg)

@@ -38,6 +38,7 @@ __all__ = [
     "uncertainty_image",
     "montage",
     "shrink",
+    "selection_plot",
 ]
 
 # matplotlib's 'tab10' palette, hard-coded so choosing colours needs no matplotlib import.
@@ -680,3 +681,34 @@ def montage(
             sheet.paste(img, (x, y + band))
         y += band + row_height + _MARGIN
     return np.array(sheet, dtype=np.uint8)  # np.array (not asarray): writable and C-contiguous
+
+
+def selection_plot(selection: dict, width: float = 6.0, height: float = 3.5) -> np.ndarray:
+    """BIC and ICL against k, with the chosen k marked, as uint8 RGB.
+
+    ``selection`` is the curve ``segsoft.segment(..., k="auto")`` returns
+    (keys ``ks``, ``bic``, ``icl``, ``criterion``, ``k``).
+
+    Examples
+    --------
+    >>> sel = {"ks": [2, 3, 4], "bic": [10.0, 5.0, 6.0], "icl": [11.0, 7.0, 9.0], "criterion": "icl", "k": 3}
+    >>> selection_plot(sel).shape[2]
+    3
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)  # draws off-screen whatever matplotlib's configured backend is
+    ax = fig.add_subplot()
+    for key in ("bic", "icl"):
+        ax.plot(selection["ks"], selection[key], marker="o", label=key.upper())
+    ax.set_xticks(selection["ks"])
+    ax.axvline(selection["k"], color="grey", linestyle="--", label=f"chosen k = {selection['k']}")
+    ax.set_xlabel("k (clusters)")
+    ax.set_ylabel("criterion (lower is better)")
+    ax.set_title(f"choosing k by {selection['criterion'].upper()}")
+    ax.legend()
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])

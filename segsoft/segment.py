@@ -21,8 +21,9 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, as_image
 from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
+from .spatial import PottsPrior
 
-__all__ = ["MODELS", "SoftSegmentation", "segment", "apply_model", "make_model"]
+__all__ = ["CRITERIA", "MODELS", "SoftSegmentation", "segment", "apply_model", "make_model", "select_k"]
 
 MODELS = ("gmm", "soft-kmeans", "fcm")
 DEFAULT_SAMPLE = 200_000
@@ -50,6 +51,8 @@ class SoftSegmentation:
         The arguments ``segment()`` was called with.
     timings : dict
         Seconds spent in each stage.
+    selection : dict or None
+        With ``k="auto"``: the criterion curve over k (see :func:`select_k`).
 
     Examples
     --------
@@ -67,6 +70,7 @@ class SoftSegmentation:
     log_likelihood: float
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     @property
     def k(self) -> int:
@@ -244,12 +248,53 @@ def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, f
     return probs.reshape(h, w, k), mean
 
 
+def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of a strided sub-grid of the used pixels to fit a spatial model on.
+
+    A spatial prior needs pixels on a grid, not a random sample: on a large
+    image the model is fitted on every s-th row and column (about ``sample``
+    pixels). Returns (row indices, sub-grid mask, stride).
+    """
+    h, w = image.height, image.width
+    n = image.n_used
+    stride = 1 if not sample or n <= sample else int(np.ceil(np.sqrt(n / sample)))
+    rowid = np.full((h, w), -1, dtype=np.int64)
+    if image.mask is None:
+        rowid[...] = np.arange(n).reshape(h, w)
+    else:
+        rowid[image.mask] = np.arange(n)
+    sub = rowid[::stride, ::stride]
+    return sub[sub >= 0], sub >= 0, stride
+
+
+FINAL_SWEEPS = 10  # checkerboard sweeps for the memberships of the final model
+
+
+def _smoothed_memberships(image: Image, model: Any, X: np.ndarray, smoothing: float) -> tuple[np.ndarray, float]:
+    """Memberships under the spatial prior on the full grid, and the mean
+    log-likelihood of the pixels under the fitted mixture."""
+    h, w, k = image.height, image.width, model.n_components
+    log_joint = model.weighted_log_prob(X, out=np.empty((X.shape[0], k), dtype=np.float32))
+    top = log_joint.max(axis=1, keepdims=True)
+    mean = float(np.mean(top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))))
+    c, _ = PottsPrior((h, w), smoothing, image.mask).memberships(log_joint, sweeps=FINAL_SWEEPS)
+    probs = np.full((h * w, k), np.nan, dtype=np.float32)
+    if image.mask is None:
+        probs[:] = c
+    else:
+        probs[image.mask.ravel()] = c
+    return probs.reshape(h, w, k), mean
+
+
 def segment(
     image: str | os.PathLike | np.ndarray | Image,
     k: int = 4,
     *,
     color: str = "lab",
     spatial_weight: float = 0.0,
+    smoothing: float = 0.0,
+    k_range: tuple[int, int] = (2, 10),
+    criterion: str = "icl",
     model: str = "gmm",
     covariance: str = "full",
     max_iter: int = 100,
@@ -269,12 +314,25 @@ def segment(
     ----------
     image : path, array or Image
         A file Pillow can read, an (H, W[, 3|4]) array, or an :class:`Image`.
-    k : int
-        Number of clusters.
+    k : int or "auto"
+        Number of clusters; "auto" picks it in ``k_range`` by ``criterion``.
+    k_range : (int, int)
+        Smallest and largest k tried by ``k="auto"``.
+    criterion : {"icl", "bic"}
+        How ``k="auto"`` chooses (lower is better): ICL, which also
+        penalises uncertain memberships, or BIC. See :func:`select_k`.
+        With ``smoothing``, k is chosen with the plain mixture first.
     color : {"lab", "rgb", "hsv", "gray"}
         Colour space of the features (see :class:`FeatureSpec`).
     spatial_weight : float
         Weight of the x, y position features; 0 leaves them out.
+    smoothing : float
+        Strength of the spatial prior on the memberships (neighbourhood EM,
+        a mean-field Potts model; see :mod:`segsoft.spatial`): the reward in
+        log-likelihood units for each of a pixel's 4 neighbours that shares
+        its cluster. 0 is the plain mixture; 0.5-2 removes speckle. Needs a
+        likelihood model (gmm or soft-kmeans); on images larger than
+        ``sample`` pixels the model is fitted on a strided sub-grid.
     model : {"gmm", "soft-kmeans", "fcm"}
         Gaussian mixture, soft k-means or fuzzy c-means.
     covariance : {"full", "diag", "spherical", "tied"}
@@ -307,34 +365,137 @@ def segment(
     """
     t0 = time.perf_counter()
     settings = dict(k=k, model=model, covariance=covariance, color=color, spatial_weight=spatial_weight,
-                    max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed, reg_covar=reg_covar,
-                    beta=beta, m=m)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SegsoftError(f"k must be a whole number >= 1, got {k!r}")
+                    smoothing=smoothing, max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed,
+                    reg_covar=reg_covar, beta=beta, m=m)
+    auto = isinstance(k, str) and k == "auto"
+    if auto:
+        k_lo, k_hi = _check_k_range(k_range)
+        if criterion not in CRITERIA:
+            raise SegsoftError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+        if model == "fcm":
+            raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
+        settings.update(k_range=[k_lo, k_hi], criterion=criterion)
+    elif isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
+    if not (smoothing >= 0 and np.isfinite(smoothing)):
+        raise SegsoftError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+    if smoothing > 0 and model == "fcm":
+        raise SegsoftError("smoothing needs a likelihood model: use --model gmm or soft-kmeans")
     spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight))
-    estimator = make_model(model, int(k), covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init,
-                           sample=sample, seed=seed, reg_covar=reg_covar, beta=beta, m=m)
+
+    def new_model(n_clusters: int) -> Any:
+        return make_model(model, n_clusters, covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init,
+                          sample=sample, seed=seed, reg_covar=reg_covar, beta=beta, m=m)
+
+    new_model(1)  # reject bad model options before the slow work
     img = as_image(image, max_pixels=max_pixels)
     name = _name(img)
     t_read = time.perf_counter()
-    if img.n_used < k:
-        raise SegsoftError(f"{name}: k={k} is more than the {img.n_used} usable pixels")
-    if spatial_weight == 0 and k > 1:
-        distinct = _count_distinct(img, k)
-        if distinct < k:
-            raise SegsoftError(f"{name}: k={k} is more than the {distinct} distinct colours in the image")
+    k_min = k_lo if auto else k
+    if img.n_used < k_min:
+        raise SegsoftError(f"{name}: k={k_min} is more than the {img.n_used} usable pixels")
+    if spatial_weight == 0 and (auto or k > 1):
+        distinct = _count_distinct(img, k_hi if auto else k)
+        if distinct < k_min:
+            raise SegsoftError(f"{name}: k={k_min} is more than the {distinct} distinct colours in the image")
+        if auto:
+            k_hi = min(k_hi, distinct)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
+    selection = None
     try:
-        estimator.fit(X, progress=progress)
+        if auto:
+            estimator, selection = select_k(X, range(k_lo, k_hi + 1), new_model, criterion, seed=seed, sample=sample)
+            k = estimator.n_components
+        if smoothing > 0:
+            estimator = new_model(k)
+            rows, grid_mask, _ = _fit_grid(img, sample)
+            prior = PottsPrior(grid_mask.shape, smoothing, grid_mask)
+            estimator.fit(X[rows], progress=progress, prior=prior)
+        elif not auto:
+            estimator = new_model(k).fit(X, progress=progress)
     except ValueError as exc:
         raise SegsoftError(f"{name}: {exc}") from exc
     t_fit = time.perf_counter()
-    probs, mean = _memberships(img, estimator, X)
+    if smoothing > 0:
+        probs, mean = _smoothed_memberships(img, estimator, X, smoothing)
+    else:
+        probs, mean = _memberships(img, estimator, X)
     t_pred = time.perf_counter()
     timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": t_fit - t_feat,
                "memberships": t_pred - t_fit, "total": t_pred - t0}
-    return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings)
+    return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, selection)
+
+
+CRITERIA = ("icl", "bic")
+
+
+def _check_k_range(k_range: Any) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in k_range)
+    except (TypeError, ValueError):
+        raise SegsoftError(f"k range must be two whole numbers like (2, 10), got {k_range!r}") from None
+    if not 1 <= lo <= hi:
+        raise SegsoftError(f"k range must satisfy 1 <= low <= high, got {lo}..{hi}")
+    return lo, hi
+
+
+def select_k(
+    X: np.ndarray,
+    ks: Any,
+    new_model: Callable[[int], Any],
+    criterion: str = "icl",
+    *,
+    seed: int | None = 0,
+    sample: int | None = DEFAULT_SAMPLE,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit one model per k and keep the one with the lowest BIC or ICL.
+
+    ``BIC = -2 log L + p log n``; ``ICL = BIC + 2 E`` where
+    ``E = -sum_i sum_k t_ik log t_ik`` is the entropy of the memberships
+    (Biernacki, Celeux & Govaert 2000), so ICL also penalises clusters that
+    overlap. Both are computed on the same rows for every k: all of them, or
+    a seeded random ``sample`` of them on large inputs.
+
+    Returns
+    -------
+    model : the fitted model with the chosen k
+    selection : dict
+        ``criterion``, ``k`` (the chosen one) and, per candidate, lists
+        ``ks``, ``bic``, ``icl``, ``log_likelihood`` (mean per row).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(m, 0.3, (300, 2)) for m in (0, 3, 6)])
+    >>> model, sel = select_k(X, range(1, 6), lambda k: GaussianMixture(k))
+    >>> sel["k"]
+    3
+    """
+    n = X.shape[0]
+    rows = X
+    if sample and n > sample:
+        rows = X[np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))]
+    curve: dict[str, Any] = {"ks": [], "bic": [], "icl": [], "log_likelihood": []}
+    best = None
+    for k in ks:
+        model = new_model(k).fit(X)
+        resp, mean = model.predict_proba_and_score(rows)
+        m = rows.shape[0]
+        bic = -2.0 * mean * m + model.n_parameters() * np.log(m)
+        safe = np.where(resp > 0, resp, 1.0)
+        icl = bic - 2.0 * float(np.sum(resp * np.log(safe), dtype=np.float64))
+        curve["ks"].append(int(k))
+        curve["bic"].append(float(bic))
+        curve["icl"].append(float(icl))
+        curve["log_likelihood"].append(float(mean))
+        score = icl if criterion == "icl" else bic
+        if best is None or score < best[0]:
+            best = (score, model)
+    if best is None:
+        raise SegsoftError("the k range is empty")
+    curve.update(criterion=criterion, k=int(best[1].n_components))
+    return best[1], curve
 
 
 def apply_model(
