@@ -205,3 +205,21 @@ def test_bad_arguments_raise_clear_errors():
         FuzzyCMeans(2, m=1.0).fit(X)
     with pytest.raises(RuntimeError, match="not fitted"):
         GaussianMixture(2).predict_proba(X)
+
+
+def test_matches_sklearn_at_a_tiny_variance_floor():
+    """A near-constant cluster drives a variance down to reg_covar: the
+    quadratic-feature E-step must stay accurate there (float32 products would not)."""
+    sklearn = pytest.importorskip("sklearn.mixture")
+    rng = np.random.default_rng(11)
+    flat = np.full((3000, 3), 0.3) + rng.normal(0, 1e-4, (3000, 3))  # like a saturated sky
+    X = np.vstack([flat, rng.normal(0, 1, (3000, 3)), rng.normal(4, 2, (3000, 3))]).astype(np.float32)
+    means0 = np.array([[0.3, 0.3, 0.3], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    w, m, prec = _sklearn_start(X.astype(np.float64), means0, "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = sklearn.GaussianMixture(3, weights_init=w, means_init=m, precisions_init=prec, max_iter=15, tol=0).fit(X)
+    gm = GaussianMixture(3, max_iter=15, tol=0).fit(X, means_init=means0)
+    assert gm.covariances_[:, 0, 0].min() < 2e-6  # the noise variance is 1e-8: reg_covar dominates
+    theirs = sk.score(X.astype(np.float64))
+    assert abs(gm.score(X) - theirs) / abs(theirs) < 1e-6
