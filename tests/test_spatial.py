@@ -129,3 +129,27 @@ def test_auto_k_bad_arguments(kwargs, match):
     img, _ = noisy_halves(size=16)
     with pytest.raises(SegsoftError, match=match):
         segsoft.segment(img, k="auto", **kwargs)
+
+
+def test_regions_split_patches_and_merge_specks():
+    from segsoft.spatial import connected_regions
+
+    labels = np.zeros((30, 30), dtype=int)
+    labels[5:10, 5:10] = 1     # a patch of cluster 1 (25 px)
+    labels[20:25, 20:25] = 1   # another patch of the same cluster
+    labels[15, 15] = 1         # a one-pixel speck
+    regions = connected_regions(labels)
+    assert regions.max() + 1 == 4  # background, two patches, the speck
+    merged = connected_regions(labels, min_size=10)
+    assert merged.max() + 1 == 3 and merged[15, 15] == merged[0, 0]
+    assert merged[5, 5] != merged[20, 20]  # same cluster, separate regions
+    labels[0, :] = -1
+    assert (connected_regions(labels, 10)[0] == -1).all()
+
+
+def test_segmentation_regions_default_to_one_percent():
+    img, _ = noisy_halves(size=40)
+    seg = segsoft.segment(img, k=2)
+    regions = seg.regions()
+    sizes = np.bincount(regions.ravel())
+    assert sizes.min() >= 16 and len(sizes) < len(np.unique(seg.labels)) + 50
