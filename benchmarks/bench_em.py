@@ -69,6 +69,10 @@ def run_one(method: str, megapixels: float) -> dict:
         iters = gm.n_iter_
     elif method == "sklearn":
         from sklearn.mixture import GaussianMixture as SkGM
+
+        from segsoft.mixture import _column_moments
+
+        reg = 1e-6 * _column_moments(X)[1]  # segsoft's reg_covar is relative to the data's variance
         from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
 
         # scikit-learn from the same start segsoft uses: each row on its nearest
@@ -77,11 +81,11 @@ def run_one(method: str, megapixels: float) -> dict:
         labels = np.argmin(((X64[:, None, :] - means0[None]) ** 2).sum(-1), axis=1)
         resp = np.zeros((len(X), K))
         resp[np.arange(len(X)), labels] = 1.0
-        w, m, c = _estimate_gaussian_parameters(X64, resp, 1e-6, "full")
+        w, m, c = _estimate_gaussian_parameters(X64, resp, reg, "full")
         pc = _compute_precision_cholesky(c, "full")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tol=0 runs all iterations on purpose
-            sk = SkGM(K, covariance_type="full", max_iter=ITERS, tol=0.0, init_params="random",
+            sk = SkGM(K, covariance_type="full", max_iter=ITERS, tol=0.0, init_params="random", reg_covar=reg,
                       weights_init=w / len(X), means_init=m, precisions_init=pc @ np.swapaxes(pc, 1, 2),
                       random_state=SEED).fit(X64)
         sk.predict_proba(X64)

@@ -163,12 +163,17 @@ def _check_finite(X: np.ndarray) -> None:
             raise ValueError("X contains NaN or infinite values")
 
 
-def _column_mean(X: np.ndarray) -> np.ndarray:
+def _column_moments(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """Column means and the mean column variance, in float64 chunks."""
     step = 1 << 20
     total = np.zeros(X.shape[1])
     for s in range(0, X.shape[0], step):
         total += X[s : s + step].sum(axis=0, dtype=np.float64)
-    return total / X.shape[0]
+    mean = total / X.shape[0]
+    sq = 0.0
+    for s in range(0, X.shape[0], step):
+        sq += float(np.square(X[s : s + step] - mean).sum())
+    return mean, sq / X.size
 
 
 def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -416,7 +421,10 @@ class _EMBase:
         self._prior = prior
         k = self.n_components
         self._layout = _Layout(d, self._layout_kind)
-        self._center = _column_mean(X)
+        self._center, mean_var = _column_moments(X)
+        # regularisation in the data's own units: reg_covar is relative to the
+        # mean feature variance (absolute for standardised features)
+        self.reg_covar_ = getattr(self, "reg_covar", 0.0) * (mean_var if mean_var > 0 else 1.0)
         rng = np.random.default_rng(self.seed)
 
         fit_rows = X
@@ -691,7 +699,12 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         Stop after ``max_iter`` EM iterations or when the mean log-likelihood
         per row changes by less than ``tol``.
     reg_covar : float
-        Added to the covariance diagonals so they stay positive definite.
+        Added to the covariance diagonals so they stay positive definite,
+        relative to the mean variance of the features: the added amount is
+        ``reg_covar_ = reg_covar * mean(var(X, axis=0))``, so a constant or
+        near-constant cluster is handled the same whatever the data's units.
+        (scikit-learn's ``reg_covar`` is absolute: pass it ``reg_covar_`` to
+        compare.)
     init : {"k-means++", "random"}
         Starting means: k-means (seeded by k-means++) on up to 20,000 rows, or
         random rows. Every row then starts assigned to its nearest mean.
@@ -724,6 +737,8 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         on all rows when ``sample_size`` is used).
     log_likelihood_ : float
         Its last value (like scikit-learn's ``lower_bound_``).
+    reg_covar_ : float
+        The absolute regularisation used.
     collapsed_ : ndarray of bool
         Components left with (almost) no membership after re-seeding failed,
         e.g. more components than distinct points.
@@ -782,7 +797,7 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
     # (K, d, d) | (d, d) tied | (K, d) diag | (K,) spherical, _nk (K,)
 
     def _m_step(self, s: np.ndarray, n: int) -> None:
-        lay, reg = self._layout, self.reg_covar
+        lay, reg = self._layout, self.reg_covar_
         d = lay.d
         nk = s[0] + _EPS10
         means = s[1 : 1 + d].T / nk[:, None]
@@ -818,14 +833,14 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
 
     def _make_pd(self, cov: np.ndarray) -> np.ndarray:
         if self.covariance in ("diag", "spherical"):
-            floor = max(self.reg_covar, 1e-12)
+            floor = max(self.reg_covar_, 1e-12)
             return np.maximum(cov, floor)
         # Cholesky must succeed: raise the diagonal of the offending matrix
         # until it does (only collapsed or degenerate components get here)
         mats = cov[None] if cov.ndim == 2 else cov
         d = mats.shape[-1]
         for i in range(mats.shape[0]):
-            bump = max(self.reg_covar, 1e-12)
+            bump = max(self.reg_covar_, 1e-12)
             while True:
                 try:
                     np.linalg.cholesky(mats[i])
@@ -978,7 +993,7 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
         self._means = means
         if self.beta is None:
             sse = s[1 + d].sum() - np.einsum("k,kd,kd->", nk, means, means)
-            self._var = max(sse / (nk.sum() * d), 0.0) + self.reg_covar
+            self._var = max(sse / (nk.sum() * d), 0.0) + self.reg_covar_
         else:
             self._var = 1.0 / (2.0 * self.beta)
         self._var = max(self._var, 1e-12)

@@ -63,14 +63,14 @@ def test_relatives_objective_never_decreases(model):
     assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[:-1]))
 
 
-def _sklearn_start(X, means0, cov):
+def _sklearn_start(X, means0, cov, reg):
     """scikit-learn's initial parameters for the start segsoft uses with
     means_init: every row assigned to its nearest mean, then one M-step."""
     from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
 
     labels = ((X[:, None, :] - means0[None]) ** 2).sum(-1).argmin(1)
     resp = np.eye(len(means0))[labels]
-    w, m, c = _estimate_gaussian_parameters(X, resp, 1e-6, cov)
+    w, m, c = _estimate_gaussian_parameters(X, resp, reg, cov)
     pc = _compute_precision_cholesky(c, cov)
     prec = pc @ np.swapaxes(pc, -1, -2) if cov in ("full", "tied") else pc**2
     return w / len(X), m, prec
@@ -83,12 +83,14 @@ def test_same_log_likelihood_as_sklearn(cov):
     A = rng.normal(size=(3, 3))
     X = np.vstack([rng.normal(size=(2500, 3)) @ A * (i + 1) / 2 + rng.normal(0, 5, 3) for i in range(4)])
     means0 = X[rng.choice(len(X), 4, replace=False)]
-    w, m, prec = _sklearn_start(X, means0, cov)
+    gm = GaussianMixture(4, covariance=cov, max_iter=25, tol=0).fit(X, means_init=means0)
+    # segsoft's reg_covar is relative to the data's variance; scikit-learn's is absolute
+    assert gm.reg_covar_ == pytest.approx(1e-6 * X.var(axis=0).mean(), rel=1e-9)
+    w, m, prec = _sklearn_start(X, means0, cov, gm.reg_covar_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: tol=0 runs every iteration on purpose
         sk = sklearn.GaussianMixture(4, covariance_type=cov, weights_init=w, means_init=m, precisions_init=prec,
-                                     max_iter=25, tol=0).fit(X)
-    gm = GaussianMixture(4, covariance=cov, max_iter=25, tol=0).fit(X, means_init=means0)
+                                     max_iter=25, tol=0, reg_covar=gm.reg_covar_).fit(X)
     assert gm.n_iter_ == sk.n_iter_ == 25
     ours, theirs = gm.score(X), sk.score(X)
     assert abs(ours - theirs) / abs(theirs) < 1e-6
@@ -215,11 +217,12 @@ def test_matches_sklearn_at_a_tiny_variance_floor():
     flat = np.full((3000, 3), 0.3) + rng.normal(0, 1e-4, (3000, 3))  # like a saturated sky
     X = np.vstack([flat, rng.normal(0, 1, (3000, 3)), rng.normal(4, 2, (3000, 3))]).astype(np.float32)
     means0 = np.array([[0.3, 0.3, 0.3], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
-    w, m, prec = _sklearn_start(X.astype(np.float64), means0, "full")
+    gm = GaussianMixture(3, max_iter=15, tol=0, reg_covar=1e-7).fit(X, means_init=means0)
+    w, m, prec = _sklearn_start(X.astype(np.float64), means0, "full", gm.reg_covar_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sk = sklearn.GaussianMixture(3, weights_init=w, means_init=m, precisions_init=prec, max_iter=15, tol=0).fit(X)
-    gm = GaussianMixture(3, max_iter=15, tol=0).fit(X, means_init=means0)
-    assert gm.covariances_[:, 0, 0].min() < 2e-6  # the noise variance is 1e-8: reg_covar dominates
+        sk = sklearn.GaussianMixture(3, weights_init=w, means_init=m, precisions_init=prec, max_iter=15, tol=0,
+                                     reg_covar=gm.reg_covar_).fit(X)
+    assert gm.covariances_[:, 0, 0].min() < 3 * gm.reg_covar_  # the noise variance is 1e-8: reg_covar dominates
     theirs = sk.score(X.astype(np.float64))
     assert abs(gm.score(X) - theirs) / abs(theirs) < 1e-6
