@@ -304,6 +304,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         try:
             pil = PILImage.open(p)
         except UnidentifiedImageError:
+            if _is_tiff(p):
+                return _read_tiff(p, name, max_pixels)
             raise SegsoftError(f"{name}: not an image (Pillow cannot identify it)") from None
         except (FileNotFoundError, NotADirectoryError):
             raise SegsoftError(f"{name}: no such file") from None
@@ -315,6 +317,46 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
         with pil:
             return _from_pil(pil, name, p, max_pixels, reopen=lambda: PILImage.open(p))
+
+
+def _is_tiff(path: Path) -> bool:
+    with suppress(OSError), open(path, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    return False
+
+
+def _read_tiff(path: Path, name: str, max_pixels: int | None) -> Image:
+    """TIFFs Pillow cannot open (float or 16-bit RGB, planar samples), read with
+    tifffile, which scikit-image already depends on."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            planar = page.planarconfig == 2 and len(page.shape) == 3  # (samples, H, W)
+            h, w = page.shape[1:] if planar else page.shape[:2]
+            if max_pixels is not None and h * w > max_pixels:
+                raise SegsoftError(f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} "
+                                   "(use --max-pixels to raise it)")
+            arr = page.asarray()
+            if planar:
+                arr = np.moveaxis(arr, 0, -1)
+    except SegsoftError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many kinds on bad data
+        raise SegsoftError(f"{name}: not an image Pillow or tifffile can read ({_reason(e)})") from None
+    if arr.ndim == 3 and arr.shape[2] > 4:
+        arr = arr[..., :3]
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise SegsoftError(f"{name}: image contains NaN or infinite values")
+        top = float(arr.max()) if arr.size else 1.0
+        arr = arr.astype(np.float32) / (top if top > 1.0 else 1.0)  # as for Pillow's mode F
+    elif arr.dtype not in (np.uint8, np.uint16, np.bool_):
+        arr = arr.astype(np.float32) / max(float(arr.max()), 1.0)
+    image = Image.from_array(arr)
+    image.path, image.mode = path, f"tifffile:{arr.dtype}"
+    return image
 
 
 def as_image(

@@ -315,7 +315,8 @@ class _EMBase:
         total += m
         return logits, logits, total
 
-    def _reseed(self, k: int, point: np.ndarray) -> None:
+    def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
+        """Put component ``k`` at ``point`` (centred coordinates) with mixing ``weight``."""
         raise NotImplementedError
 
     def _permute(self, order: np.ndarray) -> None:
@@ -507,18 +508,31 @@ class _EMBase:
             n_iter = it + 1
             dead = np.flatnonzero(self._collapsed_mask())
             if dead.size and reseeds_left > 0 and worst_row is not None and self._far_from_means(X[worst_row]):
-                # re-seed one collapsed component on the worst-explained row
-                # rather than leaving it at weight 0; the objective may dip once
-                self._reseed(int(dead[0]), X[worst_row].astype(np.float64) - self._center)
                 reseeds_left -= 1
-                self.n_reseeds_ = getattr(self, "n_reseeds_", 0) + 1
-                continue
+                if self._try_reseed(X, int(dead[0]), X[worst_row].astype(np.float64) - self._center, trace[-1]):
+                    self.n_reseeds_ = getattr(self, "n_reseeds_", 0) + 1
+                    continue
             if progress is not None:
                 progress(start + n_iter, ll)
             if len(trace) > 1 and abs(trace[-1] - trace[-2]) < self.tol:
                 converged = True
                 break
         return trace, converged, n_iter
+
+    def _try_reseed(self, X: np.ndarray, k: int, point: np.ndarray, floor: float) -> bool:
+        """Re-seed collapsed component ``k`` on ``point`` (the worst-explained row)
+        rather than leave it at weight 0 -- but only with a weight at which the
+        objective is at least ``floor`` (the last one recorded), so the trace
+        still never decreases. Costs a pass per weight tried; it is rare."""
+        saved = self._state()
+        n = X.shape[0]
+        for weight in (1.0 / self.n_components, 1.0 / math.sqrt(self.n_components * n), 1.0 / n):
+            self._set_state(saved)
+            self._reseed(k, point, weight)
+            if self._pass(X, stats=False)[0] >= floor:
+                return True
+        self._set_state(saved)
+        return False
 
     def _prior_step(self, X: np.ndarray) -> tuple[float, np.ndarray]:
         """E-step through the prior: (objective per row, M-step statistics)."""
@@ -617,7 +631,7 @@ class _EMBase:
         return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items() if k.startswith("_") and not k.startswith("__")}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()})
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -884,13 +898,14 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         layout = lay if cov_type != "spherical" else _Layout(d, "diag")
         return layout.coefficients(const, lin, quad)
 
-    def _reseed(self, k: int, point: np.ndarray) -> None:
+    def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
         self._means[k] = point
+        live = ~self._collapsed_mask()
         if self.covariance != "tied":
-            live = ~self._collapsed_mask()
             self._cov[k] = np.average(self._cov[live], axis=0, weights=self._w[live])
-        self._w[k] = 1.0 / self.n_components
-        self._w /= self._w.sum()
+        self._w[k] = 0.0
+        self._w *= (1.0 - weight) / self._w.sum()
+        self._w[k] = weight
 
     def _permute(self, order: np.ndarray) -> None:
         self._w, self._means, self._nk = self._w[order], self._means[order], self._nk[order]
@@ -1005,8 +1020,8 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
                  - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means))
         return self._layout.coefficients(const, prec * self._means, np.full(k, prec))
 
-    def _reseed(self, k: int, point: np.ndarray) -> None:
-        self._means[k] = point
+    def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
+        self._means[k] = point  # equal weights: only the position changes
 
     def _permute(self, order: np.ndarray) -> None:
         self._means, self._nk = self._means[order], self._nk[order]
@@ -1114,8 +1129,8 @@ class FuzzyCMeans(_EMBase):
     def _min_count(self) -> float:
         return 1e-8
 
-    def _reseed(self, k: int, point: np.ndarray) -> None:
-        self._means[k] = point
+    def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
+        self._means[k] = point  # equal weights: only the position changes
 
     def _permute(self, order: np.ndarray) -> None:
         self._means, self._nk = self._means[order], self._nk[order]

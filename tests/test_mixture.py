@@ -149,6 +149,8 @@ def test_empty_component_is_reseeded_not_left_at_zero():
     gm = GaussianMixture(3, max_iter=200).fit(X, means_init=far)
     assert gm.n_reseeds_ >= 1
     assert not gm.collapsed_.any()
+    trace = gm.log_likelihood_trace_
+    assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[:-1]))  # re-seeding never lowers it
     assert gm.weights_.min() > 0.1
 
 
