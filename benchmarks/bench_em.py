@@ -70,7 +70,7 @@ def run_one(method: str, megapixels: float) -> dict:
     elif method == "sklearn":
         from sklearn.mixture import GaussianMixture as SkGM
 
-        from segsoft.mixture import _column_moments
+        from segsoft.mixture.base import _column_moments
 
         reg = 1e-6 * _column_moments(X)[1]  # segsoft's reg_covar is relative to the data's variance
         from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
