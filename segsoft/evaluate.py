@@ -1,0 +1,913 @@
+"""Scoring segmentations against human ground truth, as the BSDS500 region benchmark does.
+
+Three region measures compare a machine segmentation ``S`` (a label map) with
+each of a set of human segmentations ``G_1 .. G_m`` of the same image, and
+average over the humans. Everything is computed from the contingency table
+``n[i, j] = |S_i ∩ G_j|`` of pixel counts (one ``np.bincount``), never from
+pixel pairs, so a 481x321 image with 7 humans takes a few milliseconds.
+With ``N`` the number of pixels, ``a_i = |S_i|`` and ``b_j = |G_j|``:
+
+Probabilistic Rand Index (PRI; Unnikrishnan, Pantofaru & Hebert, TPAMI 2007)
+    The mean over humans of the Rand index, the fraction of the ``N(N-1)/2``
+    pixel pairs on which ``S`` and ``G`` agree (same region in both, or
+    different regions in both)::
+
+        RI = 1 - (sum_i a_i**2 / 2 + sum_j b_j**2 / 2 - sum_ij n_ij**2) / (N (N-1) / 2)
+
+    The mean of the per-human Rand indices equals the PRI's definition
+    through pair probabilities (the PRI is linear in them). In [0, 1], higher
+    is better; 1 when ``S`` equals every human.
+Variation of Information (VoI; Meila 2007), in bits
+    The mean over humans of ``H(S | G) + H(G | S)``, with base-2 logarithms::
+
+        VoI = sum_ij (n_ij / N) * (log2 a_i + log2 b_j - 2 log2 n_ij)
+
+    0 when ``S`` equals ``G``; lower is better. Bits because the benchmark's
+    ``match_segmentations2.m`` uses ``log2`` (from Allen Yang's
+    ``compare_segmentations.m``); multiply by ``ln 2`` for nats.
+Segmentation Covering (Arbelaez, Maire, Fowlkes & Malik, TPAMI 2011)
+    The covering *of the ground truth by the segmentation* (what the
+    benchmark reports as "Covering": its ``cntR / sumR``): every human region
+    is matched to the machine region that overlaps it best, weighted by its
+    size::
+
+        C(S -> G) = (1 / N) * sum_j b_j * max_i n_ij / (a_i + b_j - n_ij)
+
+    averaged over humans. In [0, 1], higher is better. Not symmetric: one
+    region for the whole image covers a ground truth made of regions ``G_j``
+    with ``sum_j (b_j / N)**2``.
+
+Every function takes label maps of any integer labels (any shape, all the
+same). A region is a label: a label split into separate patches counts as
+one region (use ``seg.regions()`` to score connected regions instead). Negative labels (-1 by convention) mark unlabelled pixels, left out of
+every measure for that pair of maps: a pixel masked in ``S`` is left out
+against every human, one masked in ``G_h`` only against human ``h``.
+
+Differences from the benchmark's MATLAB code (``match_segmentations.m``,
+``match_segmentations2.m``, ``evaluation_reg_image.m`` in BSR/bench): it
+ignores label 0 instead of negative labels (its ground truth labels start at
+1, so this changes nothing there; segsoft's clusters start at 0); and for one
+image it pools the covering over humans (``sum_h cnt_h / sum_h N_h``), which
+is the mean over humans used here whenever the humans label the same pixels,
+as in BSDS500. Over a data set, :class:`EvaluationReport` averages each
+measure over images, as the benchmark does for PRI and VoI (for covering it
+pools over images, weighting each by its pixels times humans).
+
+Files
+-----
+Ground truth, one file per image ``<id>``: ``<id>.npz`` holding ``segs``, an
+integer ``(n_humans, H, W)`` array (the layout of ``shared/data/bsds-dev``), or
+a single human as ``<id>.npy`` (``(H, W)``, or ``(n_humans, H, W)``) or
+``<id>.png``. Predictions, by the same ``<id>``: a segsoft output folder
+``<id>/`` with ``labels.npy`` or ``probabilities.npy`` (labels = the argmax;
+-1 where the memberships are NaN, i.e. transparent pixels), or a label map
+``<id>.npy`` or ``<id>.png``. A label PNG must be single-channel (palette
+indices, 8- or 16-bit grey): RGB PNGs are taken to be pictures, not labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from .errors import SegsoftError
+from .io import atomic_write_bytes
+
+__all__ = [
+    "EvaluationReport",
+    "ImageScore",
+    "evaluate_folder",
+    "evaluate_labels",
+    "evaluate_many",
+    "find_ground_truth",
+    "find_predictions",
+    "load_ground_truth",
+    "load_prediction",
+    "probabilistic_rand_index",
+    "segmentation_covering",
+    "variation_of_information",
+]
+
+#: Pillow modes read as label maps: palette indices, 1-bit, 8/16/32-bit grey.
+_LABEL_MODES = frozenset({"P", "1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+_GT_SUFFIXES = (".npz", ".npy", ".png")  # in order of preference for one id
+_PRED_SUFFIXES = (".npy", ".png")
+
+LabelMaps = np.ndarray | Sequence[np.ndarray]
+Progress = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------
+# measures
+
+
+def probabilistic_rand_index(seg: np.ndarray, gts: LabelMaps) -> float:
+    """Probabilistic Rand Index of a segmentation against human segmentations.
+
+    Parameters
+    ----------
+    seg : array of int
+        The segmentation's label map; negative labels are unlabelled pixels.
+    gts : array of int, or sequence of them
+        One ground truth of ``seg``'s shape, a stack ``(n_humans, *seg.shape)``
+        or a list of label maps.
+
+    Returns
+    -------
+    float
+        The mean over humans of the Rand index (module docstring), in [0, 1].
+
+    Raises
+    ------
+    SegsoftError
+        Non-integer labels, mismatched shapes, no ground truth, or no pixel
+        labelled in both ``seg`` and a ground truth.
+
+    Examples
+    --------
+    >>> seg = np.array([[0, 0, 1], [0, 1, 1]])
+    >>> gt = np.array([[1, 1, 1], [2, 2, 2]])
+    >>> round(probabilistic_rand_index(seg, [gt]), 6)  # 7 of the 15 pairs agree
+    0.466667
+    """
+    return float(np.mean(_per_human(seg, gts)[:, 0]))
+
+
+def variation_of_information(seg: np.ndarray, gts: LabelMaps) -> float:
+    """Variation of Information, in bits, between a segmentation and human segmentations.
+
+    Parameters
+    ----------
+    seg : array of int
+        The segmentation's label map; negative labels are unlabelled pixels.
+    gts : array of int, or sequence of them
+        Ground truth label maps, as for :func:`probabilistic_rand_index`.
+
+    Returns
+    -------
+    float
+        The mean over humans of ``H(seg | gt) + H(gt | seg)`` with base-2
+        logarithms (as the BSDS benchmark), >= 0.
+
+    Raises
+    ------
+    SegsoftError
+        As :func:`probabilistic_rand_index`.
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 2, 2]])
+    >>> variation_of_information(np.zeros((1, 4), int), gt)  # one region: H(gt) = 1 bit
+    1.0
+    >>> variation_of_information(np.array([[5, 5, 7, 7]]), gt)
+    0.0
+    """
+    return float(np.mean(_per_human(seg, gts)[:, 1]))
+
+
+def segmentation_covering(seg: np.ndarray, gts: LabelMaps) -> float:
+    """Covering of human segmentations by a segmentation (Arbelaez et al. 2011).
+
+    Parameters
+    ----------
+    seg : array of int
+        The segmentation's label map; negative labels are unlabelled pixels.
+    gts : array of int, or sequence of them
+        Ground truth label maps, as for :func:`probabilistic_rand_index`.
+
+    Returns
+    -------
+    float
+        The mean over humans of ``(1/N) sum_R |R| max_S |R ∩ S| / |R ∪ S|``,
+        ``R`` over the human's regions and ``S`` over the segmentation's,
+        in [0, 1].
+
+    Raises
+    ------
+    SegsoftError
+        As :func:`probabilistic_rand_index`.
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 1, 2]])
+    >>> segmentation_covering(np.zeros((1, 4), int), gt)  # (3/4)**2 + (1/4)**2
+    0.625
+    """
+    return float(np.mean(_per_human(seg, gts)[:, 2]))
+
+
+def evaluate_labels(seg: np.ndarray, gts: LabelMaps) -> dict[str, float]:
+    """All three measures of a segmentation against human segmentations, in one pass.
+
+    Parameters
+    ----------
+    seg : array of int
+        The segmentation's label map; negative labels are unlabelled pixels.
+    gts : array of int, or sequence of them
+        Ground truth label maps, as for :func:`probabilistic_rand_index`.
+
+    Returns
+    -------
+    dict
+        ``{"pri": ..., "voi": ..., "covering": ...}``, each the mean over
+        humans (VoI in bits).
+
+    Raises
+    ------
+    SegsoftError
+        As :func:`probabilistic_rand_index`.
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+    >>> evaluate_labels(gt * 10, [gt, gt])
+    {'pri': 1.0, 'voi': 0.0, 'covering': 1.0}
+    """
+    pri, voi, cov = _per_human(seg, gts).mean(axis=0)
+    return {"pri": float(pri), "voi": float(voi), "covering": float(cov)}
+
+
+def _per_human(seg: np.ndarray, gts: LabelMaps) -> np.ndarray:
+    """(n_humans, 3) array of Rand index, VoI (bits) and covering against each human."""
+    s = _as_labels(seg, "segmentation")
+    maps = _ground_truth_list(gts, s.shape)
+    if s.size == 0:
+        raise SegsoftError("the segmentation has no pixels")
+    s = s.reshape(-1)
+    s_used = s >= 0
+    s_all = bool(s_used.all())
+    s_dense = np.full(s.shape, -1, np.int64)
+    s_dense[s_used], n_s = _dense(s[s_used])
+    out = np.empty((len(maps), 3))
+    for h, g in enumerate(maps):
+        g = g.reshape(-1)
+        g_used = g >= 0
+        if s_all and bool(g_used.all()):
+            a, b = s_dense, g
+        else:
+            both = s_used & g_used
+            if not both.any():
+                raise SegsoftError(f"no pixel is labelled in both the segmentation and ground truth {h + 1}")
+            a, b = s_dense[both], g[both]
+        out[h] = _scores(a, n_s, *_dense(b))
+    return out
+
+
+def _scores(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> tuple[float, float, float]:
+    """Rand index, VoI (bits) and covering of ``b`` by ``a``; labels in 0..n-1, some maybe unused."""
+    n = a.size
+    codes = a * n_b + b
+    if n_a * n_b <= 4 * n + 65536:
+        table = np.bincount(codes, minlength=n_a * n_b)
+        size_a = table.reshape(n_a, n_b).sum(axis=1)
+        size_b = table.reshape(n_a, n_b).sum(axis=0)
+        cells = np.flatnonzero(table)
+        counts = table[cells]
+    else:  # many regions on both sides: only the non-empty cells
+        cells, counts = np.unique(codes, return_counts=True)
+        size_a = np.bincount(cells // n_b, weights=counts, minlength=n_a).astype(np.int64)
+        size_b = np.bincount(cells % n_b, weights=counts, minlength=n_b).astype(np.int64)
+    rows, cols = np.divmod(cells, n_b)
+
+    # exact in int64 up to N ~ 3e9 pixels, then one rounding to float
+    same_a = int(np.dot(size_a, size_a))
+    same_b = int(np.dot(size_b, size_b))
+    same_ab = int(np.dot(counts, counts))
+    ri = 1.0 - ((same_a + same_b) / 2 - same_ab) / (n * (n - 1) / 2) if n > 1 else 1.0
+
+    # every term is >= 0 (n_ij <= a_i, b_j): no cancellation, exactly 0 for equal maps
+    ra, cb, c = size_a[rows].astype(float), size_b[cols].astype(float), counts.astype(float)
+    voi = float(np.dot(c, np.log2(ra) + np.log2(cb) - 2 * np.log2(c))) / n
+
+    best = np.zeros(n_b)
+    np.maximum.at(best, cols, c / (ra + cb - c))
+    covering = float(np.dot(size_b, best)) / n
+    return ri, max(voi, 0.0), covering
+
+
+def _dense(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Non-negative labels as indices 0..n-1 (unused ones allowed), and n.
+
+    Small labels are used as they are; large or sparse ones are renumbered
+    so that the contingency table stays small.
+    """
+    if x.size == 0:
+        return x, 0
+    hi = int(x.max())
+    if hi < 4 * x.size + 65536:
+        return x, hi + 1
+    values, inverse = np.unique(x, return_inverse=True)
+    return inverse.reshape(-1), int(values.size)
+
+
+def _as_labels(arr: object, what: str) -> np.ndarray:
+    """An int64 label map; floats must hold whole numbers (NaN becomes -1)."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        return a.astype(np.int64)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise SegsoftError(f"{what} has labels too large for int64")
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64, copy=False)
+    if a.dtype.kind == "f":
+        nan = np.isnan(a)
+        finite = np.where(nan, 0.0, a)
+        if not np.isfinite(finite).all() or (finite != np.round(finite)).any():
+            raise SegsoftError(f"{what} holds non-integer values (expected integer region labels)")
+        if np.abs(finite).max(initial=0) >= 2.0**53:
+            raise SegsoftError(f"{what} has labels too large to be exact in float")
+        return np.where(nan, -1, finite).astype(np.int64)
+    raise SegsoftError(f"{what} has dtype {a.dtype}, not integer region labels")
+
+
+def _ground_truth_list(gts: LabelMaps, shape: tuple[int, ...]) -> list[np.ndarray]:
+    if isinstance(gts, np.ndarray) and gts.ndim == len(shape):
+        items: list = [gts]
+    elif isinstance(gts, np.ndarray) and gts.ndim == len(shape) + 1:
+        items = list(gts)
+    elif isinstance(gts, np.ndarray):
+        raise SegsoftError(f"ground truth of shape {gts.shape} does not match the segmentation's {shape}")
+    else:
+        items = list(gts)
+    if not items:
+        raise SegsoftError("no ground truth segmentations to compare with")
+    maps = []
+    for h, g in enumerate(items):
+        g = _as_labels(g, f"ground truth {h + 1}")
+        if g.shape != shape:
+            raise SegsoftError(
+                f"segmentation of shape {shape} does not match ground truth {h + 1} of shape {g.shape}"
+            )
+        maps.append(g)
+    return maps
+
+
+# --------------------------------------------------------------------------
+# files
+
+
+def load_ground_truth(path: str | os.PathLike) -> list[np.ndarray]:
+    """Read the human segmentations of one image.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.npz`` with an integer array ``segs`` of shape ``(n_humans, H, W)``
+        (or ``(H, W)``); ``.npy`` with ``(H, W)`` or ``(n_humans, H, W)``;
+        or a single-channel ``.png`` label map (one human).
+
+    Returns
+    -------
+    list of ndarray of int64 (H, W)
+        One label map per human; negative labels mark unlabelled pixels.
+
+    Raises
+    ------
+    SegsoftError
+        ``"<path>: <problem>"``: no such file, unreadable or corrupt, no
+        ``segs`` array, wrong shape or dtype, no humans, unknown extension.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     name = os.path.join(folder, "1.npz")
+    ...     np.savez_compressed(name, segs=np.ones((3, 4, 5), np.uint16))
+    ...     gts = load_ground_truth(name)
+    >>> len(gts), gts[0].shape, gts[0].dtype
+    (3, (4, 5), dtype('int64'))
+    """
+    name = os.fsdecode(path)
+    suffix = Path(name).suffix.lower()
+    if suffix == ".npz":
+        arr = _read_npz(name, "segs")
+    elif suffix == ".npy":
+        arr = _read_npy(name)
+    elif suffix == ".png":
+        arr = _read_label_png(name)
+    else:
+        raise SegsoftError(f"{name}: unknown ground truth format (expected .npz, .npy or .png)")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise SegsoftError(f"{name}: ground truth of shape {arr.shape} (expected (n_humans, H, W) or (H, W))")
+    labels = _labels_of_file(arr, name)
+    return list(labels)
+
+
+def load_prediction(path: str | os.PathLike) -> np.ndarray:
+    """Read a predicted segmentation as a label map.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A segsoft output folder (``labels.npy``, else ``probabilities.npy``
+        whose argmax gives the labels and whose NaN pixels become -1), a
+        ``.npy`` label map ``(H, W)`` (or memberships ``(H, W, K)``), or a
+        single-channel ``.png`` label map.
+
+    Returns
+    -------
+    ndarray of int64 (H, W)
+        Region labels; -1 where unlabelled.
+
+    Raises
+    ------
+    SegsoftError
+        ``"<path>: <problem>"``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = np.array([[[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan]]], np.float32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     np.save(os.path.join(folder, "probabilities.npy"), p)
+    ...     load_prediction(folder).tolist()
+    [[0, 1, -1]]
+    """
+    name = os.fsdecode(path)
+    p = Path(name)
+    if p.is_dir():
+        if (p / "labels.npy").is_file():
+            return load_prediction(p / "labels.npy")
+        if (p / "probabilities.npy").is_file():
+            return load_prediction(p / "probabilities.npy")
+        raise SegsoftError(f"{name}: folder has no labels.npy or probabilities.npy")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        arr = _read_npy(name)
+        if arr.ndim == 3 and arr.dtype.kind == "f":
+            return _argmax_labels(arr, name)
+    elif suffix == ".png":
+        arr = _read_label_png(name)
+    else:
+        raise SegsoftError(f"{name}: unknown prediction format (expected a folder, .npy or .png)")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise SegsoftError(f"{name}: label map of shape {arr.shape} (expected (H, W))")
+    return _labels_of_file(arr, name)
+
+
+def _argmax_labels(p: np.ndarray, name: str) -> np.ndarray:
+    if 0 in p.shape:
+        raise SegsoftError(f"{name}: memberships of shape {p.shape} are empty")
+    nan = np.isnan(p).any(axis=-1)
+    labels = np.argmax(np.where(np.isnan(p), -np.inf, p), axis=-1).astype(np.int64)
+    labels[nan] = -1
+    return labels
+
+
+def _labels_of_file(arr: np.ndarray, name: str) -> np.ndarray:
+    try:
+        return _as_labels(arr, "array")
+    except SegsoftError as e:
+        raise SegsoftError(f"{name}: {e}") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    text = " ".join(text.split()) or type(e).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _open_error(name: str, e: BaseException) -> SegsoftError:
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return SegsoftError(f"{name}: no such file")
+    if isinstance(e, IsADirectoryError):
+        return SegsoftError(f"{name}: is a directory")
+    if isinstance(e, PermissionError):
+        return SegsoftError(f"{name}: permission denied")
+    return SegsoftError(f"{name}: cannot read ({_reason(e)})")
+
+
+# what numpy raises on a truncated, corrupt or foreign file
+_NUMPY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error)
+
+
+def _read_npy(name: str) -> np.ndarray:
+    try:
+        arr = np.load(name, allow_pickle=False)
+    except _NUMPY_ERRORS as e:
+        raise _open_error(name, e) from None
+    if not isinstance(arr, np.ndarray):  # an .npz under a .npy name
+        arr.close()
+        raise SegsoftError(f"{name}: an .npz archive, not a .npy array")
+    return arr
+
+
+def _read_npz(name: str, key: str) -> np.ndarray:
+    try:
+        z = np.load(name, allow_pickle=False)
+    except _NUMPY_ERRORS as e:
+        raise _open_error(name, e) from None
+    if isinstance(z, np.ndarray):
+        raise SegsoftError(f"{name}: a .npy array, not an .npz archive")
+    with z:
+        if key not in z.files:
+            raise SegsoftError(f"{name}: no '{key}' array (has: {', '.join(z.files) or 'nothing'})")
+        try:
+            return z[key]
+        except _NUMPY_ERRORS as e:
+            raise _open_error(name, e) from None
+
+
+def _read_label_png(name: str) -> np.ndarray:
+    try:
+        with PILImage.open(name) as im:
+            if im.mode not in _LABEL_MODES:
+                raise SegsoftError(
+                    f"{name}: a {im.mode} picture, not a label map (expected a palette or greyscale PNG)"
+                )
+            im.load()
+            return np.array(im)
+    except SegsoftError:
+        raise
+    except UnidentifiedImageError:
+        raise SegsoftError(f"{name}: not an image Pillow can identify") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise _open_error(name, e) from None
+
+
+def _is_label_png(path: Path) -> bool:
+    """False only for PNGs that open as pictures (RGB, RGBA, ...); broken ones count as labels."""
+    try:
+        with PILImage.open(path) as im:
+            return im.mode in _LABEL_MODES
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError):
+        return True  # let loading report what is wrong with it
+
+
+def _natural_key(text: str) -> list:
+    # "2092" before "22090"; alternate (str, int) chunks keep keys comparable
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _as_folder(path: str | os.PathLike, what: str) -> Path:
+    p = Path(os.fsdecode(path))
+    if not p.exists():
+        raise SegsoftError(f"{p}: no such folder")
+    if not p.is_dir():
+        raise SegsoftError(f"{p}: not a folder of {what}")
+    return p
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        # hidden names: temporary files of an interrupted atomic write, .DS_Store, ...
+        return sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+    except OSError as e:
+        raise _open_error(str(folder), e) from None
+
+
+def find_ground_truth(gt_dir: str | os.PathLike) -> dict[str, Path]:
+    """Ground truth files of a folder, by image id.
+
+    Parameters
+    ----------
+    gt_dir : str or os.PathLike
+        A folder of ``<id>.npz``, ``<id>.npy`` or ``<id>.png`` files (for one
+        id, the first in that order is used), or a data set folder whose
+        ``gt/`` subfolder holds them (as ``shared/data/bsds-dev``).
+
+    Returns
+    -------
+    dict of str to Path
+        In natural order of the ids (``"2092"`` before ``"22090"``).
+
+    Raises
+    ------
+    SegsoftError
+        The folder does not exist, is a file, or holds no ground truth.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     for i in ("10", "9"):
+    ...         np.save(Path(folder, i + ".npy"), np.ones((2, 2), int))
+    ...     list(find_ground_truth(folder))
+    ['9', '10']
+    """
+    folder = _as_folder(gt_dir, "ground truth")
+    found = _by_id(folder, _GT_SUFFIXES, folders=False)
+    if not found and (folder / "gt").is_dir():
+        found = _by_id(folder / "gt", _GT_SUFFIXES, folders=False)
+    if not found:
+        raise SegsoftError(f"{folder}: no ground truth files (<id>.npz, <id>.npy or <id>.png)")
+    return found
+
+
+def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
+    """Predictions in a folder, by image id.
+
+    Parameters
+    ----------
+    pred_dir : str or os.PathLike
+        A folder of segsoft output folders ``<id>/`` (with ``labels.npy`` or
+        ``probabilities.npy``) and/or label maps ``<id>.npy``, ``<id>.png``
+        (single-channel PNGs only: RGB ones are pictures). For one id, a
+        folder comes first, then ``.npy``, then ``.png``.
+
+    Returns
+    -------
+    dict of str to Path
+        In natural order of the ids; empty when the folder holds none (a
+        folder of photos, for instance).
+
+    Raises
+    ------
+    SegsoftError
+        The folder does not exist or is a file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     Path(folder, "cat").mkdir()
+    ...     np.save(Path(folder, "cat", "labels.npy"), np.zeros((2, 2), int))
+    ...     np.save(Path(folder, "dog.npy"), np.zeros((2, 2), int))
+    ...     {k: v.name for k, v in find_predictions(folder).items()}
+    {'cat': 'cat', 'dog': 'dog.npy'}
+    """
+    return _by_id(_as_folder(pred_dir, "predictions"), _PRED_SUFFIXES, folders=True)
+
+
+def _by_id(folder: Path, suffixes: tuple[str, ...], folders: bool) -> dict[str, Path]:
+    found: dict[str, tuple[int, Path]] = {}
+    for entry in _entries(folder):
+        if entry.is_dir():
+            if not folders or not any((entry / f).is_file() for f in ("labels.npy", "probabilities.npy")):
+                continue
+            key, rank = entry.name, -1
+        else:
+            suffix = entry.suffix.lower()
+            if suffix not in suffixes or (suffix == ".png" and not _is_label_png(entry)):
+                continue
+            key, rank = entry.stem, suffixes.index(suffix)
+        if key not in found or rank < found[key][0]:
+            found[key] = (rank, entry)
+    return {k: found[k][1] for k in sorted(found, key=_natural_key)}
+
+
+# --------------------------------------------------------------------------
+# many images
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """The scores of one image: each measure is the mean over its humans."""
+
+    id: str
+    pri: float
+    voi: float
+    covering: float
+    n_regions: int  #: distinct labels in the prediction (unlabelled pixels not counted)
+    n_humans: int
+
+
+@dataclass
+class EvaluationReport:
+    """Scores of predictions against ground truth, image by image.
+
+    Attributes
+    ----------
+    rows : list of ImageScore
+        The images scored, in natural order of their ids.
+    missing : list of str
+        Ids with ground truth but no prediction.
+    errors : dict of str to str
+        Ids whose prediction or ground truth could not be read or compared,
+        with a one-line message naming the file.
+    extra : list of str
+        Ids with a prediction but no ground truth (not scored).
+
+    Examples
+    --------
+    >>> r = EvaluationReport([ImageScore("1", 0.8, 1.5, 0.6, 4, 5), ImageScore("2", 0.6, 2.5, 0.4, 6, 5)],
+    ...                      missing=["3"])
+    >>> {k: round(v, 6) for k, v in r.means.items()}
+    {'pri': 0.7, 'voi': 2.0, 'covering': 0.5, 'n_regions': 5.0}
+    >>> r.n_images, r.ok
+    (3, False)
+    """
+
+    rows: list[ImageScore] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def means(self) -> dict[str, float]:
+        """Mean of each measure over the scored images (NaN when none was)."""
+        keys = ("pri", "voi", "covering", "n_regions")
+        if not self.rows:
+            return {k: math.nan for k in keys}
+        return {k: float(np.mean([getattr(r, k) for r in self.rows])) for k in keys}
+
+    @property
+    def n_images(self) -> int:
+        """Images with ground truth: scored, missing or failed."""
+        return len(self.rows) + len(self.missing) + len(self.errors)
+
+    @property
+    def ok(self) -> bool:
+        """Every image with ground truth was scored."""
+        return bool(self.rows) and not self.missing and not self.errors
+
+    def summary(self) -> str:
+        """A few aligned lines for a terminal: counts, the means, then what is missing or failed.
+
+        Examples
+        --------
+        >>> print(EvaluationReport([ImageScore("1", 0.8, 1.5, 0.6, 4, 5)], missing=["3"]).summary())
+        images    1 scored, 1 missing, 0 failed (2 with ground truth)
+        PRI       0.8000
+        VoI       1.5000 bits
+        Covering  0.6000
+        regions   4.0 per image
+        missing   3
+        """
+        m = self.means
+        lines = [
+            (
+                f"images    {len(self.rows)} scored, {len(self.missing)} missing, {len(self.errors)} failed "
+                f"({self.n_images} with ground truth)"
+            ),
+            f"PRI       {m['pri']:.4f}",
+            f"VoI       {m['voi']:.4f} bits",
+            f"Covering  {m['covering']:.4f}",
+            f"regions   {m['n_regions']:.1f} per image",
+        ]
+        if self.missing:
+            lines.append("missing   " + " ".join(self.missing))
+        lines += [f"failed    {message}" for message in self.errors.values()]
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write one line per image with ground truth, atomically.
+
+        Columns ``id, pri, voi, covering, n_regions, n_humans, error``; a
+        missing or failed image has empty scores and its reason in ``error``
+        (``missing prediction`` or the message). Ids in natural order.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The CSV file; its folder is created if needed.
+
+        Returns
+        -------
+        Path
+
+        Raises
+        ------
+        SegsoftError
+            ``"<path>: cannot write (<reason>)"``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     out = EvaluationReport([ImageScore("1", 0.75, 1.5, 0.5, 4, 5)], ["2"]).to_csv(Path(folder, "s.csv"))
+        ...     print(out.read_text(), end="")
+        id,pri,voi,covering,n_regions,n_humans,error
+        1,0.75,1.5,0.5,4,5,
+        2,,,,,,missing prediction
+        """
+        lines: list[tuple[str, list]] = [
+            (r.id, [r.id, repr(r.pri), repr(r.voi), repr(r.covering), r.n_regions, r.n_humans, ""])
+            for r in self.rows
+        ]
+        lines += [(i, [i, "", "", "", "", "", "missing prediction"]) for i in self.missing]
+        lines += [(i, [i, "", "", "", "", "", message]) for i, message in self.errors.items()]
+        buf = _io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow(["id", "pri", "voi", "covering", "n_regions", "n_humans", "error"])
+        out.writerows(row for _, row in sorted(lines, key=lambda item: _natural_key(item[0])))
+        target = Path(os.fsdecode(path))
+        atomic_write_bytes(target, buf.getvalue().encode("utf-8"))
+        return target
+
+
+def evaluate_many(
+    predictions: Mapping[str, str | os.PathLike | np.ndarray],
+    ground_truth: Mapping[str, str | os.PathLike | LabelMaps],
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Score predictions against ground truth, matched by image id.
+
+    Parameters
+    ----------
+    predictions : mapping of id to path or label map
+        Anything :func:`load_prediction` reads, or a label map already in
+        memory (e.g. ``seg.labels`` of a :func:`segsoft.segment` result).
+    ground_truth : mapping of id to path or label maps
+        Anything :func:`load_ground_truth` reads, or the label maps.
+    progress : callable(done, total, id), optional
+        Called after each image with ground truth.
+
+    Returns
+    -------
+    EvaluationReport
+        Every id of ``ground_truth`` is in exactly one of ``rows``,
+        ``missing`` and ``errors``; ids only in ``predictions`` are listed
+        in ``extra``.
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 2, 2]])
+    >>> report = evaluate_many({"a": gt - 1, "x": gt}, {"a": [gt], "b": [gt]})
+    >>> report.rows[0].pri, report.missing, report.extra
+    (1.0, ['b'], ['x'])
+    """
+    ids = sorted(ground_truth, key=_natural_key)
+    report = EvaluationReport(extra=sorted((set(predictions) - set(ground_truth)), key=_natural_key))
+    for done, image_id in enumerate(ids, 1):
+        if image_id not in predictions:
+            report.missing.append(image_id)
+        else:
+            try:
+                report.rows.append(_score_one(image_id, predictions[image_id], ground_truth[image_id]))
+            except SegsoftError as e:
+                report.errors[image_id] = str(e)
+        if progress is not None:
+            progress(done, len(ids), image_id)
+    return report
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Score a folder of predictions against a folder of ground truth.
+
+    Parameters
+    ----------
+    pred_dir : str or os.PathLike
+        Predictions as :func:`find_predictions` finds them.
+    gt_dir : str or os.PathLike
+        Ground truth as :func:`find_ground_truth` finds it.
+    progress : callable(done, total, id), optional
+        Called after each image with ground truth.
+
+    Returns
+    -------
+    EvaluationReport
+        Ids with ground truth but no prediction are in ``missing``; ones
+        whose files are unreadable or whose shapes differ are in ``errors``.
+
+    Raises
+    ------
+    SegsoftError
+        A folder is missing, or ``gt_dir`` holds no ground truth.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> gt = np.array([[1, 1, 2, 2]], np.uint16)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     np.savez(Path(folder, "7.npz"), segs=gt[None])
+    ...     np.save(Path(folder, "7.npy"), gt)  # a prediction in the same folder
+    ...     report = evaluate_folder(folder, folder)
+    >>> report.means["covering"], report.missing
+    (1.0, [])
+    """
+    predictions = find_predictions(pred_dir)
+    return evaluate_many(predictions, find_ground_truth(gt_dir), progress)
+
+
+def _score_one(image_id: str, pred: object, gt: object) -> ImageScore:
+    if isinstance(pred, (str, os.PathLike)):
+        pred_name = os.fsdecode(pred)
+        seg = load_prediction(pred_name)
+    else:
+        pred_name = f"prediction {image_id}"
+        seg = _as_labels(pred, pred_name)
+    if isinstance(gt, (str, os.PathLike)):
+        gt_name = os.fsdecode(gt)
+        gts = load_ground_truth(gt_name)
+    else:
+        gt_name = f"ground truth {image_id}"
+        gts = [_as_labels(g, gt_name) for g in (gt[None] if isinstance(gt, np.ndarray) and gt.ndim == 2 else gt)]
+    if any(g.shape != seg.shape for g in gts):
+        shape = next(g.shape for g in gts if g.shape != seg.shape)
+        raise SegsoftError(f"{pred_name}: shape {seg.shape} does not match the ground truth's {shape} ({gt_name})")
+    try:
+        per_human = _per_human(seg, gts)
+    except SegsoftError as e:
+        raise SegsoftError(f"{pred_name}: {e}") from None
+    pri, voi, cov = per_human.mean(axis=0)
+    n_regions = int(np.unique(seg[seg >= 0]).size)
+    return ImageScore(image_id, float(pri), float(voi), float(cov), n_regions, len(gts))
