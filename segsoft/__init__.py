@@ -13,6 +13,7 @@ Examples
 
 __version__ = "0.1.0"
 
+from .batch import BatchReport, BatchResult, SegmentOptions, apply_batch, run_batch
 from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import Image, read_image
@@ -21,16 +22,21 @@ from .outputs import load_model
 from .segment import SoftSegmentation, apply_model, segment
 
 __all__ = [
+    "BatchReport",
+    "BatchResult",
     "FeatureSpec",
     "FuzzyCMeans",
     "GaussianMixture",
     "Image",
+    "SegmentOptions",
     "SegsoftError",
     "SoftKMeans",
     "SoftSegmentation",
     "__version__",
+    "apply_batch",
     "apply_model",
     "load_model",
     "read_image",
+    "run_batch",
     "segment",
 ]

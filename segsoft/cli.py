@@ -8,11 +8,15 @@ and exit code 1, never a traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, get_type_hints
 
 import typer
 
@@ -43,8 +47,16 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except SegsoftError as exc:
             raise _error(str(exc)) from None
-        except KeyboardInterrupt:
-            raise _error("interrupted", 130) from None
+        except _Terminated:
+            raise _error("terminated", 143) from None
+        except KeyboardInterrupt as exc:
+            report = getattr(exc, "report", None)  # a BatchInterrupted
+            if report is None:
+                raise _error("interrupted", 130) from None
+            code = 143 if isinstance(exc.__context__, _Terminated) else 130
+            raise _error(f"{'terminated' if code == 143 else 'interrupted'}: {len(report.rows)} of {report.total} "
+                         f"images done, listed in {report.summary}; rerun with --skip-existing to resume",
+                         code) from None
         except MemoryError:
             raise _error("out of memory: try a smaller image, --sample, or fewer clusters") from None
         except (typer.Exit, typer.Abort):
@@ -115,55 +127,246 @@ def _fractions(seg: Any) -> list[float]:
     return list(counts / max(seg.n_used, 1))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), handled like Ctrl-C so a batch stops cleanly."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding app): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- shared options
+#
+# run and batch take the same model options, and apply the rendering ones.
+# Each is declared once here; @_options(...) adds them to a command's
+# signature (which is what Typer reads) and hands the command one
+# SegmentOptions instead of fifteen parameters.
+
+_OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, SegmentOptions field)
+    "k": (str, typer.Option("4", "-k", "--k", help="Number of clusters."), "k"),
+    "color": (str, typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."), "color"),
+    "spatial_weight": (float, typer.Option(0.0, "--spatial-weight",
+                                           help="Weight of x,y position features (0 = colour only)."),
+                       "spatial_weight"),
+    "smoothing": (float, typer.Option(0.0, "--smooth",
+                                      help="Spatial prior: reward per agreeing neighbour (0 = none; 0.5-2 removes "
+                                           "speckle)."),
+                  "smoothing"),
+    "model": (str, typer.Option("gmm", "--model", help="gmm, soft-kmeans or fcm (fuzzy c-means)."), "model"),
+    "covariance": (str, typer.Option("full", "--covariance", help="GMM covariance: full, diag, spherical or tied."),
+                   "covariance"),
+    "alpha": (float, typer.Option(0.5, "--alpha", help="Opacity of the cluster colours in overlay.png."), "alpha"),
+    "cmap": (str, typer.Option("viridis", "--cmap", help="Matplotlib colormap for the heatmaps."), "cmap"),
+    "max_iter": (int, typer.Option(100, "--max-iter", help="Most EM iterations."), "max_iter"),
+    "tol": (float, typer.Option(1e-4, "--tol", help="Stop when the mean log-likelihood changes by less."), "tol"),
+    "n_init": (int, typer.Option(1, "--n-init", help="Restarts; the best fit is kept."), "n_init"),
+    "sample": (int, typer.Option(200_000, "--sample",
+                                 help="Fit on this many random pixels, then polish on all (0 = fit on all)."),
+               "sample"),
+    "seed": (int, typer.Option(0, "--seed", help="Random seed: same seed, same result."), "seed"),
+    "beta": (float | None, typer.Option(None, "--beta", help="Soft k-means stiffness (default: learned)."),
+             "beta"),
+    "fuzzifier": (float, typer.Option(2.0, "--fuzzifier", "-m", help="Fuzzy c-means fuzzifier m > 1."), "m"),
+    "max_pixels": (int, typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels."),
+                   "max_pixels"),
+}
+_MODEL_OPTIONS = tuple(_OPTIONS)
+_RENDER_OPTIONS = ("alpha", "cmap", "max_pixels")
+
+
+def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Put the shared options ``names`` in place of the command's ``opts`` parameter."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = get_type_hints(fn)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(fn).parameters.values()]
+        at = [p.name for p in own].index("opts")
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_OPTIONS[name][1],
+                                    annotation=_OPTIONS[name][0]) for name in names]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        params[at:at + 1] = shared
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {_OPTIONS[name][2]: kwargs.pop(name) for name in names}
+            if "k" in values:
+                values["k"] = _parse_k(values["k"])
+            from .batch import SegmentOptions
+
+            return fn(opts=SegmentOptions(**values), **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------- commands
+
+
 @app.command()
 @_guard
+@_options(_MODEL_OPTIONS)
 def run(
     image: Path = typer.Argument(..., help="Image file to segment (JPEG, PNG, TIFF, BMP, WebP, ...)."),
-    k: str = typer.Option("4", "-k", "--k", help="Number of clusters."),
     output: Path = typer.Option(Path("outputs"), "-o", "--output",
                                 help="Output folder; results go to OUTPUT/<image name>/."),
-    color: str = typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."),
-    spatial_weight: float = typer.Option(0.0, "--spatial-weight",
-                                         help="Weight of x,y position features (0 = colour only)."),
-    model: str = typer.Option("gmm", "--model", help="gmm, soft-kmeans or fcm (fuzzy c-means)."),
-    covariance: str = typer.Option("full", "--covariance", help="GMM covariance: full, diag, spherical or tied."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Opacity of the cluster colours in overlay.png."),
-    cmap: str = typer.Option("viridis", "--cmap", help="Matplotlib colormap for the heatmaps."),
-    max_iter: int = typer.Option(100, "--max-iter", help="Most EM iterations."),
-    tol: float = typer.Option(1e-4, "--tol", help="Stop when the mean log-likelihood changes by less."),
-    n_init: int = typer.Option(1, "--n-init", help="Restarts; the best fit is kept."),
-    sample: int = typer.Option(200_000, "--sample",
-                               help="Fit on this many random pixels, then polish on all (0 = fit on all)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same result."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="Soft k-means stiffness (default: learned)."),
-    fuzzifier: float = typer.Option(2.0, "--fuzzifier", "-m", help="Fuzzy c-means fuzzifier m > 1."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels."),
+    opts: Any = None,
+    save_model: Path | None = typer.Option(None, "--save-model",
+                                              help="Also save the fitted model here, for segsoft apply."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
+    from .outputs import check_writable
+    from .outputs import save_model as write_model
     from .segment import segment
 
-    if max_iter < 0 or n_init < 1 or tol < 0 or sample < 0:
-        raise SegsoftError("--max-iter and --sample must be >= 0, --n-init >= 1 and --tol >= 0")
     start = time.perf_counter()
-    kk = _parse_k(k)
+    opts.check()
     if not image.exists():
         raise SegsoftError(f"{image}: no such file")
     folder = output / image.stem
     # fail before the slow work on what can be checked up front
-    from .outputs import check_writable
-    from .render import colormap_lut
-
     check_writable(folder)
-    colormap_lut(cmap)
-    if not 0.0 <= alpha <= 1.0:
-        raise SegsoftError(f"--alpha must be between 0 and 1, got {alpha}")
-    seg = segment(image, kk, color=color, spatial_weight=spatial_weight, model=model, covariance=covariance,
-                  max_iter=max_iter, tol=tol, n_init=n_init, sample=sample or None, seed=seed, beta=beta,
-                  m=fuzzifier, max_pixels=max_pixels)
-    seg.save(folder, alpha=alpha, cmap=cmap)
+    if save_model is not None:
+        check_writable(save_model.parent)
+    seg = segment(image, **opts.segment_kwargs())
+    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap)
+    if save_model is not None:
+        write_model(seg, save_model)
     if not quiet:
         _summary(seg, folder, time.perf_counter() - start)
+
+
+_INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
+_JOBS = typer.Option(None, "--jobs", "-j", help="Worker processes (default: one per CPU core).")
+_RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also look in the sub-folders of folder inputs.")
+_SKIP = typer.Option(False, "--skip-existing",
+                     help="Skip images whose output folder is complete; resumes an interrupted batch.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no report on success.")
+
+
+@app.command()
+@_guard
+@_options(_MODEL_OPTIONS)
+def batch(
+    inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
+    output: Path = typer.Option(Path("outputs"), "-o", "--output",
+                                help="Output folder; results go to OUTPUT/<path below the input folder>/."),
+    jobs: int | None = _JOBS,
+    recursive: bool = _RECURSIVE,
+    skip_existing: bool = _SKIP,
+    shared_model: bool = typer.Option(False, "--shared-model",
+                                      help="Fit one model on pixels from all images and apply it to each, "
+                                           "so cluster numbers and colours agree across the batch."),
+    opts: Any = None,
+    quiet: bool = _QUIET,
+) -> None:
+    """Soft-segment many images on all cores; write summary.csv; exit 1 if any failed."""
+    from .batch import run_batch
+
+    with _sigterm_as_interrupt(), _ProgressBar(quiet) as bar:
+        report = run_batch(inputs, output, opts, recursive=recursive, jobs=jobs, skip_existing=skip_existing,
+                           shared_model=shared_model, progress=bar.update)
+    _batch_report(report, quiet)
+
+
+@app.command()
+@_guard
+@_options(_RENDER_OPTIONS)
+def apply(
+    model: Path = typer.Argument(..., metavar="MODEL.json",
+                                 help="A model.json (from run, batch or run --save-model) or shared_model.json."),
+    inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
+    output: Path = typer.Option(Path("outputs"), "-o", "--output",
+                                help="Output folder; results go to OUTPUT/<path below the input folder>/."),
+    jobs: int | None = _JOBS,
+    recursive: bool = _RECURSIVE,
+    skip_existing: bool = _SKIP,
+    opts: Any = None,
+    quiet: bool = _QUIET,
+) -> None:
+    """Apply a saved model to images: same clusters, numbers and colours; exit 1 if any failed."""
+    from .batch import apply_batch
+
+    with _sigterm_as_interrupt(), _ProgressBar(quiet) as bar:
+        report = apply_batch(model, inputs, output, alpha=opts.alpha, cmap=opts.cmap, max_pixels=opts.max_pixels,
+                             recursive=recursive, jobs=jobs, skip_existing=skip_existing, progress=bar.update)
+    _batch_report(report, quiet)
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr (counts, failures, elapsed, ETA); only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                 disable=quiet or not console.is_terminal)
+        self.task: Any = None
+        self.stage = ""
+        self.failed = 0
+        self.started = False  # an image was processed (not skipped) in this stage
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, done: int, total: int, row: Any) -> None:
+        stage = "sampling" if row is None else "segmenting"
+        if stage != self.stage:
+            if self.task is not None:
+                self.progress.update(self.task, visible=False)
+            self.task = self.progress.add_task(stage, total=total, failed=0)
+            self.stage, self.started = stage, False
+        if row is not None and row.status == "failed":
+            self.failed += 1
+        if row is not None and row.status == "skipped" and not self.started:
+            # skipped images come first: count them without letting them fake a high speed in the ETA
+            self.progress.reset(self.task, total=total, completed=done, failed=self.failed)
+            return
+        self.started = True
+        self.progress.update(self.task, total=total, completed=done, failed=self.failed)
+
+
+def _batch_report(report: Any, quiet: bool) -> None:
+    """Counts on stdout (unless --quiet); each failure on stderr; exit 1 if any failed."""
+    failed = report.failed
+    if not quiet:
+        extra = f"; shared model {report.shared_model}" if report.shared_model is not None else ""
+        typer.echo(f"{report.total} image{'s' * (report.total != 1)}: {report.count('ok')} ok, {report.count('skipped')} skipped, "
+                   f"{len(failed)} failed in {report.seconds:.1f} s; summary {report.summary}{extra}")
+    for row in failed:
+        typer.echo(f"segsoft: error: {row.path}: {row.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def entry() -> None:

@@ -1,0 +1,912 @@
+"""Many images, one call: worker processes, per-file errors, resume, a shared model.
+
+``run_batch`` segments every image named by files, folders and glob patterns;
+``apply_batch`` applies one saved model to each. Both write each image's
+outputs to ``OUTPUT/<relative stem>/`` (the input folders are mirrored, see
+:func:`segsoft.io.find_images`) and one row per image to ``OUTPUT/summary.csv``.
+
+How nothing gets lost
+---------------------
+* Each image is handled end to end (read, segment, write) by one worker and
+  comes back as a small :class:`BatchResult` row. An exception becomes a
+  ``failed`` row with a one-line error; the batch goes on. A worker process
+  that dies (killed, out of memory) takes only its own image down: the images
+  it shared the pool with are retried one at a time in a fresh pool.
+* Every file is written atomically and ``model.json`` last, so a folder with
+  a ``model.json`` is complete. ``skip_existing`` skips such folders when
+  they were made with the same settings (or the same model) and redoes the
+  rest, so a killed batch resumes where it stopped.
+* On Ctrl-C the workers are stopped, the temporary files of the images in
+  flight are removed, ``summary.csv`` is written with what finished, and
+  :class:`BatchInterrupted` (a ``KeyboardInterrupt``) is raised.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import io as _io
+import json
+import math
+import multiprocessing
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing, contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, render
+from .errors import SegsoftError
+from .features import FeatureSpec, extract
+from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
+from .mixture import model_from_dict
+from .outputs import check_writable, load_model, output_files, write
+from .segment import DEFAULT_SAMPLE, apply_model, make_model, segment
+
+__all__ = ["SUMMARY_COLUMNS", "BatchInterrupted", "BatchReport", "BatchResult", "SegmentOptions", "apply_batch",
+           "default_jobs", "run_batch", "write_summary"]
+
+SUMMARY_COLUMNS = ("path", "status", "width", "height", "k", "iterations", "converged", "log_likelihood", "bic",
+                   "seconds", "error")
+SUMMARY_NAME = "summary.csv"
+SHARED_MODEL_NAME = "shared_model.json"
+
+
+# --------------------------------------------------------------------------
+# options and results
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """The model and rendering options of ``segsoft run`` and ``segsoft batch``.
+
+    The fields are :func:`segsoft.segment` arguments (``sample`` 0 or None fits
+    on every pixel; ``m`` is the fuzzy c-means fuzzifier) plus ``alpha`` and
+    ``cmap`` for the pictures.
+
+    Examples
+    --------
+    >>> opts = SegmentOptions(k=3, color="rgb")
+    >>> opts.check()
+    >>> opts.segment_kwargs()["color"], opts.segment_kwargs()["sample"]
+    ('rgb', 200000)
+    """
+
+    k: int = 4
+    color: str = "lab"
+    spatial_weight: float = 0.0
+    smoothing: float = 0.0
+    model: str = "gmm"
+    covariance: str = "full"
+    max_iter: int = 100
+    tol: float = 1e-4
+    n_init: int = 1
+    sample: int | None = DEFAULT_SAMPLE
+    seed: int | None = 0
+    beta: float | None = None
+    m: float = 2.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    alpha: float = 0.5
+    cmap: str = "viridis"
+
+    def check(self) -> None:
+        """Raise :class:`SegsoftError` for a bad option, before any slow work."""
+        if self.max_iter < 0 or self.n_init < 1 or self.tol < 0 or (self.sample or 0) < 0:
+            raise SegsoftError("--max-iter and --sample must be >= 0, --n-init >= 1 and --tol >= 0")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise SegsoftError(f"-k must be a whole number >= 1, got {self.k!r}")
+        if not (self.smoothing >= 0 and math.isfinite(self.smoothing)):
+            raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
+        check_render_options(self.alpha, self.cmap)
+        FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
+        make_model(self.model, 1, covariance=self.covariance, beta=self.beta, m=self.m)
+
+    def model_settings(self) -> dict[str, Any]:
+        """The options that decide the result (what ``model.json`` records as settings)."""
+        return {"k": int(self.k), "model": self.model, "covariance": self.covariance, "color": self.color,
+                "spatial_weight": float(self.spatial_weight), "smoothing": float(self.smoothing),
+                "max_iter": self.max_iter, "tol": self.tol, "n_init": self.n_init, "sample": self.sample or None,
+                "seed": self.seed, "beta": self.beta, "m": self.m}
+
+    def segment_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`segsoft.segment` (everything but ``alpha`` and ``cmap``)."""
+        return {**self.model_settings(), "max_pixels": self.max_pixels}
+
+
+def check_render_options(alpha: float, cmap: str) -> None:
+    """Raise :class:`SegsoftError` for an overlay opacity outside [0, 1] or an unknown colormap."""
+    render.colormap_lut(cmap)
+    if not 0.0 <= alpha <= 1.0:
+        raise SegsoftError(f"--alpha must be between 0 and 1, got {alpha}")
+
+
+@dataclass
+class BatchResult:
+    """One image's row of ``summary.csv``.
+
+    ``status`` is ``ok``, ``failed`` (``error`` says why, one line, without
+    the path) or ``skipped`` (complete outputs already there; the numbers come
+    from their ``model.json`` and ``seconds`` is empty). ``output`` is the
+    image's output folder (not a CSV column).
+    """
+
+    path: str
+    status: str = "failed"
+    width: int | None = None
+    height: int | None = None
+    k: int | None = None
+    iterations: int | None = None
+    converged: bool | None = None
+    log_likelihood: float | None = None
+    bic: float | None = None
+    seconds: float | None = None
+    error: str = ""
+    output: str = ""
+
+    def csv_row(self) -> list[str]:
+        values = asdict(self)
+        out = []
+        for name in SUMMARY_COLUMNS:
+            v = values[name]
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                out.append("")
+            elif name == "seconds":
+                out.append(f"{v:.3f}")
+            else:
+                out.append(str(v))
+        return out
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: one row per image in input order, and where the summary went."""
+
+    rows: list[BatchResult]
+    total: int
+    output: Path
+    summary: Path
+    shared_model: Path | None = None
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(row.status == status for row in self.rows)
+
+    @property
+    def failed(self) -> list[BatchResult]:
+        return [row for row in self.rows if row.status == "failed"]
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a SIGTERM turned into one) stopped a batch; ``report`` holds what finished."""
+
+    def __init__(self, report: BatchReport):
+        super().__init__(f"interrupted after {len(report.rows)} of {report.total} images")
+        self.report = report
+
+
+ProgressFn = Callable[[int, int, "BatchResult | None"], None]
+
+
+def default_jobs() -> int:
+    """Worker processes by default: the CPU cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        with suppress(OSError):
+            return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------
+# public entry points
+
+
+def run_batch(
+    inputs: Iterable[str | os.PathLike],
+    output: str | os.PathLike = "outputs",
+    options: SegmentOptions | None = None,
+    *,
+    recursive: bool = False,
+    jobs: int | None = None,
+    skip_existing: bool = False,
+    shared_model: bool = False,
+    progress: ProgressFn | None = None,
+) -> BatchReport:
+    """Soft-segment every image named by ``inputs`` into ``output``.
+
+    Parameters
+    ----------
+    inputs : iterable of str or os.PathLike
+        Files, folders and glob patterns (see :func:`segsoft.io.find_images`).
+    output : str or os.PathLike
+        Each image's outputs go to ``output/<relative stem>/``; ``summary.csv``
+        (and with ``shared_model``, ``shared_model.json``) to ``output``.
+    options : SegmentOptions, optional
+        Model and rendering options (defaults: those of ``segsoft run``).
+    recursive : bool
+        Also look in the sub-folders of folder inputs.
+    jobs : int, optional
+        Worker processes (default: every core). 1 works in this process.
+    skip_existing : bool
+        Leave alone images whose output folder is complete (has its
+        ``model.json``) and was made with the same settings; redo the rest.
+    shared_model : bool
+        Fit one model (and one feature standardisation) on an equal random
+        share of ``options.sample`` pixels from every image, save it as
+        ``output/shared_model.json`` and apply it to each image, so cluster
+        numbers and colours mean the same across the batch. With
+        ``skip_existing``, a matching ``shared_model.json`` is reused.
+    progress : callable(done, total, row), optional
+        Called in this process after each image with its :class:`BatchResult`
+        (skipped images first); with ``shared_model`` also after each image
+        of the sampling pass, with ``row`` None.
+
+    Returns
+    -------
+    BatchReport
+        Rows in input order; ``summary.csv`` has been written.
+
+    Raises
+    ------
+    SegsoftError
+        Before any image is processed: a bad option, an input that does not
+        exist, no images found, an unwritable output folder; with
+        ``shared_model``, a model that cannot be fitted.
+    BatchInterrupted
+        On Ctrl-C, after stopping the workers and writing ``summary.csv``.
+
+    Notes
+    -----
+    With ``jobs`` > 1 the workers start from a fresh interpreter (the
+    "forkserver" method, "spawn" where there is none), as with every
+    multiprocessing start method but fork: a script that calls this must
+    keep its top-level code under ``if __name__ == "__main__":``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from PIL import Image as PILImage
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     for name in ("a.png", "b.png"):
+    ...         rgb = np.zeros((8, 8, 3), np.uint8); rgb[:, 4:] = 200; rgb[0, 0] = 90
+    ...         PILImage.fromarray(rgb).save(f"{tmp}/{name}")
+    ...     report = run_batch([tmp], f"{tmp}/out", SegmentOptions(k=2), jobs=1)
+    ...     print([(row.path[-5:], row.status) for row in report.rows], report.summary.name)
+    [('a.png', 'ok'), ('b.png', 'ok')] summary.csv
+    """
+    t0 = time.perf_counter()
+    opts = options or SegmentOptions()
+    opts.check()
+    if shared_model and opts.smoothing > 0:
+        raise SegsoftError("--shared-model cannot be combined with --smooth (a model is applied without the "
+                           "spatial prior)")
+    items, out = _prepare(inputs, output, recursive)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    with batch.reporting():
+        if not shared_model:
+            batch.process(_segment_task, (opts,), {"settings": opts.model_settings()})
+            return batch.report
+        model_path = out / SHARED_MODEL_NAME
+        shared = _reuse_shared(model_path, opts) if skip_existing else None
+        if shared is None:
+            shared = batch.fit_shared(opts, model_path)
+            if shared is None:
+                return batch.report
+        batch.report.shared_model = model_path
+        model, spec, digest = shared
+        settings = {**opts.model_settings(), "shared_model": digest}
+        job = _ApplyJob(model.to_dict(), spec.to_dict(), settings, opts.alpha, opts.cmap, opts.max_pixels)
+        batch.process(_apply_task, (job,), {"settings": {"shared_model": digest}})
+        return batch.report
+
+
+def apply_batch(
+    model: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike],
+    output: str | os.PathLike = "outputs",
+    *,
+    alpha: float = 0.5,
+    cmap: str = "viridis",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    recursive: bool = False,
+    jobs: int | None = None,
+    skip_existing: bool = False,
+    progress: ProgressFn | None = None,
+) -> BatchReport:
+    """Apply the model saved in ``model`` (a ``model.json`` or ``shared_model.json``) to many images.
+
+    Every image goes through the model's fitted feature transform and gets
+    the model's memberships: same clusters, same numbers, same colours. The
+    outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing`` and
+    ``progress`` work as in :func:`run_batch`.
+
+    Raises
+    ------
+    SegsoftError
+        The model file is missing or not a segsoft model (the message names
+        it), or as in :func:`run_batch`.
+
+    Examples
+    --------
+    >>> report = apply_batch("outputs/coffee/model.json", ["frames/"], "outputs/frames")  # doctest: +SKIP
+    >>> report.count("ok"), report.count("failed")  # doctest: +SKIP
+    (120, 0)
+    """
+    t0 = time.perf_counter()
+    check_render_options(alpha, cmap)
+    fitted, spec, record = load_model(model)
+    if not spec.fitted:
+        raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")
+    digest = _model_digest(fitted)
+    items, out = _prepare(inputs, output, recursive)
+    settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
+    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    with batch.reporting():
+        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}})
+    return batch.report
+
+
+def _prepare(inputs: Iterable[str | os.PathLike], output: str | os.PathLike, recursive: bool) -> tuple[list, Path]:
+    inputs = list(inputs)
+    out = Path(output)
+    # outputs of an earlier run inside an input folder are not inputs
+    # (`segsoft batch photos -r -o photos/seg` twice would segment the heatmaps)
+    inside = out.resolve()
+    items = [(p, stem) for p, stem in find_images(inputs, recursive=recursive)
+             if not p.resolve().is_relative_to(inside)]
+    if not items:
+        named = ", ".join(os.fsdecode(i) for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+        hint = "" if recursive else " (use --recursive to look in sub-folders)"
+        raise SegsoftError(f"no images found in {named or 'the inputs'}{hint}")
+    check_writable(out)
+    return items, out
+
+
+def _jobs(jobs: int | None) -> int:
+    if jobs is None:
+        return default_jobs()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SegsoftError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    return jobs
+
+
+# --------------------------------------------------------------------------
+# the batch driver (runs in the calling process)
+
+
+class _Batch:
+    def __init__(self, items: list[tuple[Path, Path]], output: Path, jobs: int, skip_existing: bool,
+                 progress: ProgressFn | None, t0: float):
+        self.items = items
+        self.output = output
+        self.jobs = jobs
+        self.skip_existing = skip_existing
+        self.progress = progress
+        self.t0 = t0
+        self.rows: dict[int, BatchResult] = {}
+        self.unreadable: dict[int, BatchResult] = {}  # failed in the shared model's sampling pass
+        self.in_flight: set[int] = set()
+        self.report = BatchReport([], len(items), output, output / SUMMARY_NAME)
+
+    def folder(self, i: int) -> Path:
+        return self.output / self.items[i][1]
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """Write summary.csv at the end, also when interrupted or failing."""
+        _sweep(self.output, _ROOT_TEMP)
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            # the workers are stopped by now: their unfinished files can go
+            for i in self.in_flight:
+                _sweep(self.folder(i), _FOLDER_TEMP)
+            self.finish(interrupted=True)
+            if isinstance(exc, BatchInterrupted):
+                raise
+            raise BatchInterrupted(self.report) from None
+        except BaseException:
+            with suppress(Exception):
+                self.finish(interrupted=False)
+            raise
+        else:
+            self.finish(interrupted=False)
+
+    def finish(self, interrupted: bool) -> None:
+        rows = {**self.unreadable, **self.rows}
+        self.report.rows = [rows[i] for i in sorted(rows)]
+        self.report.interrupted = interrupted
+        self.report.seconds = time.perf_counter() - self.t0
+        write_summary(self.report.rows, self.report.summary)
+
+    def record(self, i: int, row: BatchResult) -> None:
+        row.output = str(self.folder(i))
+        self.rows[i] = row
+        if row.status == "failed":
+            _sweep(self.folder(i), _FOLDER_TEMP)  # a worker that died leaves its temporary files
+        if self.progress is not None:
+            self.progress(len(self.rows), len(self.items), row)
+
+    def process(self, task: Callable, extra: tuple, expect: dict[str, Any]) -> None:
+        """Run ``task(path, folder, *extra)`` for each image not skipped and not failed already."""
+        todo = []
+        for i, (path, _) in enumerate(self.items):
+            if i in self.unreadable:
+                self.record(i, self.unreadable[i])
+                continue
+            record = _complete_record(self.folder(i), expect) if self.skip_existing else None
+            if record is not None:
+                self.record(i, _skipped_row(path, record))
+            else:
+                todo.append(i)
+        calls = [(str(self.items[i][0]), str(self.folder(i)), *extra) for i in todo]
+        in_flight = _Mapped(self.in_flight, todo)
+        with closing(_execute(task, calls, self.jobs, in_flight)) as results:
+            for j, result in results:
+                self.record(todo[j], _as_row(result, calls[j][0]))
+
+    def fit_shared(self, opts: SegmentOptions, path: Path) -> tuple[Any, FeatureSpec, str] | None:
+        """Sample every image, fit one model, write it to ``path`` and load it back
+        (None when no image could be read)."""
+        n = len(self.items)
+        per = None if not opts.sample else max(1, math.ceil(opts.sample / n))
+        calls = [(str(p), per, opts.seed, i, opts.color, float(opts.spatial_weight), opts.max_pixels)
+                 for i, (p, _) in enumerate(self.items)]
+        samples: dict[int, _Sample] = {}
+        with closing(_execute(_sample_task, calls, self.jobs, set())) as results:
+            for i, result in results:
+                if isinstance(result, _Sample):
+                    samples[i] = result
+                else:
+                    row = self.unreadable[i] = _as_row(result, calls[i][0])
+                    row.output = str(self.folder(i))
+                if self.progress is not None:
+                    self.progress(len(samples) + len(self.unreadable), n, None)
+        if not samples:  # nothing to fit on: report every image's error
+            for i in sorted(self.unreadable):
+                self.record(i, self.unreadable[i])
+            return None
+        model, spec, X = _fit_shared(opts, [samples[i] for i in sorted(samples)])
+        used = [str(self.items[i][0]) for i in sorted(samples)]
+        _write_json(_shared_record(model, spec, X, opts, used, per), path)
+        loaded, spec, _ = load_model(path)  # what every image and every resume will use
+        return loaded, spec, _model_digest(loaded)
+
+
+class _Mapped:
+    """The driver's set of in-flight image indices, seen through a task list's positions."""
+
+    def __init__(self, target: set[int], todo: list[int]):
+        self.target, self.todo = target, todo
+
+    def add(self, j: int) -> None:
+        self.target.add(self.todo[j])
+
+    def discard(self, j: int) -> None:
+        self.target.discard(self.todo[j])
+
+
+def write_summary(rows: Sequence[BatchResult], path: str | os.PathLike) -> Path:
+    """Write ``summary.csv`` (columns :data:`SUMMARY_COLUMNS`) atomically.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = write_summary([BatchResult("a.jpg", "failed", error="not an image")], f"{tmp}/s.csv")
+    ...     print(p.read_text().splitlines()[1])
+    a.jpg,failed,,,,,,,,,not an image
+    """
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    writer.writerows(row.csv_row() for row in rows)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+# --------------------------------------------------------------------------
+# skip-existing
+
+
+def _complete_record(folder: Path, expect: dict[str, Any]) -> dict[str, Any] | None:
+    """The folder's model.json when the folder is complete and ``expect`` matches it."""
+    try:
+        record = json.loads((folder / "model.json").read_text())
+        k = int(record["result"]["k"])
+        auto = record.get("k_selection") is not None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _matches(_plain(expect), record):
+        return None
+    if not all((folder / name).is_file() for name in output_files(k, auto)):
+        return None
+    return record
+
+
+def _matches(expected: Any, actual: Any) -> bool:
+    """Every key of ``expected`` (recursively) has the same value in ``actual``."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and _matches(v, actual[k]) for k, v in expected.items())
+    return expected == actual
+
+
+def _skipped_row(path: Path, record: dict[str, Any]) -> BatchResult:
+    image, result = record.get("image") or {}, record.get("result") or {}
+    return BatchResult(str(path), "skipped", image.get("width"), image.get("height"), result.get("k"),
+                       result.get("n_iter"), result.get("converged"), result.get("log_likelihood"),
+                       result.get("bic"))
+
+
+# temporary names made by io.atomic_path (".<stem>.<8 hex>.tmp<suffix>") for
+# the files segsoft writes; a killed process leaves them behind
+_FOLDER_TEMP = re.compile(r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+                          r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$")
+_ROOT_TEMP = re.compile(r"^\.(summary|shared_model)\.[0-9a-f]{8}\.tmp\.(csv|json)$")
+
+
+def _sweep(folder: Path, pattern: re.Pattern) -> None:
+    with suppress(OSError):
+        for entry in os.scandir(folder):
+            if pattern.match(entry.name):
+                with suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _start_folder(folder: Path) -> None:
+    """Mark ``folder`` incomplete before (re)writing it: an old model.json would
+    otherwise vouch for a mix of old and new files if this write is killed."""
+    with suppress(OSError):
+        (folder / "model.json").unlink()
+    _sweep(folder, _FOLDER_TEMP)
+
+
+def _remove_stale(folder: Path, k: int, auto: bool) -> None:
+    """Pictures of an earlier run with more clusters (or k="auto") would be mistaken for this one's."""
+    for entry in os.scandir(folder):
+        m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
+        if (m and int(m.group(1)) >= k) or (entry.name == "k_selection.png" and not auto):
+            with suppress(OSError):
+                os.unlink(entry.path)
+
+
+# --------------------------------------------------------------------------
+# worker tasks (module level, so they pickle by name)
+
+
+@dataclass(frozen=True)
+class _ApplyJob:
+    model: dict[str, Any]
+    spec: dict[str, Any]
+    settings: dict[str, Any]
+    alpha: float
+    cmap: str
+    max_pixels: int
+
+
+@dataclass
+class _Sample:
+    rgb: np.ndarray            # float32 (n, 3) sampled used pixels
+    xy: np.ndarray | None      # float32 (n, 2) their position features, with a spatial weight
+    eight_bit: bool
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _failed(path: str, exc: BaseException) -> BatchResult:
+    if isinstance(exc, SegsoftError):
+        message = str(exc)
+        if message.startswith(f"{path}: "):  # the path has its own column
+            message = message[len(path) + 2 :]
+    elif isinstance(exc, MemoryError):
+        message = "out of memory: try --sample, fewer --jobs or a smaller image"
+    elif isinstance(exc, BrokenProcessPool):
+        message = "the worker process died on this image (killed, out of memory, or could not start)"
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc}"
+    return BatchResult(path, "failed", error=_one_line(message))
+
+
+def _as_row(result: Any, path: str) -> BatchResult:
+    if isinstance(result, BatchResult):
+        return result
+    if isinstance(result, BaseException):
+        return _failed(path, result)
+    return _failed(path, RuntimeError(f"worker returned {type(result).__name__}"))
+
+
+def _finish(seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float) -> BatchResult:
+    _start_folder(folder)
+    write(seg, folder, alpha=alpha, cmap=cmap)
+    _remove_stale(folder, seg.k, seg.selection is not None)
+    model = seg.model
+    return BatchResult(path, "ok", seg.image.width, seg.image.height, seg.k,
+                       _int_or_none(getattr(model, "n_iter_", None)),
+                       None if getattr(model, "converged_", None) is None else bool(model.converged_),
+                       float(seg.log_likelihood), seg.bic, time.perf_counter() - t0)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _segment_task(path: str, folder: str, opts: SegmentOptions) -> BatchResult:
+    t0 = time.perf_counter()
+    try:
+        seg = segment(path, **opts.segment_kwargs())
+        return _finish(seg, Path(folder), path, opts.alpha, opts.cmap, t0)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+        row = _failed(path, exc)
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
+    t0 = time.perf_counter()
+    try:
+        model, spec = model_from_dict(job.model), FeatureSpec.from_dict(job.spec)
+        seg = apply_model(path, model, spec, max_pixels=job.max_pixels, settings=job.settings)
+        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+        row = _failed(path, exc)
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+def _sample_task(path: str, per: int | None, seed: int | None, index: int, color: str, spatial_weight: float,
+                 max_pixels: int) -> _Sample | BatchResult:
+    """A seeded random sample of ``per`` used pixels of one image (all of them when None)."""
+    t0 = time.perf_counter()
+    try:
+        img = read_image(path, max_pixels=max_pixels)
+        rgb = img.pixels.reshape(-1, 3)
+        if img.mask is not None:
+            rgb = rgb[img.mask.ravel()]
+        n = rgb.shape[0]
+        rows = None
+        if per is not None and per < n:
+            # seeded per image, so the sample does not depend on worker timing
+            rng = np.random.default_rng(None if seed is None else [seed, index])
+            rows = np.sort(rng.choice(n, size=per, replace=False))
+        xy = None
+        if spatial_weight > 0:
+            # position columns as features.extract makes them (grey is the cheapest colour part)
+            pos = extract(img, FeatureSpec(color="gray", spatial_weight=spatial_weight, standardize=False))[:, 1:]
+            xy = np.ascontiguousarray(pos if rows is None else pos[rows])
+        rgb = np.ascontiguousarray(rgb if rows is None else rgb[rows])
+        return _Sample(rgb, xy, img.bit_depth == 8)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+        row = _failed(path, exc)
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+# --------------------------------------------------------------------------
+# the shared model
+
+
+def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, FeatureSpec, np.ndarray]:
+    """Fit the feature standardisation and the model on the pooled samples."""
+    rgb = np.concatenate([s.rgb for s in samples])
+    eight_bit = all(s.eight_bit for s in samples)
+    if opts.spatial_weight == 0 and opts.k > 1:
+        distinct = len(np.unique(rgb, axis=0))
+        if distinct < opts.k:
+            raise SegsoftError(f"k={opts.k} is more than the {distinct} distinct colours in the images' "
+                               "pixel sample")
+    if rgb.shape[0] < opts.k:
+        raise SegsoftError(f"k={opts.k} is more than the {rgb.shape[0]} usable pixels of the images")
+    # the pooled pixels as a one-column image: extract fits the standardisation
+    # exactly as it does for one image (8-bit sources keep their lookup table)
+    pool = Image(rgb[:, None, :], bit_depth=8 if eight_bit else 32)
+    X, color_spec = extract(pool, FeatureSpec(color=opts.color), return_spec=True)
+    spec = FeatureSpec(color=opts.color, spatial_weight=float(opts.spatial_weight), offset=color_spec.offset,
+                       scale=color_spec.scale)
+    if opts.spatial_weight > 0:
+        X = np.hstack([X, np.concatenate([s.xy for s in samples])]).astype(np.float32)
+    # the pool already is the sample: fit on all of it
+    engine = make_model(opts.model, opts.k, covariance=opts.covariance, max_iter=opts.max_iter, tol=opts.tol,
+                        n_init=opts.n_init, sample=None, seed=opts.seed, beta=opts.beta, m=opts.m)
+    try:
+        engine.fit(X)
+    except ValueError as exc:
+        raise SegsoftError(f"shared model: {exc}") from exc
+    return engine, spec, X
+
+
+def _shared_record(model: Any, spec: FeatureSpec, X: np.ndarray, opts: SegmentOptions, images: list[str],
+                   per: int | None) -> dict[str, Any]:
+    """``shared_model.json``: the ``model.json`` fields :func:`segsoft.load_model` reads, and how it was made."""
+    k = model.n_components
+    colors = render.cluster_colors(k)
+    mean_color = spec.features_to_color(model.means_)
+    weights = getattr(model, "weights_", np.full(k, np.nan))
+    clusters = [{"index": j, "display_color": "#{:02x}{:02x}{:02x}".format(*map(int, colors[j])),
+                 "weight": weights[j], f"mean_{spec.color}": mean_color[j], "mean_features": model.means_[j]}
+                for j in range(k)]
+    return _plain({
+        "segsoft_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "shared": {"images": images, "pixels": int(X.shape[0]), "pixels_per_image": per},
+        "settings": {**opts.model_settings(), "shared_model": True},
+        "features": {**spec.to_dict(), "names": spec.feature_names},
+        "result": {
+            "k": k,
+            "log_likelihood": model.score(X),
+            "bic": model.bic(X) if hasattr(model, "bic") else None,
+            "converged": getattr(model, "converged_", None),
+            "n_iter": getattr(model, "n_iter_", None),
+            "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
+        },
+        "clusters": clusters,
+        "model": model.to_dict(),
+    })
+
+
+def _reuse_shared(path: Path, opts: SegmentOptions) -> tuple[Any, FeatureSpec, str] | None:
+    """The shared model of an earlier run with the same settings, so a resumed
+    batch keeps the cluster meanings of the images already done."""
+    if not path.is_file():
+        return None
+    try:
+        model, spec, record = load_model(path)
+    except SegsoftError:
+        return None
+    if not _matches(_plain(opts.model_settings()), record.get("settings")):
+        return None
+    return model, spec, _model_digest(model)
+
+
+def _model_digest(model: Any) -> str:
+    """A short fingerprint of a fitted model, recorded with each image it was applied to."""
+    text = json.dumps(_plain(model.to_dict()), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """JSON values: arrays and numpy scalars to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _write_json(record: dict[str, Any], path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+# --------------------------------------------------------------------------
+# worker processes
+
+
+# forkserver: workers fork from a clean server process that has imported
+# segsoft once, so they start fast and inherit no threads. Plain fork would
+# copy the caller's threads' locks (rich's progress refresher, BLAS pools) and
+# can deadlock; spawn would re-import numpy in every worker.
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _init_worker() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent alone
+    # handles it and stops the workers, which would otherwise print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # one process per core already: extra BLAS/OpenMP threads only compete
+    with suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+
+
+def _new_pool(jobs: int) -> ProcessPoolExecutor:
+    ctx = multiprocessing.get_context(_START_METHOD)
+    if _START_METHOD == "forkserver":
+        ctx.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, kill: bool) -> None:
+    if not kill:
+        pool.shutdown(wait=True)
+        return
+    if hasattr(pool, "terminate_workers"):  # Python 3.14+
+        pool.terminate_workers()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with suppress(Exception):
+            p.terminate()
+    for p in procs:
+        with suppress(Exception):
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _execute(fn: Callable, calls: Sequence[tuple], jobs: int, in_flight: Any) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, fn(*calls[index]))`` in completion order, on ``jobs`` worker processes.
+
+    ``fn`` returns its own error rows, so a result is an exception only when
+    the worker itself failed: a :class:`BrokenProcessPool` for a task that
+    killed its worker. When a worker dies, every task then in flight is
+    retried alone in a fresh pool, so only the culprit fails. At most ``jobs``
+    tasks are submitted at a time, so cancelling on Ctrl-C has nothing queued
+    to drain. ``in_flight`` (``add``/``discard``) tracks the running indices.
+    """
+    if jobs <= 1 or len(calls) <= 1:  # no pool: simpler to debug, no start-up cost
+        for i, args in enumerate(calls):
+            in_flight.add(i)
+            result = fn(*args)
+            in_flight.discard(i)
+            yield i, result
+        return
+    jobs = min(jobs, len(calls))
+    pending = deque(range(len(calls)))
+    suspects: deque[int] = deque()  # in flight when a worker died: retried one at a time
+    running: dict[Future, tuple[int, bool]] = {}
+    pool = _new_pool(jobs)
+    broken = False
+
+    def submit(i: int, alone: bool) -> bool:
+        try:
+            running[pool.submit(fn, *calls[i])] = (i, alone)
+        except (BrokenProcessPool, OSError, RuntimeError):  # the pool broke before a result said so
+            (suspects if alone else pending).appendleft(i)
+            return False
+        in_flight.add(i)
+        return True
+
+    try:
+        while pending or suspects or running:
+            if broken and not running:
+                _stop_pool(pool, kill=True)
+                pool, broken = _new_pool(jobs), False
+            if not broken:
+                if suspects:
+                    if not running:
+                        broken = not submit(suspects.popleft(), True)
+                else:
+                    while pending and len(running) < jobs and not broken:
+                        broken = not submit(pending.popleft(), False)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, alone = running.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool as exc:
+                    broken = True
+                    if not alone:
+                        suspects.append(i)
+                        continue
+                    result = exc
+                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                    result = exc
+                in_flight.discard(i)
+                yield i, result
+    finally:
+        _stop_pool(pool, kill=bool(running or pending or suspects))
