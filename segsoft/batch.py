@@ -51,7 +51,7 @@ from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
 from .outputs import check_writable, load_model, output_files, write
-from .segment import DEFAULT_SAMPLE, apply_model, make_model, segment
+from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
 
 __all__ = ["SUMMARY_COLUMNS", "BatchInterrupted", "BatchReport", "BatchResult", "SegmentOptions", "apply_batch",
            "default_jobs", "run_batch", "write_summary"]
@@ -82,7 +82,9 @@ class SegmentOptions:
     ('rgb', 200000)
     """
 
-    k: int = 4
+    k: int | str = 4
+    k_range: tuple[int, int] = (2, 10)
+    criterion: str = "icl"
     color: str = "lab"
     spatial_weight: float = 0.0
     smoothing: float = 0.0
@@ -103,8 +105,14 @@ class SegmentOptions:
         """Raise :class:`SegsoftError` for a bad option, before any slow work."""
         if self.max_iter < 0 or self.n_init < 1 or self.tol < 0 or (self.sample or 0) < 0:
             raise SegsoftError("--max-iter and --sample must be >= 0, --n-init >= 1 and --tol >= 0")
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise SegsoftError(f"-k must be a whole number >= 1, got {self.k!r}")
+        if self.k == "auto":
+            _check_k_range(self.k_range)
+            if self.criterion not in CRITERIA:
+                raise SegsoftError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+            if self.model == "fcm":
+                raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
+        elif isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise SegsoftError(f"-k must be a whole number >= 1 or auto, got {self.k!r}")
         if not (self.smoothing >= 0 and math.isfinite(self.smoothing)):
             raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
         check_render_options(self.alpha, self.cmap)
@@ -113,10 +121,15 @@ class SegmentOptions:
 
     def model_settings(self) -> dict[str, Any]:
         """The options that decide the result (what ``model.json`` records as settings)."""
-        return {"k": int(self.k), "model": self.model, "covariance": self.covariance, "color": self.color,
-                "spatial_weight": float(self.spatial_weight), "smoothing": float(self.smoothing),
-                "max_iter": self.max_iter, "tol": self.tol, "n_init": self.n_init, "sample": self.sample or None,
-                "seed": self.seed, "beta": self.beta, "m": self.m}
+        auto = self.k == "auto"
+        settings = {"k": "auto" if auto else int(self.k), "model": self.model, "covariance": self.covariance,
+                    "color": self.color, "spatial_weight": float(self.spatial_weight),
+                    "smoothing": float(self.smoothing), "max_iter": self.max_iter, "tol": self.tol,
+                    "n_init": self.n_init, "sample": self.sample or None, "seed": self.seed, "beta": self.beta,
+                    "m": self.m}
+        if auto:
+            settings.update(k_range=list(_check_k_range(self.k_range)), criterion=self.criterion)
+        return settings
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`segsoft.segment` (everything but ``alpha`` and ``cmap``)."""
@@ -286,6 +299,8 @@ def run_batch(
     t0 = time.perf_counter()
     opts = options or SegmentOptions()
     opts.check()
+    if shared_model and opts.k == "auto":
+        raise SegsoftError("--shared-model needs a fixed -k: choose it with `segsoft run IMAGE -k auto` first")
     if shared_model and opts.smoothing > 0:
         raise SegsoftError("--shared-model cannot be combined with --smooth (a model is applied without the "
                            "spatial prior)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -83,14 +84,28 @@ def main(
     """Soft image segmentation with Gaussian mixtures, soft k-means and fuzzy c-means."""
 
 
-def _parse_k(k: str) -> int:
+def _parse_k(k: str) -> int | str:
+    if k.strip().lower() == "auto":
+        return "auto"
     try:
         value = int(k)
     except ValueError:
-        raise SegsoftError(f"-k must be a whole number >= 1, got {k!r}") from None
+        raise SegsoftError(f"-k must be a whole number >= 1 or auto, got {k!r}") from None
     if value < 1:
-        raise SegsoftError(f"-k must be a whole number >= 1, got {k!r}")
+        raise SegsoftError(f"-k must be a whole number >= 1 or auto, got {k!r}")
     return value
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    """'2..10' (or '2-10', '2:10') -> (2, 10)."""
+    parts = re.split(r"\.\.|-|:", text.strip())
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise SegsoftError(f"--k-range must look like 2..10, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise SegsoftError(f"--k-range must satisfy 1 <= low <= high, got {text!r}")
+    return lo, hi
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -103,7 +118,8 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
     model = seg.model
     rows = [
         ("image", f"{seg.image.path}  ({seg.image.width}x{seg.image.height})"),
-        ("model", f"{seg.settings.get('model')}  k={seg.k}  features={'+'.join(seg.spec.feature_names)}"),
+        ("model", f"{seg.settings.get('model')}  k={seg.k}  features={'+'.join(seg.spec.feature_names)}"
+                  + (f"  smoothing={seg.settings['smoothing']}" if seg.settings.get("smoothing") else "")),
         ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
         ("log-likelihood", _fmt(seg.log_likelihood)),
         ("BIC", _fmt(seg.bic, ".1f")),
@@ -111,6 +127,10 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
         ("seconds", f"{seconds:.2f}"),
         ("output", str(folder)),
     ]
+    if seg.selection is not None:
+        sel = seg.selection
+        rows.insert(2, ("k chosen", f"{sel['k']} by {sel['criterion'].upper()} from {sel['ks'][0]}..{sel['ks'][-1]}"
+                                    " (see k_selection.png)"))
     collapsed = getattr(model, "collapsed_", None)
     if collapsed is not None and collapsed.any():
         rows.append(("warning", f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed (no pixels)"))
@@ -155,7 +175,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 # SegmentOptions instead of fifteen parameters.
 
 _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, SegmentOptions field)
-    "k": (str, typer.Option("4", "-k", "--k", help="Number of clusters."), "k"),
+    "k": (str, typer.Option("4", "-k", "--k", help="Number of clusters, or auto to choose it by --criterion."), "k"),
+    "k_range": (str, typer.Option("2..10", "--k-range", help="With -k auto: the smallest and largest k tried."),
+                "k_range"),
+    "criterion": (str, typer.Option("icl", "--criterion", help="With -k auto: icl or bic (lower is better)."),
+                  "criterion"),
     "color": (str, typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."), "color"),
     "spatial_weight": (float, typer.Option(0.0, "--spatial-weight",
                                            help="Weight of x,y position features (0 = colour only)."),
@@ -203,6 +227,8 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
             values = {_OPTIONS[name][2]: kwargs.pop(name) for name in names}
             if "k" in values:
                 values["k"] = _parse_k(values["k"])
+            if "k_range" in values:
+                values["k_range"] = _parse_range(values["k_range"])
             from .batch import SegmentOptions
 
             return fn(opts=SegmentOptions(**values), **kwargs)
@@ -339,8 +365,8 @@ class _ProgressBar:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, done: int, total: int, row: Any) -> None:
-        stage = "sampling" if row is None else "segmenting"
+    def update(self, done: int, total: int, row: Any, stage: str | None = None) -> None:
+        stage = stage or ("sampling" if row is None else "segmenting")
         if stage != self.stage:
             if self.task is not None:
                 self.progress.update(self.task, visible=False)
@@ -366,6 +392,40 @@ def _batch_report(report: Any, quiet: bool) -> None:
     for row in failed:
         typer.echo(f"segsoft: error: {row.path}: {row.error}", err=True)
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+@_options(_MODEL_OPTIONS)
+def evaluate(
+    path: Path = typer.Argument(..., metavar="PRED_OR_IMAGE_DIR",
+                                help="segsoft output folders or label maps (.npy, .png) named by image id; "
+                                     "or a folder of images, which are segmented first with the model options."),
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: <id>.npz (key segs: humans x H x W), .npy or .png."),
+    min_region: float = typer.Option(0.01, "--min-region",
+                                     help="Score connected regions, merging those under this share of the image; "
+                                          "0 scores the cluster labels as they are."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here."),
+    opts: Any = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Score segmentations against human ones: PRI, VoI (bits) and Covering, as the BSDS benchmark."""
+    from .evaluate import evaluate_directory
+
+    opts.check()
+    if csv is not None:
+        from .outputs import check_writable
+
+        check_writable(csv.parent)
+    with _ProgressBar(quiet) as bar:
+        report = evaluate_directory(path, gt, min_region=min_region or None, segment_kwargs=opts.segment_kwargs(),
+                                    progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"))
+    if csv is not None:
+        report.to_csv(csv)
+    if not quiet:
+        typer.echo(report.summary())
+    if not report.ok:
         raise typer.Exit(1)
 
 

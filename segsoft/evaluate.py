@@ -77,6 +77,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -886,6 +887,81 @@ def evaluate_folder(
     """
     predictions = find_predictions(pred_dir)
     return evaluate_many(predictions, find_ground_truth(gt_dir), progress)
+
+
+def evaluate_directory(
+    path: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    min_region: float | None = 0.01,
+    segment_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Score a folder of predictions -- or of images, segmented first.
+
+    What ``segsoft evaluate`` runs. When :func:`find_predictions` finds
+    predictions in ``path`` they are scored; otherwise every image in
+    ``path`` whose id has ground truth is segmented with
+    :func:`segsoft.segment` (``segment_kwargs``) and scored, nothing written.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Predictions (segsoft output folders, label maps) or images.
+    gt_dir : str or os.PathLike
+        Ground truth as :func:`find_ground_truth` finds it.
+    min_region : float or None
+        Score regions rather than cluster labels: each connected patch of a
+        label is a region and patches under this share of the pixels are
+        merged into a neighbour (:func:`segsoft.spatial.connected_regions`).
+        None scores the labels as they are.
+    segment_kwargs : mapping, optional
+        Arguments of :func:`segsoft.segment` for folders of images.
+    progress : callable(done, total, id), optional
+
+    Returns
+    -------
+    EvaluationReport
+
+    Examples
+    --------
+    >>> report = evaluate_directory("outputs", "../shared/data/bsds-dev/gt")  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+    """
+    from .io import find_images
+    from .spatial import connected_regions
+
+    ground_truth = find_ground_truth(gt_dir)
+    found = find_predictions(path)
+    errors: dict[str, str] = {}
+    labels: dict[str, np.ndarray] = {}
+    if found:
+        for image_id, pred in found.items():
+            if image_id in ground_truth:
+                try:
+                    labels[image_id] = load_prediction(pred)
+                except SegsoftError as e:
+                    errors[image_id] = str(e)
+    else:
+        from .segment import segment
+
+        images = {stem.name: image for image, stem in find_images([path]) if stem.name in ground_truth}
+        for done, (image_id, image) in enumerate(sorted(images.items(), key=lambda kv: _natural_key(kv[0])), 1):
+            try:
+                labels[image_id] = segment(image, **dict(segment_kwargs or {})).labels
+            except SegsoftError as e:
+                errors[image_id] = str(e)
+            if progress is not None:
+                progress(done, len(images), image_id)
+        progress = None  # the scoring itself is fast
+    if min_region is not None:
+        for image_id, lab in labels.items():
+            used = int((lab >= 0).sum())
+            labels[image_id] = connected_regions(lab, max(1, round(min_region * used)))
+    report = evaluate_many(labels, {i: g for i, g in ground_truth.items() if i not in errors}, progress)
+    report.errors.update(errors)
+    report.extra = sorted(set(report.extra) | (set(found) - set(ground_truth)), key=_natural_key)
+    return report
 
 
 def _score_one(image_id: str, pred: object, gt: object) -> ImageScore:
