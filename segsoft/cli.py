@@ -48,6 +48,10 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except SegsoftError as exc:
             raise _error(str(exc)) from None
+        except BrokenPipeError:
+            # the reader went away (segsoft ... | head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except _Terminated:
             raise _error("terminated", 143) from None
         except KeyboardInterrupt as exc:
