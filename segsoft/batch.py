@@ -50,7 +50,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
-from .outputs import check_writable, load_model, output_files, write
+from .outputs import _FOLDER_TEMP, _sweep, check_writable, load_model, output_files, write
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
 
 __all__ = ["SUMMARY_COLUMNS", "BatchInterrupted", "BatchReport", "BatchResult", "SegmentOptions", "apply_batch",
@@ -117,7 +117,8 @@ class SegmentOptions:
             raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
         check_render_options(self.alpha, self.cmap)
         FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
-        make_model(self.model, 1, covariance=self.covariance, beta=self.beta, m=self.m)
+        make_model(self.model, 1, covariance=self.covariance, max_iter=self.max_iter, tol=self.tol,
+                   n_init=self.n_init, sample=self.sample, seed=self.seed, beta=self.beta, m=self.m)
 
     def model_settings(self) -> dict[str, Any]:
         """The options that decide the result (what ``model.json`` records as settings)."""
@@ -566,34 +567,7 @@ def _skipped_row(path: Path, record: dict[str, Any]) -> BatchResult:
 
 # temporary names made by io.atomic_path (".<stem>.<8 hex>.tmp<suffix>") for
 # the files segsoft writes; a killed process leaves them behind
-_FOLDER_TEMP = re.compile(r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
-                          r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$")
 _ROOT_TEMP = re.compile(r"^\.(summary|shared_model)\.[0-9a-f]{8}\.tmp\.(csv|json)$")
-
-
-def _sweep(folder: Path, pattern: re.Pattern) -> None:
-    with suppress(OSError):
-        for entry in os.scandir(folder):
-            if pattern.match(entry.name):
-                with suppress(OSError):
-                    os.unlink(entry.path)
-
-
-def _start_folder(folder: Path) -> None:
-    """Mark ``folder`` incomplete before (re)writing it: an old model.json would
-    otherwise vouch for a mix of old and new files if this write is killed."""
-    with suppress(OSError):
-        (folder / "model.json").unlink()
-    _sweep(folder, _FOLDER_TEMP)
-
-
-def _remove_stale(folder: Path, k: int, auto: bool) -> None:
-    """Pictures of an earlier run with more clusters (or k="auto") would be mistaken for this one's."""
-    for entry in os.scandir(folder):
-        m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
-        if (m and int(m.group(1)) >= k) or (entry.name == "k_selection.png" and not auto):
-            with suppress(OSError):
-                os.unlink(entry.path)
 
 
 # --------------------------------------------------------------------------
@@ -644,9 +618,7 @@ def _as_row(result: Any, path: str) -> BatchResult:
 
 
 def _finish(seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float) -> BatchResult:
-    _start_folder(folder)
     write(seg, folder, alpha=alpha, cmap=cmap)
-    _remove_stale(folder, seg.k, seg.selection is not None)
     model = seg.model
     return BatchResult(path, "ok", seg.image.width, seg.image.height, seg.k,
                        _int_or_none(getattr(model, "n_iter_", None)),

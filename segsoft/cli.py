@@ -137,7 +137,8 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
                                     " (see k_selection.png)"))
     collapsed = getattr(model, "collapsed_", None)
     if collapsed is not None and collapsed.any():
-        rows.append(("warning", f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed (no pixels)"))
+        rows.append(("warning", f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed: too little "
+                                "membership to estimate their own shape (more clusters than the image supports?)"))
     # plain aligned lines: a rich table would cut long paths at the terminal width
     for key, value in rows:
         typer.echo(f"{key:<16}{value}")

@@ -23,8 +23,10 @@ import io as _io
 import json
 import math
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +129,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
             "converged": getattr(model, "converged_", None),
             "n_iter": getattr(model, "n_iter_", None),
             "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
+            "polish_trace": getattr(model, "polish_trace_", []),
         },
         "clusters": clusters,
         "k_selection": seg.selection,
@@ -188,6 +191,35 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise SegsoftError(f"{folder}: output folder is not writable")
 
 
+_FOLDER_TEMP = re.compile(r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+                          r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$")
+
+
+def _sweep(folder: Path, pattern: re.Pattern) -> None:
+    with suppress(OSError):
+        for entry in os.scandir(folder):
+            if pattern.match(entry.name):
+                with suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _start_folder(folder: Path) -> None:
+    """Mark ``folder`` incomplete before (re)writing it: an old model.json would
+    otherwise vouch for a mix of old and new files if this write is killed."""
+    with suppress(OSError):
+        (folder / "model.json").unlink()
+    _sweep(folder, _FOLDER_TEMP)
+
+
+def _remove_stale(folder: Path, k: int, auto: bool) -> None:
+    """Pictures of an earlier run with more clusters (or k="auto") would be mistaken for this one's."""
+    for entry in os.scandir(folder):
+        m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
+        if (m and int(m.group(1)) >= k) or (entry.name == "k_selection.png" and not auto):
+            with suppress(OSError):
+                os.unlink(entry.path)
+
+
 def _prepare_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -218,6 +250,7 @@ def write(
     """
     folder = Path(folder)
     _prepare_folder(folder)
+    _start_folder(folder)
     t0 = time.perf_counter()
     written: dict[str, Path] = {}
 
@@ -254,6 +287,7 @@ def write(
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
             job.result()  # re-raises the first write error
+    _remove_stale(folder, seg.k, seg.selection is not None)
     record = model_record(seg)
     seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
     written["model.json"] = _write_json(record, folder / "model.json")

@@ -181,7 +181,7 @@ class SoftSegmentation:
         """The input image as uint8 RGB; with ``width``, shrunk by block averaging
         to at least that wide (cheap on big images)."""
         pixels = self.image.pixels
-        f = 1 if width is None else max(1, pixels.shape[1] // max(width, 1))
+        f = 1 if width is None else max(1, min(pixels.shape[1] // max(width, 1), pixels.shape[0]))
         if f > 1:
             h, w = (pixels.shape[0] // f) * f, (pixels.shape[1] // f) * f
             pixels = pixels[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
@@ -226,27 +226,31 @@ def make_model(
     """
     common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=sample or None)
     if model == "gmm":
-        return GaussianMixture(k, covariance=covariance, reg_covar=reg_covar, **common)
-    if model == "soft-kmeans":
-        return SoftKMeans(k, beta=beta, reg_covar=reg_covar, **common)
-    if model == "fcm":
-        return FuzzyCMeans(k, m=m, **common)
-    raise SegsoftError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+        engine = GaussianMixture(k, covariance=covariance, reg_covar=reg_covar, **common)
+    elif model == "soft-kmeans":
+        engine = SoftKMeans(k, beta=beta, reg_covar=reg_covar, **common)
+    elif model == "fcm":
+        engine = FuzzyCMeans(k, m=m, **common)
+    else:
+        raise SegsoftError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+    try:
+        engine.check_params()
+    except ValueError as exc:
+        raise SegsoftError(str(exc)) from None
+    return engine
 
 
 def _name(image: Image) -> str:
     return str(image.path) if image.path is not None else "image"
 
 
-def _count_distinct(image: Image, at_least: int) -> int:
-    """Distinct colours among the used pixels, counted exactly only when a
-    sample has fewer than ``at_least`` (full counts are slow on big images)."""
-    rgb = image.pixels.reshape(-1, 3)
-    if image.mask is not None:
-        rgb = rgb[image.mask.ravel()]
-    sample = rgb[:: max(1, rgb.shape[0] // 50_000)]
+def _count_distinct(colors: np.ndarray, at_least: int) -> int:
+    """Distinct rows of the colour features, counted exactly only when a
+    sample has fewer than ``at_least`` (full counts are slow on big images).
+    Features, not RGB: with ``color="gray"`` two RGB colours can be one grey."""
+    sample = colors[:: max(1, colors.shape[0] // 50_000)]
     n = len(np.unique(sample, axis=0))
-    return n if n >= at_least else len(np.unique(rgb, axis=0))
+    return n if n >= at_least else len(np.unique(colors, axis=0))
 
 
 def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, float]:
@@ -401,21 +405,22 @@ def segment(
         return make_model(model, n_clusters, covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init,
                           sample=sample, seed=seed, reg_covar=reg_covar, beta=beta, m=m)
 
-    new_model(1)  # reject bad model options before the slow work
+    new_model(1)  # make_model checks the options: fail before the slow work
     img = as_image(image, max_pixels=max_pixels)
     name = _name(img)
     t_read = time.perf_counter()
     k_min = k_lo if auto else k
     if img.n_used < k_min:
         raise SegsoftError(f"{name}: k={k_min} is more than the {img.n_used} usable pixels")
-    if spatial_weight == 0 and (auto or k > 1):
-        distinct = _count_distinct(img, k_hi if auto else k)
-        if distinct < k_min:
-            raise SegsoftError(f"{name}: k={k_min} is more than the {distinct} distinct colours in the image")
-        if auto:
-            k_hi = min(k_hi, distinct)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
+    if spatial_weight == 0 and (auto or k > 1):
+        distinct = _count_distinct(X[:, : spec.n_color], k_hi if auto else k)
+        if distinct < k_min:
+            what = "grey levels" if color == "gray" else "distinct colours"
+            raise SegsoftError(f"{name}: k={k_min} is more than the {distinct} {what} in the image")
+        if auto:
+            k_hi = min(k_hi, distinct)
     selection = None
     try:
         if auto:

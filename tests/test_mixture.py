@@ -159,6 +159,10 @@ def test_sample_fit_with_polish_matches_full_fit():
     full = GaussianMixture(3, seed=0, tol=1e-6).fit(X)
     sampled = GaussianMixture(3, seed=0, tol=1e-6, sample_size=5000).fit(X)
     assert sampled.n_iter_sample_ > 0
+    # the sample trace never decreases; the full-data polish has its own trace
+    assert len(sampled.log_likelihood_trace_) == sampled.n_iter_sample_ and len(sampled.polish_trace_) == 1
+    assert np.all(np.diff(sampled.log_likelihood_trace_) >= -1e-10)
+    assert sampled.n_iter_ == sampled.n_iter_sample_ + 1
     assert abs(sampled.score(X) - full.score(X)) < 1e-4
     np.testing.assert_allclose(sampled.means_, full.means_, atol=0.02)
 
@@ -209,6 +213,17 @@ def test_bad_arguments_raise_clear_errors():
         FuzzyCMeans(2, m=1.0).fit(X)
     with pytest.raises(RuntimeError, match="not fitted"):
         GaussianMixture(2).predict_proba(X)
+    with pytest.raises(ValueError, match="max_iter"):
+        GaussianMixture(2, max_iter=0).fit(X)
+    with pytest.raises(ValueError, match="seed"):
+        GaussianMixture(2, seed=-1).check_params()
+    with pytest.raises(ValueError, match="tol"):
+        SoftKMeans(2, tol=float("nan")).check_params()
+    fitted = GaussianMixture(2).fit(X)
+    with pytest.raises(ValueError, match="fitted on 2"):
+        fitted.predict(X[:, :1])
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict_proba(np.array([[np.nan, 0.0]]))
 
 
 def test_matches_sklearn_at_a_tiny_variance_floor():

@@ -203,6 +203,31 @@ def test_unusual_modes_segment(tmp_path, kind):
     assert_complete_outputs(folder, 2, (h, w))
 
 
+def test_long_thin_strip_gets_a_montage(tmp_path):
+    path = tmp_path / "strip.png"
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (8, 4000, 3), dtype=np.uint8)).save(path)
+    folder = _run_ok(path, tmp_path, "-k", "3")
+    assert_complete_outputs(folder, 3, (8, 4000))
+    assert (folder / "montage.png").exists()
+
+
+def test_colours_that_are_one_grey_level(tmp_path):
+    path = tmp_path / "twins.png"
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:, :5], img[:, 5:] = (0, 0, 126), (35, 2, 3)  # different colours, the same luminance
+    PILImage.fromarray(img).save(path)
+    assert_one_line_error(segsoft_cli("run", path, "-k", "2", "--color", "gray", "-o", tmp_path), "1 grey levels")
+    assert _run_ok(path, tmp_path, "-k", "2").exists()  # in colour they are two
+
+
+@pytest.mark.parametrize("option,needle", [(("--max-iter", "0"), "max_iter"), (("--covariance", "xyz"), "covariance"),
+                                           (("--seed", "-1"), "seed"), (("--tol", "nan"), "tol"),
+                                           (("--model", "fcm", "-m", "1"), "fuzzifier")])
+def test_bad_model_options_fail_before_reading(tmp_path, option, needle):
+    # the image does not even exist: the option is reported first
+    assert_one_line_error(segsoft_cli("run", tmp_path / "later.jpg", *option, "-o", tmp_path), needle)
+
+
 def test_constant_image_with_position_features_reports_no_crash(tmp_path):
     path = tmp_path / "flat.png"
     PILImage.fromarray(np.full((10, 12, 3), 200, np.uint8)).save(path)

@@ -135,3 +135,12 @@ def test_bad_k_is_a_clear_error(k, match):
     img[3:] = 255
     with pytest.raises(SegsoftError, match=match):
         segsoft.segment(img, k=k)
+
+
+def test_saving_again_into_a_folder_leaves_no_stale_files(tmp_path):
+    img, _ = quadrants()
+    segsoft.segment(img, k="auto", k_range=(4, 5)).save(tmp_path)
+    (tmp_path / ".overlay.0123abcd.tmp.png").write_bytes(b"half")  # what a killed write leaves
+    seg = segsoft.segment(img, k=2)
+    seg.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(output_files(2))

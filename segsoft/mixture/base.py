@@ -256,16 +256,39 @@ class _EMBase:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    def _validate(self, X: np.ndarray) -> None:
+    def check_params(self) -> None:
+        """Raise ValueError for a bad constructor argument (done by ``fit`` too,
+        but callers can fail fast before preparing data)."""
         k = self.n_components
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"n_components must be a positive integer, got {k!r}")
-        if X.shape[0] < k:
-            raise ValueError(f"n_samples={X.shape[0]} is smaller than n_components={k}")
-        if self.max_iter < 0 or self.n_init < 1 or self.tol < 0:
-            raise ValueError("max_iter must be >= 0, n_init >= 1 and tol >= 0")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be a whole number >= 1, got {self.max_iter!r}")
+        if not (isinstance(self.n_init, (int, np.integer)) and self.n_init >= 1):
+            raise ValueError(f"n_init must be a whole number >= 1, got {self.n_init!r}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if self.init not in ("k-means++", "random"):
             raise ValueError(f"init must be 'k-means++' or 'random', got {self.init!r}")
+        if self.seed is not None and not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
+            raise ValueError(f"seed must be a whole number >= 0 or None, got {self.seed!r}")
+        if self.sample_size is not None and self.sample_size < 0:
+            raise ValueError(f"sample_size must be >= 0 or None, got {self.sample_size!r}")
+
+    def _validate(self, X: np.ndarray) -> None:
+        self.check_params()
+        if X.shape[0] < self.n_components:
+            raise ValueError(f"n_samples={X.shape[0]} is smaller than n_components={self.n_components}")
+
+    def _check_input(self, X: Any) -> np.ndarray:
+        """X for predict/score: the fitted number of features, finite."""
+        self._check_fitted()
+        X = _check_array(X)
+        d = self.means_.shape[1]
+        if X.shape[1] != d:
+            raise ValueError(f"X has {X.shape[1]} features, but this model was fitted on {d}")
+        _check_finite(X)
+        return X
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "means_"):
@@ -430,14 +453,16 @@ class _EMBase:
         trace, converged, n_iter, state = best
         self._set_state(state)
         self.n_iter_sample_ = n_iter if sampled else 0
+        polish: list[float] = []
         if sampled and self.polish_iter > 0:
             # converged_ keeps saying whether the sample fit converged: the
-            # polish is a fixed, small number of full-data iterations
+            # polish is a fixed, small number of full-data iterations. Its
+            # values are on other rows, so they get a trace of their own
             polish, _, n_polish = self._em(X, self.polish_iter, progress, start=n_iter)
-            trace = trace + polish
             n_iter += n_polish
         self.log_likelihood_trace_ = np.asarray(trace)
-        self.log_likelihood_ = float(trace[-1])
+        self.polish_trace_ = np.asarray(polish)
+        self.log_likelihood_ = float((polish or trace)[-1])
         self.converged_ = bool(converged)
         self.n_iter_ = int(n_iter)
         self.n_features_in_ = d
@@ -567,8 +592,7 @@ class _EMBase:
 
         float32 input gives float32 output (half the memory for images).
         """
-        self._check_fitted()
-        X = _check_array(X)
+        X = self._check_input(X)
         if out is None:
             out = np.empty((X.shape[0], self.n_components), dtype=X.dtype)
         self._pass(X, stats=False, resp_out=out)
@@ -582,8 +606,7 @@ class _EMBase:
     def score_samples(self, X: Any) -> np.ndarray:
         """Per-row score: the log-likelihood log p(x) (for fuzzy c-means, minus
         the row's weighted squared distances)."""
-        self._check_fitted()
-        X = _check_array(X)
+        X = self._check_input(X)
         out = np.empty(X.shape[0])
         self._pass(X, stats=False, score_out=out)
         return out
@@ -591,15 +614,13 @@ class _EMBase:
     @_one_blas_thread
     def score(self, X: Any) -> float:
         """Mean of :meth:`score_samples` (the mean log-likelihood for mixtures)."""
-        self._check_fitted()
-        X = _check_array(X)
+        X = self._check_input(X)
         return self._pass(X, stats=False)[0]
 
     @_one_blas_thread
     def predict_proba_and_score(self, X: Any, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Memberships and the mean score in a single pass over X."""
-        self._check_fitted()
-        X = _check_array(X)
+        X = self._check_input(X)
         if out is None:
             out = np.empty((X.shape[0], self.n_components), dtype=X.dtype)
         mean, _, _ = self._pass(X, stats=False, resp_out=out)
@@ -662,8 +683,7 @@ class _LikelihoodMixin:
         What a prior on the memberships (e.g. the spatial one) combines
         with. float64 unless ``out`` (e.g. float32, to save memory) is given.
         """
-        self._check_fitted()
-        return self._log_joint(_check_array(X), out)
+        return self._log_joint(self._check_input(X), out)
 
     def bic(self, X: Any) -> float:
         """Bayesian information criterion on X (lower is better)."""

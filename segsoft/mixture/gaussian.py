@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 import numpy as np
 
@@ -60,10 +62,13 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
     n_iter_ : int
         EM iterations (M-steps) done.
     log_likelihood_trace_ : ndarray
-        Mean log-likelihood per row before each M-step (on the sample, then
-        on all rows when ``sample_size`` is used).
+        Mean log-likelihood per row before each M-step; never decreases.
+        With ``sample_size``, these are on the sample ...
+    polish_trace_ : ndarray
+        ... and these on all rows, for the polish iterations (empty without
+        ``sample_size``).
     log_likelihood_ : float
-        Its last value (like scikit-learn's ``lower_bound_``).
+        The last value recorded (like scikit-learn's ``lower_bound_``).
     reg_covar_ : float
         The absolute regularisation used.
     collapsed_ : ndarray of bool
@@ -113,12 +118,12 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         # a full covariance needs d + 1 rows' worth of membership to exist
         return self._layout.d + 1.0 if self.covariance == "full" else 1.0
 
-    def _validate(self, X: np.ndarray) -> None:
-        super()._validate(X)
+    def check_params(self) -> None:
+        super().check_params()
         if self.covariance not in COVARIANCE_TYPES:
             raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {self.covariance!r}")
-        if self.reg_covar < 0:
-            raise ValueError("reg_covar must be >= 0")
+        if not (math.isfinite(self.reg_covar) and self.reg_covar >= 0):
+            raise ValueError(f"reg_covar must be a finite number >= 0, got {self.reg_covar!r}")
 
     # internal state, in centred coordinates: _w (K,), _means (K, d), _cov
     # (K, d, d) | (d, d) tied | (K, d) diag | (K,) spherical, _nk (K,)

@@ -63,8 +63,8 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
         self.beta = beta
         self.reg_covar = reg_covar
 
-    def _validate(self, X: np.ndarray) -> None:
-        super()._validate(X)
+    def check_params(self) -> None:
+        super().check_params()
         if self.beta is not None and not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta!r}")
 
@@ -166,8 +166,8 @@ class FuzzyCMeans(_EMBase):
         )
         self.m = m
 
-    def _validate(self, X: np.ndarray) -> None:
-        super()._validate(X)
+    def check_params(self) -> None:
+        super().check_params()
         if not self.m > 1.0:
             raise ValueError(f"the fuzzifier m must be > 1, got {self.m!r}")
 
