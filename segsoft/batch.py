@@ -50,7 +50,8 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
-from .outputs import _FOLDER_TEMP, _sweep, check_writable, load_model, output_files, write
+from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_model, output_files, write
+from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
 
 __all__ = ["SUMMARY_COLUMNS", "BatchInterrupted", "BatchReport", "BatchResult", "SegmentOptions", "apply_batch",
@@ -761,27 +762,6 @@ def _model_digest(model: Any) -> str:
     """A short fingerprint of a fitted model, recorded with each image it was applied to."""
     text = json.dumps(_plain(model.to_dict()), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _plain(value: Any) -> Any:
-    """JSON values: arrays and numpy scalars to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _write_json(record: dict[str, Any], path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 # --------------------------------------------------------------------------

@@ -447,6 +447,7 @@ def segment(
 
 
 CRITERIA = ("icl", "bic")
+MAX_AUTO_K = 64
 
 
 def _check_k_range(k_range: Any) -> tuple[int, int]:
@@ -456,6 +457,8 @@ def _check_k_range(k_range: Any) -> tuple[int, int]:
         raise SegsoftError(f"k range must be two whole numbers like (2, 10), got {k_range!r}") from None
     if not 1 <= lo <= hi:
         raise SegsoftError(f"k range must satisfy 1 <= low <= high, got {lo}..{hi}")
+    if hi > MAX_AUTO_K:
+        raise SegsoftError(f"k range goes up to {MAX_AUTO_K} (every k is a separate fit), got {lo}..{hi}")
     return lo, hi
 
 
@@ -524,12 +527,16 @@ def apply_model(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     settings: dict[str, Any] | None = None,
+    smoothing: float | None = None,
 ) -> SoftSegmentation:
     """Memberships of a new image under an already fitted model.
 
     The image goes through the same fitted feature transform ``spec``, so
     cluster numbers and colours mean the same as for the image the model
-    was fitted on.
+    was fitted on. ``smoothing`` (default: the ``smoothing`` in
+    ``settings``, as stored in ``model.json``, else 0) applies the spatial
+    prior to the memberships as :func:`segment` does, so applying a model to
+    the image it was fitted on reproduces that image's memberships.
 
     Examples
     --------
@@ -543,8 +550,15 @@ def apply_model(
     t_read = time.perf_counter()
     X = extract(img, spec)
     t_feat = time.perf_counter()
-    probs, mean = _memberships(img, model, X)
+    if smoothing is None:
+        smoothing = float((settings or {}).get("smoothing") or 0.0)
+    if smoothing > 0 and hasattr(model, "weighted_log_prob"):
+        probs, mean = _smoothed_memberships(img, model, X, smoothing)
+    else:
+        smoothing = 0.0
+        probs, mean = _memberships(img, model, X)
     t_pred = time.perf_counter()
     timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": 0.0, "memberships": t_pred - t_feat,
                "total": t_pred - t0}
-    return SoftSegmentation(img, probs, model, spec, float(mean), dict(settings or {}), timings)
+    return SoftSegmentation(img, probs, model, spec, float(mean), {**(settings or {}), "smoothing": smoothing},
+                            timings)

@@ -153,3 +153,16 @@ def test_segmentation_regions_default_to_one_percent():
     regions = seg.regions()
     sizes = np.bincount(regions.ravel())
     assert sizes.min() >= 16 and len(sizes) < len(np.unique(seg.labels)) + 50
+
+
+def test_a_smoothed_model_applied_again_gives_the_same_memberships(tmp_path):
+    img, _ = noisy_halves()
+    seg = segsoft.segment(img, k=2, smoothing=1.0)
+    seg.save(tmp_path)
+    model, spec, record = segsoft.load_model(tmp_path / "model.json")
+    again = segsoft.apply_model(img, model, spec, settings=record["settings"])
+    np.testing.assert_allclose(again.probabilities, seg.probabilities, atol=1e-5)
+    plain = segsoft.apply_model(img, model, spec, smoothing=0.0)
+    assert not np.allclose(plain.probabilities, seg.probabilities, atol=1e-3)
+    with pytest.raises(SegsoftError, match="up to 64"):
+        segsoft.segment(img, k="auto", k_range=(2, 1000))
