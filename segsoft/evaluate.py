@@ -84,7 +84,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .errors import SegsoftError
-from .io import atomic_write_bytes
+from .io import _reason, atomic_write_bytes
 
 __all__ = [
     "EvaluationReport",
@@ -474,12 +474,6 @@ def _labels_of_file(arr: np.ndarray, name: str) -> np.ndarray:
         return _as_labels(arr, "array")
     except SegsoftError as e:
         raise SegsoftError(f"{name}: {e}") from None
-
-
-def _reason(e: BaseException) -> str:
-    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    text = " ".join(text.split()) or type(e).__name__
-    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _open_error(name: str, e: BaseException) -> SegsoftError:

@@ -266,12 +266,12 @@ def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, f
     return probs.reshape(h, w, k), mean
 
 
-def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a strided sub-grid of the used pixels to fit a spatial model on.
 
     A spatial prior needs pixels on a grid, not a random sample: on a large
     image the model is fitted on every s-th row and column (about ``sample``
-    pixels). Returns (row indices, sub-grid mask, stride).
+    pixels). Returns (row indices, sub-grid mask).
     """
     h, w = image.height, image.width
     n = image.n_used
@@ -282,7 +282,7 @@ def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray,
     else:
         rowid[image.mask] = np.arange(n)
     sub = rowid[::stride, ::stride]
-    return sub[sub >= 0], sub >= 0, stride
+    return sub[sub >= 0], sub >= 0
 
 
 FINAL_SWEEPS = 10  # checkerboard sweeps for the memberships of the final model
@@ -427,10 +427,12 @@ def segment(
             estimator, selection = select_k(X, range(k_lo, k_hi + 1), new_model, criterion, seed=seed, sample=sample)
             k = estimator.n_components
         if smoothing > 0:
+            # with k chosen by the plain mixture, start the smoothed fit from its means
+            start = estimator.means_ if auto else None
             estimator = new_model(k)
-            rows, grid_mask, _ = _fit_grid(img, sample)
+            rows, grid_mask = _fit_grid(img, sample)
             prior = PottsPrior(grid_mask.shape, smoothing, grid_mask)
-            estimator.fit(X[rows], progress=progress, prior=prior)
+            estimator.fit(X[rows], means_init=start, progress=progress, prior=prior)
         elif not auto:
             estimator = new_model(k).fit(X, progress=progress)
     except ValueError as exc:

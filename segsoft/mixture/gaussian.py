@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .base import _EPS10, _LOG_2PI, _TINY, COVARIANCE_TYPES, _EMBase, _Layout, _LikelihoodMixin
+from .base import _EPS10, _LOG_2PI, _TINY, COVARIANCE_TYPES, _EMBase, _LikelihoodMixin
 
 __all__ = ["GaussianMixture"]
 
@@ -213,8 +213,7 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
             lin = prec[:, None] * means
             quad = np.repeat(prec[:, None], d, axis=1)
         const = np.log(self._w) - 0.5 * d * _LOG_2PI + logdet - 0.5 * np.einsum("kd,kd->k", lin, means)
-        layout = lay if cov_type != "spherical" else _Layout(d, "diag")
-        return layout.coefficients(const, lin, quad)
+        return lay.coefficients(const, lin, quad)  # spherical uses the diag layout too
 
     def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
         self._means[k] = point
