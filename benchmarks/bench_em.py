@@ -85,9 +85,18 @@ def run_one(method: str, megapixels: float) -> dict:
         pc = _compute_precision_cholesky(c, "full")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tol=0 runs all iterations on purpose
-            sk = SkGM(K, covariance_type="full", max_iter=ITERS, tol=0.0, init_params="random", reg_covar=reg,
-                      weights_init=w / len(X), means_init=m, precisions_init=pc @ np.swapaxes(pc, 1, 2),
-                      random_state=SEED).fit(X64)
+            sk = SkGM(
+                K,
+                covariance_type="full",
+                max_iter=ITERS,
+                tol=0.0,
+                init_params="random",
+                reg_covar=reg,
+                weights_init=w / len(X),
+                means_init=m,
+                precisions_init=pc @ np.swapaxes(pc, 1, 2),
+                random_state=SEED,
+            ).fit(X64)
         sk.predict_proba(X64)
         elapsed = time.perf_counter() - start
         ll = sk.score(X64)  # not timed: segsoft gets its score from the memberships pass
@@ -113,8 +122,14 @@ def run_one(method: str, megapixels: float) -> dict:
         raise SystemExit(f"unknown method {method}")
     if method != "sklearn":
         elapsed = time.perf_counter() - start
-    return {"method": method, "mp": megapixels, "seconds": elapsed, "iters": iters, "ll": float(ll),
-            "peak_mib": peak_mib()}
+    return {
+        "method": method,
+        "mp": megapixels,
+        "seconds": elapsed,
+        "iters": iters,
+        "ll": float(ll),
+        "peak_mib": peak_mib(),
+    }
 
 
 def run_end_to_end(sample: bool) -> dict:
@@ -133,8 +148,13 @@ def run_end_to_end(sample: bool) -> dict:
         seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         record = json.loads((Path(tmp) / "out" / "photo12mp" / "model.json").read_text())
-    return {"sample": sample, "seconds": seconds, "peak_mib": peak, "timings": record["timings"],
-            "n_iter": record["result"]["n_iter"]}
+    return {
+        "sample": sample,
+        "seconds": seconds,
+        "peak_mib": peak,
+        "timings": record["timings"],
+        "n_iter": record["result"]["n_iter"],
+    }
 
 
 def run_features(method: str) -> dict:
@@ -154,8 +174,12 @@ def run_features(method: str) -> dict:
         from skimage.color import rgb2lab
 
         X = rgb2lab(img.pixels).reshape(-1, 3)
-    return {"method": method, "seconds": time.perf_counter() - start, "peak_mib": peak_mib(),
-            "checksum": float(np.asarray(X[::9973], dtype=np.float64).sum())}
+    return {
+        "method": method,
+        "seconds": time.perf_counter() - start,
+        "peak_mib": peak_mib(),
+        "checksum": float(np.asarray(X[::9973], dtype=np.float64).sum()),
+    }
 
 
 def child(args: list[str]) -> dict:
@@ -195,25 +219,34 @@ def main() -> None:
                 if r is None:
                     continue
                 speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else ""
-                diff = (f"{abs(r['ll'] - ref['ll']) / abs(ref['ll']):.1e}"
-                        if ref and r is ours and np.isfinite(r["ll"]) else "")
+                diff = (
+                    f"{abs(r['ll'] - ref['ll']) / abs(ref['ll']):.1e}"
+                    if ref and r is ours and np.isfinite(r["ll"])
+                    else ""
+                )
                 ll = f"{r['ll']:.10f}" if np.isfinite(r["ll"]) else "n/a"
-                print(f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {r['seconds'] / r['iters']:>8.3f} "
-                      f"{r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}")
+                print(
+                    f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {r['seconds'] / r['iters']:>8.3f} "
+                    f"{r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}"
+                )
         sys.stdout.flush()
     if args.end_to_end:
         print("\n# Lab features of a 12 MP image (float32 RGB in memory)")
         feats = {m: child(["--feat", m]) for m in ("skimage", "segsoft")}
         for m, r in feats.items():
-            print(f"{m:<26} {r['seconds']:6.2f} s  peak {r['peak_mib']:5.0f} MiB  "
-                  f"speed-up {feats['skimage']['seconds'] / r['seconds']:.1f}x")
+            print(
+                f"{m:<26} {r['seconds']:6.2f} s  peak {r['peak_mib']:5.0f} MiB  "
+                f"speed-up {feats['skimage']['seconds'] / r['seconds']:.1f}x"
+            )
         print("\n# segsoft run photo.jpg -k 4 on a 12 MP (4000x3000) JPEG, end to end")
         for mode in ("sample", "full"):
             r = child(["--e2e", mode])
             t = r["timings"]
-            print(f"{'--sample 200000 (default)' if mode == 'sample' else '--sample 0 (all pixels)':<26} "
-                  f"{r['seconds']:6.2f} s  peak {r['peak_mib']:5.0f} MiB  iterations {r['n_iter']:3d}  "
-                  + "  ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total"))
+            print(
+                f"{'--sample 200000 (default)' if mode == 'sample' else '--sample 0 (all pixels)':<26} "
+                f"{r['seconds']:6.2f} s  peak {r['peak_mib']:5.0f} MiB  iterations {r['n_iter']:3d}  "
+                + "  ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total")
+            )
 
 
 if __name__ == "__main__":

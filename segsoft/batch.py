@@ -54,11 +54,31 @@ from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_mod
 from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
 
-__all__ = ["SUMMARY_COLUMNS", "BatchInterrupted", "BatchReport", "BatchResult", "SegmentOptions", "apply_batch",
-           "default_jobs", "run_batch", "write_summary"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "BatchInterrupted",
+    "BatchReport",
+    "BatchResult",
+    "SegmentOptions",
+    "apply_batch",
+    "default_jobs",
+    "run_batch",
+    "write_summary",
+]
 
-SUMMARY_COLUMNS = ("path", "status", "width", "height", "k", "iterations", "converged", "log_likelihood", "bic",
-                   "seconds", "error")
+SUMMARY_COLUMNS = (
+    "path",
+    "status",
+    "width",
+    "height",
+    "k",
+    "iterations",
+    "converged",
+    "log_likelihood",
+    "bic",
+    "seconds",
+    "error",
+)
 SUMMARY_NAME = "summary.csv"
 SHARED_MODEL_NAME = "shared_model.json"
 
@@ -104,8 +124,8 @@ class SegmentOptions:
 
     def check(self) -> None:
         """Raise :class:`SegsoftError` for a bad option, before any slow work."""
-        if self.max_iter < 0 or self.n_init < 1 or self.tol < 0 or (self.sample or 0) < 0:
-            raise SegsoftError("--max-iter and --sample must be >= 0, --n-init >= 1 and --tol >= 0")
+        if self.max_pixels < 1:
+            raise SegsoftError(f"--max-pixels must be >= 1, got {self.max_pixels}")
         if self.k == "auto":
             _check_k_range(self.k_range)
             if self.criterion not in CRITERIA:
@@ -118,17 +138,37 @@ class SegmentOptions:
             raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
         check_render_options(self.alpha, self.cmap)
         FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
-        make_model(self.model, 1, covariance=self.covariance, max_iter=self.max_iter, tol=self.tol,
-                   n_init=self.n_init, sample=self.sample, seed=self.seed, beta=self.beta, m=self.m)
+        make_model(
+            self.model,
+            1,
+            covariance=self.covariance,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            n_init=self.n_init,
+            sample=self.sample,
+            seed=self.seed,
+            beta=self.beta,
+            m=self.m,
+        )
 
     def model_settings(self) -> dict[str, Any]:
         """The options that decide the result (what ``model.json`` records as settings)."""
         auto = self.k == "auto"
-        settings = {"k": "auto" if auto else int(self.k), "model": self.model, "covariance": self.covariance,
-                    "color": self.color, "spatial_weight": float(self.spatial_weight),
-                    "smoothing": float(self.smoothing), "max_iter": self.max_iter, "tol": self.tol,
-                    "n_init": self.n_init, "sample": self.sample or None, "seed": self.seed, "beta": self.beta,
-                    "m": self.m}
+        settings = {
+            "k": "auto" if auto else int(self.k),
+            "model": self.model,
+            "covariance": self.covariance,
+            "color": self.color,
+            "spatial_weight": float(self.spatial_weight),
+            "smoothing": float(self.smoothing),
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "n_init": self.n_init,
+            "sample": self.sample or None,
+            "seed": self.seed,
+            "beta": self.beta,
+            "m": self.m,
+        }
         if auto:
             settings.update(k_range=list(_check_k_range(self.k_range)), criterion=self.criterion)
         return settings
@@ -304,8 +344,9 @@ def run_batch(
     if shared_model and opts.k == "auto":
         raise SegsoftError("--shared-model needs a fixed -k: choose it with `segsoft run IMAGE -k auto` first")
     if shared_model and opts.smoothing > 0:
-        raise SegsoftError("--shared-model cannot be combined with --smooth (a model is applied without the "
-                           "spatial prior)")
+        raise SegsoftError(
+            "--shared-model cannot be combined with --smooth (a model is applied without the spatial prior)"
+        )
     items, out = _prepare(inputs, output, recursive)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
@@ -379,8 +420,9 @@ def _prepare(inputs: Iterable[str | os.PathLike], output: str | os.PathLike, rec
     # outputs of an earlier run inside an input folder are not inputs
     # (`segsoft batch photos -r -o photos/seg` twice would segment the heatmaps)
     inside = out.resolve()
-    items = [(p, stem) for p, stem in find_images(inputs, recursive=recursive)
-             if not p.resolve().is_relative_to(inside)]
+    items = [
+        (p, stem) for p, stem in find_images(inputs, recursive=recursive) if not p.resolve().is_relative_to(inside)
+    ]
     if not items:
         named = ", ".join(os.fsdecode(i) for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
         hint = "" if recursive else " (use --recursive to look in sub-folders)"
@@ -402,8 +444,15 @@ def _jobs(jobs: int | None) -> int:
 
 
 class _Batch:
-    def __init__(self, items: list[tuple[Path, Path]], output: Path, jobs: int, skip_existing: bool,
-                 progress: ProgressFn | None, t0: float):
+    def __init__(
+        self,
+        items: list[tuple[Path, Path]],
+        output: Path,
+        jobs: int,
+        skip_existing: bool,
+        progress: ProgressFn | None,
+        t0: float,
+    ):
         self.items = items
         self.output = output
         self.jobs = jobs
@@ -477,8 +526,10 @@ class _Batch:
         (None when no image could be read)."""
         n = len(self.items)
         per = None if not opts.sample else max(1, math.ceil(opts.sample / n))
-        calls = [(str(p), per, opts.seed, i, opts.color, float(opts.spatial_weight), opts.max_pixels)
-                 for i, (p, _) in enumerate(self.items)]
+        calls = [
+            (str(p), per, opts.seed, i, opts.color, float(opts.spatial_weight), opts.max_pixels)
+            for i, (p, _) in enumerate(self.items)
+        ]
         samples: dict[int, _Sample] = {}
         with closing(_execute(_sample_task, calls, self.jobs, set())) as results:
             for i, result in results:
@@ -561,9 +612,17 @@ def _matches(expected: Any, actual: Any) -> bool:
 
 def _skipped_row(path: Path, record: dict[str, Any]) -> BatchResult:
     image, result = record.get("image") or {}, record.get("result") or {}
-    return BatchResult(str(path), "skipped", image.get("width"), image.get("height"), result.get("k"),
-                       result.get("n_iter"), result.get("converged"), result.get("log_likelihood"),
-                       result.get("bic"))
+    return BatchResult(
+        str(path),
+        "skipped",
+        image.get("width"),
+        image.get("height"),
+        result.get("k"),
+        result.get("n_iter"),
+        result.get("converged"),
+        result.get("log_likelihood"),
+        result.get("bic"),
+    )
 
 
 # temporary names made by io.atomic_path (".<stem>.<8 hex>.tmp<suffix>") for
@@ -587,8 +646,8 @@ class _ApplyJob:
 
 @dataclass
 class _Sample:
-    rgb: np.ndarray            # float32 (n, 3) sampled used pixels
-    xy: np.ndarray | None      # float32 (n, 2) their position features, with a spatial weight
+    rgb: np.ndarray  # float32 (n, 3) sampled used pixels
+    xy: np.ndarray | None  # float32 (n, 2) their position features, with a spatial weight
     eight_bit: bool
 
 
@@ -621,10 +680,18 @@ def _as_row(result: Any, path: str) -> BatchResult:
 def _finish(seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float) -> BatchResult:
     write(seg, folder, alpha=alpha, cmap=cmap)
     model = seg.model
-    return BatchResult(path, "ok", seg.image.width, seg.image.height, seg.k,
-                       _int_or_none(getattr(model, "n_iter_", None)),
-                       None if getattr(model, "converged_", None) is None else bool(model.converged_),
-                       float(seg.log_likelihood), seg.bic, time.perf_counter() - t0)
+    return BatchResult(
+        path,
+        "ok",
+        seg.image.width,
+        seg.image.height,
+        seg.k,
+        _int_or_none(getattr(model, "n_iter_", None)),
+        None if getattr(model, "converged_", None) is None else bool(model.converged_),
+        float(seg.log_likelihood),
+        seg.bic,
+        time.perf_counter() - t0,
+    )
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -654,8 +721,9 @@ def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
     return row
 
 
-def _sample_task(path: str, per: int | None, seed: int | None, index: int, color: str, spatial_weight: float,
-                 max_pixels: int) -> _Sample | BatchResult:
+def _sample_task(
+    path: str, per: int | None, seed: int | None, index: int, color: str, spatial_weight: float, max_pixels: int
+) -> _Sample | BatchResult:
     """A seeded random sample of ``per`` used pixels of one image (all of them when None)."""
     t0 = time.perf_counter()
     try:
@@ -693,21 +761,31 @@ def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, Feat
     if opts.spatial_weight == 0 and opts.k > 1:
         distinct = len(np.unique(rgb, axis=0))
         if distinct < opts.k:
-            raise SegsoftError(f"k={opts.k} is more than the {distinct} distinct colours in the images' "
-                               "pixel sample")
+            raise SegsoftError(f"k={opts.k} is more than the {distinct} distinct colours in the images' pixel sample")
     if rgb.shape[0] < opts.k:
         raise SegsoftError(f"k={opts.k} is more than the {rgb.shape[0]} usable pixels of the images")
     # the pooled pixels as a one-column image: extract fits the standardisation
     # exactly as it does for one image (8-bit sources keep their lookup table)
     pool = Image(rgb[:, None, :], bit_depth=8 if eight_bit else 32)
     X, color_spec = extract(pool, FeatureSpec(color=opts.color), return_spec=True)
-    spec = FeatureSpec(color=opts.color, spatial_weight=float(opts.spatial_weight), offset=color_spec.offset,
-                       scale=color_spec.scale)
+    spec = FeatureSpec(
+        color=opts.color, spatial_weight=float(opts.spatial_weight), offset=color_spec.offset, scale=color_spec.scale
+    )
     if opts.spatial_weight > 0:
         X = np.hstack([X, np.concatenate([s.xy for s in samples])]).astype(np.float32)
     # the pool already is the sample: fit on all of it
-    engine = make_model(opts.model, opts.k, covariance=opts.covariance, max_iter=opts.max_iter, tol=opts.tol,
-                        n_init=opts.n_init, sample=None, seed=opts.seed, beta=opts.beta, m=opts.m)
+    engine = make_model(
+        opts.model,
+        opts.k,
+        covariance=opts.covariance,
+        max_iter=opts.max_iter,
+        tol=opts.tol,
+        n_init=opts.n_init,
+        sample=None,
+        seed=opts.seed,
+        beta=opts.beta,
+        m=opts.m,
+    )
     try:
         engine.fit(X)
     except ValueError as exc:
@@ -715,33 +793,43 @@ def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, Feat
     return engine, spec, X
 
 
-def _shared_record(model: Any, spec: FeatureSpec, X: np.ndarray, opts: SegmentOptions, images: list[str],
-                   per: int | None) -> dict[str, Any]:
+def _shared_record(
+    model: Any, spec: FeatureSpec, X: np.ndarray, opts: SegmentOptions, images: list[str], per: int | None
+) -> dict[str, Any]:
     """``shared_model.json``: the ``model.json`` fields :func:`segsoft.load_model` reads, and how it was made."""
     k = model.n_components
     colors = render.cluster_colors(k)
     mean_color = spec.features_to_color(model.means_)
     weights = getattr(model, "weights_", np.full(k, np.nan))
-    clusters = [{"index": j, "display_color": "#{:02x}{:02x}{:02x}".format(*map(int, colors[j])),
-                 "weight": weights[j], f"mean_{spec.color}": mean_color[j], "mean_features": model.means_[j]}
-                for j in range(k)]
-    return _plain({
-        "segsoft_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "shared": {"images": images, "pixels": int(X.shape[0]), "pixels_per_image": per},
-        "settings": {**opts.model_settings(), "shared_model": True},
-        "features": {**spec.to_dict(), "names": spec.feature_names},
-        "result": {
-            "k": k,
-            "log_likelihood": model.score(X),
-            "bic": model.bic(X) if hasattr(model, "bic") else None,
-            "converged": getattr(model, "converged_", None),
-            "n_iter": getattr(model, "n_iter_", None),
-            "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
-        },
-        "clusters": clusters,
-        "model": model.to_dict(),
-    })
+    clusters = [
+        {
+            "index": j,
+            "display_color": "#{:02x}{:02x}{:02x}".format(*map(int, colors[j])),
+            "weight": weights[j],
+            f"mean_{spec.color}": mean_color[j],
+            "mean_features": model.means_[j],
+        }
+        for j in range(k)
+    ]
+    return _plain(
+        {
+            "segsoft_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "shared": {"images": images, "pixels": int(X.shape[0]), "pixels_per_image": per},
+            "settings": {**opts.model_settings(), "shared_model": True},
+            "features": {**spec.to_dict(), "names": spec.feature_names},
+            "result": {
+                "k": k,
+                "log_likelihood": model.score(X),
+                "bic": model.bic(X) if hasattr(model, "bic") else None,
+                "converged": getattr(model, "converged_", None),
+                "n_iter": getattr(model, "n_iter_", None),
+                "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
+            },
+            "clusters": clusters,
+            "model": model.to_dict(),
+        }
+    )
 
 
 def _reuse_shared(path: Path, opts: SegmentOptions) -> tuple[Any, FeatureSpec, str] | None:

@@ -59,9 +59,11 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             if report is None:
                 raise _error("interrupted", 130) from None
             code = 143 if isinstance(exc.__context__, _Terminated) else 130
-            raise _error(f"{'terminated' if code == 143 else 'interrupted'}: {len(report.rows)} of {report.total} "
-                         f"images done, listed in {report.summary}; rerun with --skip-existing to resume",
-                         code) from None
+            raise _error(
+                f"{'terminated' if code == 143 else 'interrupted'}: {len(report.rows)} of {report.total} "
+                f"images done, listed in {report.summary}; rerun with --skip-existing to resume",
+                code,
+            ) from None
         except MemoryError:
             raise _error("out of memory: try a smaller image, --sample, or fewer clusters") from None
         except (typer.Exit, typer.Abort):
@@ -82,8 +84,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Soft image segmentation with Gaussian mixtures, soft k-means and fuzzy c-means."""
 
@@ -122,8 +125,11 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
     model = seg.model
     rows = [
         ("image", f"{seg.image.path}  ({seg.image.width}x{seg.image.height})"),
-        ("model", f"{seg.settings.get('model')}  k={seg.k}  features={'+'.join(seg.spec.feature_names)}"
-                  + (f"  smoothing={seg.settings['smoothing']}" if seg.settings.get("smoothing") else "")),
+        (
+            "model",
+            f"{seg.settings.get('model')}  k={seg.k}  features={'+'.join(seg.spec.feature_names)}"
+            + (f"  smoothing={seg.settings['smoothing']}" if seg.settings.get("smoothing") else ""),
+        ),
         ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
         ("log-likelihood", _fmt(seg.log_likelihood)),
         ("BIC", _fmt(seg.bic, ".1f")),
@@ -133,12 +139,22 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
     ]
     if seg.selection is not None:
         sel = seg.selection
-        rows.insert(2, ("k chosen", f"{sel['k']} by {sel['criterion'].upper()} from {sel['ks'][0]}..{sel['ks'][-1]}"
-                                    " (see k_selection.png)"))
+        rows.insert(
+            2,
+            (
+                "k chosen",
+                f"{sel['k']} by {sel['criterion'].upper()} from {sel['ks'][0]}..{sel['ks'][-1]} (see k_selection.png)",
+            ),
+        )
     collapsed = getattr(model, "collapsed_", None)
     if collapsed is not None and collapsed.any():
-        rows.append(("warning", f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed: too little "
-                                "membership to estimate their own shape (more clusters than the image supports?)"))
+        rows.append(
+            (
+                "warning",
+                f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed: too little "
+                "membership to estimate their own shape (more clusters than the image supports?)",
+            )
+        )
     # plain aligned lines: a rich table would cut long paths at the terminal width
     for key, value in rows:
         typer.echo(f"{key:<16}{value}")
@@ -181,35 +197,53 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, SegmentOptions field)
     "k": (str, typer.Option("4", "-k", "--k", help="Number of clusters, or auto to choose it by --criterion."), "k"),
-    "k_range": (str, typer.Option("2..10", "--k-range", help="With -k auto: the smallest and largest k tried."),
-                "k_range"),
-    "criterion": (str, typer.Option("icl", "--criterion", help="With -k auto: icl or bic (lower is better)."),
-                  "criterion"),
+    "k_range": (
+        str,
+        typer.Option("2..10", "--k-range", help="With -k auto: the smallest and largest k tried."),
+        "k_range",
+    ),
+    "criterion": (
+        str,
+        typer.Option("icl", "--criterion", help="With -k auto: icl or bic (lower is better)."),
+        "criterion",
+    ),
     "color": (str, typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."), "color"),
-    "spatial_weight": (float, typer.Option(0.0, "--spatial-weight",
-                                           help="Weight of x,y position features (0 = colour only)."),
-                       "spatial_weight"),
-    "smoothing": (float, typer.Option(0.0, "--smooth",
-                                      help="Spatial prior: reward per agreeing neighbour (0 = none; 0.5-2 removes "
-                                           "speckle)."),
-                  "smoothing"),
+    "spatial_weight": (
+        float,
+        typer.Option(0.0, "--spatial-weight", help="Weight of x,y position features (0 = colour only)."),
+        "spatial_weight",
+    ),
+    "smoothing": (
+        float,
+        typer.Option(
+            0.0, "--smooth", help="Spatial prior: reward per agreeing neighbour (0 = none; 0.5-2 removes speckle)."
+        ),
+        "smoothing",
+    ),
     "model": (str, typer.Option("gmm", "--model", help="gmm, soft-kmeans or fcm (fuzzy c-means)."), "model"),
-    "covariance": (str, typer.Option("full", "--covariance", help="GMM covariance: full, diag, spherical or tied."),
-                   "covariance"),
+    "covariance": (
+        str,
+        typer.Option("full", "--covariance", help="GMM covariance: full, diag, spherical or tied."),
+        "covariance",
+    ),
     "alpha": (float, typer.Option(0.5, "--alpha", help="Opacity of the cluster colours in overlay.png."), "alpha"),
     "cmap": (str, typer.Option("viridis", "--cmap", help="Matplotlib colormap for the heatmaps."), "cmap"),
     "max_iter": (int, typer.Option(100, "--max-iter", help="Most EM iterations."), "max_iter"),
     "tol": (float, typer.Option(1e-4, "--tol", help="Stop when the mean log-likelihood changes by less."), "tol"),
     "n_init": (int, typer.Option(1, "--n-init", help="Restarts; the best fit is kept."), "n_init"),
-    "sample": (int, typer.Option(200_000, "--sample",
-                                 help="Fit on this many random pixels, then polish on all (0 = fit on all)."),
-               "sample"),
+    "sample": (
+        int,
+        typer.Option(200_000, "--sample", help="Fit on this many random pixels, then polish on all (0 = fit on all)."),
+        "sample",
+    ),
     "seed": (int, typer.Option(0, "--seed", help="Random seed: same seed, same result."), "seed"),
-    "beta": (float | None, typer.Option(None, "--beta", help="Soft k-means stiffness (default: learned)."),
-             "beta"),
+    "beta": (float | None, typer.Option(None, "--beta", help="Soft k-means stiffness (default: learned)."), "beta"),
     "fuzzifier": (float, typer.Option(2.0, "--fuzzifier", "-m", help="Fuzzy c-means fuzzifier m > 1."), "m"),
-    "max_pixels": (int, typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels."),
-                   "max_pixels"),
+    "max_pixels": (
+        int,
+        typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels."),
+        "max_pixels",
+    ),
 }
 _MODEL_OPTIONS = tuple(_OPTIONS)
 _RENDER_OPTIONS = ("alpha", "cmap", "max_pixels")
@@ -222,10 +256,14 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
         hints = get_type_hints(fn)
         own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(fn).parameters.values()]
         at = [p.name for p in own].index("opts")
-        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_OPTIONS[name][1],
-                                    annotation=_OPTIONS[name][0]) for name in names]
+        shared = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=_OPTIONS[name][1], annotation=_OPTIONS[name][0]
+            )
+            for name in names
+        ]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-        params[at:at + 1] = shared
+        params[at : at + 1] = shared
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
@@ -253,11 +291,13 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
 @_options(_MODEL_OPTIONS)
 def run(
     image: Path = typer.Argument(..., help="Image file to segment (JPEG, PNG, TIFF, BMP, WebP, ...)."),
-    output: Path = typer.Option(Path("outputs"), "-o", "--output",
-                                help="Output folder; results go to OUTPUT/<image name>/."),
+    output: Path = typer.Option(
+        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<image name>/."
+    ),
     opts: Any = None,
-    save_model: Path | None = typer.Option(None, "--save-model",
-                                              help="Also save the fitted model here, for segsoft apply."),
+    save_model: Path | None = typer.Option(
+        None, "--save-model", help="Also save the fitted model here, for segsoft apply."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
@@ -285,8 +325,9 @@ def run(
 _INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
 _JOBS = typer.Option(None, "--jobs", "-j", help="Worker processes (default: one per CPU core).")
 _RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also look in the sub-folders of folder inputs.")
-_SKIP = typer.Option(False, "--skip-existing",
-                     help="Skip images whose output folder is complete; resumes an interrupted batch.")
+_SKIP = typer.Option(
+    False, "--skip-existing", help="Skip images whose output folder is complete; resumes an interrupted batch."
+)
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no report on success.")
 
 
@@ -295,14 +336,18 @@ _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no repor
 @_options(_MODEL_OPTIONS)
 def batch(
     inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
-    output: Path = typer.Option(Path("outputs"), "-o", "--output",
-                                help="Output folder; results go to OUTPUT/<path below the input folder>/."),
+    output: Path = typer.Option(
+        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
+    ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
     skip_existing: bool = _SKIP,
-    shared_model: bool = typer.Option(False, "--shared-model",
-                                      help="Fit one model on pixels from all images and apply it to each, "
-                                           "so cluster numbers and colours agree across the batch."),
+    shared_model: bool = typer.Option(
+        False,
+        "--shared-model",
+        help="Fit one model on pixels from all images and apply it to each, "
+        "so cluster numbers and colours agree across the batch.",
+    ),
     opts: Any = None,
     quiet: bool = _QUIET,
 ) -> None:
@@ -310,8 +355,16 @@ def batch(
     from .batch import run_batch
 
     with _sigterm_as_interrupt(), _ProgressBar(quiet) as bar:
-        report = run_batch(inputs, output, opts, recursive=recursive, jobs=jobs, skip_existing=skip_existing,
-                           shared_model=shared_model, progress=bar.update)
+        report = run_batch(
+            inputs,
+            output,
+            opts,
+            recursive=recursive,
+            jobs=jobs,
+            skip_existing=skip_existing,
+            shared_model=shared_model,
+            progress=bar.update,
+        )
     _batch_report(report, quiet)
 
 
@@ -319,11 +372,13 @@ def batch(
 @_guard
 @_options(_RENDER_OPTIONS)
 def apply(
-    model: Path = typer.Argument(..., metavar="MODEL.json",
-                                 help="A model.json (from run, batch or run --save-model) or shared_model.json."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL.json", help="A model.json (from run, batch or run --save-model) or shared_model.json."
+    ),
     inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
-    output: Path = typer.Option(Path("outputs"), "-o", "--output",
-                                help="Output folder; results go to OUTPUT/<path below the input folder>/."),
+    output: Path = typer.Option(
+        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
+    ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
     skip_existing: bool = _SKIP,
@@ -334,8 +389,18 @@ def apply(
     from .batch import apply_batch
 
     with _sigterm_as_interrupt(), _ProgressBar(quiet) as bar:
-        report = apply_batch(model, inputs, output, alpha=opts.alpha, cmap=opts.cmap, max_pixels=opts.max_pixels,
-                             recursive=recursive, jobs=jobs, skip_existing=skip_existing, progress=bar.update)
+        report = apply_batch(
+            model,
+            inputs,
+            output,
+            alpha=opts.alpha,
+            cmap=opts.cmap,
+            max_pixels=opts.max_pixels,
+            recursive=recursive,
+            jobs=jobs,
+            skip_existing=skip_existing,
+            progress=bar.update,
+        )
     _batch_report(report, quiet)
 
 
@@ -354,10 +419,17 @@ class _ProgressBar:
         )
 
         console = Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
-                                 TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                                 disable=quiet or not console.is_terminal)
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet or not console.is_terminal,
+        )
         self.task: Any = None
         self.stage = ""
         self.failed = 0
@@ -392,8 +464,10 @@ def _batch_report(report: Any, quiet: bool) -> None:
     failed = report.failed
     if not quiet:
         extra = f"; shared model {report.shared_model}" if report.shared_model is not None else ""
-        typer.echo(f"{report.total} image{'s' * (report.total != 1)}: {report.count('ok')} ok, {report.count('skipped')} skipped, "
-                   f"{len(failed)} failed in {report.seconds:.1f} s; summary {report.summary}{extra}")
+        typer.echo(
+            f"{report.total} image{'s' * (report.total != 1)}: {report.count('ok')} ok, {report.count('skipped')} skipped, "
+            f"{len(failed)} failed in {report.seconds:.1f} s; summary {report.summary}{extra}"
+        )
     for row in failed:
         typer.echo(f"segsoft: error: {row.path}: {row.error}", err=True)
     if failed:
@@ -404,13 +478,19 @@ def _batch_report(report: Any, quiet: bool) -> None:
 @_guard
 @_options(_MODEL_OPTIONS)
 def evaluate(
-    path: Path = typer.Argument(..., metavar="PRED_OR_IMAGE_DIR",
-                                help="segsoft output folders or label maps (.npy, .png) named by image id; "
-                                     "or a folder of images, which are segmented first with the model options."),
+    path: Path = typer.Argument(
+        ...,
+        metavar="PRED_OR_IMAGE_DIR",
+        help="segsoft output folders or label maps (.npy, .png) named by image id; "
+        "or a folder of images, which are segmented first with the model options.",
+    ),
     gt: Path = typer.Option(..., "--gt", help="Ground truth: <id>.npz (key segs: humans x H x W), .npy or .png."),
-    min_region: float = typer.Option(0.01, "--min-region",
-                                     help="Score connected regions, merging those under this share of the image; "
-                                          "0 scores the cluster labels as they are."),
+    min_region: float = typer.Option(
+        0.01,
+        "--min-region",
+        help="Score connected regions, merging those under this share of the image; "
+        "0 scores the cluster labels as they are.",
+    ),
     csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here."),
     opts: Any = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
@@ -424,8 +504,13 @@ def evaluate(
 
         check_writable(csv.parent)
     with _ProgressBar(quiet) as bar:
-        report = evaluate_directory(path, gt, min_region=min_region or None, segment_kwargs=opts.segment_kwargs(),
-                                    progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"))
+        report = evaluate_directory(
+            path,
+            gt,
+            min_region=min_region or None,
+            segment_kwargs=opts.segment_kwargs(),
+            progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"),
+        )
     if csv is not None:
         report.to_csv(csv)
     if not quiet:

@@ -348,9 +348,7 @@ def _ground_truth_list(gts: LabelMaps, shape: tuple[int, ...]) -> list[np.ndarra
     for h, g in enumerate(items):
         g = _as_labels(g, f"ground truth {h + 1}")
         if g.shape != shape:
-            raise SegsoftError(
-                f"segmentation of shape {shape} does not match ground truth {h + 1} of shape {g.shape}"
-            )
+            raise SegsoftError(f"segmentation of shape {shape} does not match ground truth {h + 1} of shape {g.shape}")
         maps.append(g)
     return maps
 
@@ -781,8 +779,7 @@ class EvaluationReport:
         2,,,,,,missing prediction
         """
         lines: list[tuple[str, list]] = [
-            (r.id, [r.id, repr(r.pri), repr(r.voi), repr(r.covering), r.n_regions, r.n_humans, ""])
-            for r in self.rows
+            (r.id, [r.id, repr(r.pri), repr(r.voi), repr(r.covering), r.n_regions, r.n_humans, ""]) for r in self.rows
         ]
         lines += [(i, [i, "", "", "", "", "", "missing prediction"]) for i in self.missing]
         lines += [(i, [i, "", "", "", "", "", message]) for i, message in self.errors.items()]

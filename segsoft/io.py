@@ -336,8 +336,9 @@ def _read_tiff(path: Path, name: str, max_pixels: int | None) -> Image:
             planar = page.planarconfig == 2 and len(page.shape) == 3  # (samples, H, W)
             h, w = page.shape[1:] if planar else page.shape[:2]
             if max_pixels is not None and h * w > max_pixels:
-                raise SegsoftError(f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} "
-                                   "(use --max-pixels to raise it)")
+                raise SegsoftError(
+                    f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
+                )
             arr = page.asarray()
             if planar:
                 arr = np.moveaxis(arr, 0, -1)

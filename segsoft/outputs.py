@@ -51,8 +51,12 @@ MONTAGE_TILE_WIDTH = 256
 
 def output_files(k: int, auto: bool = False) -> list[str]:
     """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen)."""
-    return (["overlay.png", "labels.png", "uncertainty.png"] + [f"prob_{j}.png" for j in range(k)]
-            + ["montage.png", "probabilities.npy", "model.json"] + (["k_selection.png"] if auto else []))
+    return (
+        ["overlay.png", "labels.png", "uncertainty.png"]
+        + [f"prob_{j}.png" for j in range(k)]
+        + ["montage.png", "probabilities.npy", "model.json"]
+        + (["k_selection.png"] if auto else [])
+    )
 
 
 def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
@@ -103,39 +107,49 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
     collapsed = getattr(model, "collapsed_", np.zeros(seg.k, dtype=bool))
     clusters = []
     for j in range(seg.k):
-        clusters.append({
-            "index": j,
-            "display_color": "#%02x%02x%02x" % tuple(int(c) for c in seg.colors[j]),
-            "weight": weights[j],
-            "pixel_fraction": counts[j] / max(seg.n_used, 1),
-            "mean_rgb": [int(round(c * 255)) for c in seg.mean_rgb[j]],
-            f"mean_{spec.color}": mean_color[j],
-            "mean_features": model.means_[j],
-            "collapsed": bool(collapsed[j]),
-        })
+        clusters.append(
+            {
+                "index": j,
+                "display_color": "#%02x%02x%02x" % tuple(int(c) for c in seg.colors[j]),
+                "weight": weights[j],
+                "pixel_fraction": counts[j] / max(seg.n_used, 1),
+                "mean_rgb": [int(round(c * 255)) for c in seg.mean_rgb[j]],
+                f"mean_{spec.color}": mean_color[j],
+                "mean_features": model.means_[j],
+                "collapsed": bool(collapsed[j]),
+            }
+        )
     img = seg.image
-    return _jsonable({
-        "segsoft_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "image": {"path": img.path, "width": img.width, "height": img.height, "mode": img.mode,
-                  "bit_depth": img.bit_depth, "pixels_used": seg.n_used},
-        "settings": seg.settings,
-        "features": {**spec.to_dict(), "names": spec.feature_names},
-        "result": {
-            "k": seg.k,
-            "log_likelihood": seg.log_likelihood,
-            "bic": seg.bic,
-            "aic": seg.aic,
-            "converged": getattr(model, "converged_", None),
-            "n_iter": getattr(model, "n_iter_", None),
-            "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
-            "polish_trace": getattr(model, "polish_trace_", []),
-        },
-        "clusters": clusters,
-        "k_selection": seg.selection,
-        "timings": seg.timings,
-        "model": model.to_dict(),
-    })
+    return _jsonable(
+        {
+            "segsoft_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "image": {
+                "path": img.path,
+                "width": img.width,
+                "height": img.height,
+                "mode": img.mode,
+                "bit_depth": img.bit_depth,
+                "pixels_used": seg.n_used,
+            },
+            "settings": seg.settings,
+            "features": {**spec.to_dict(), "names": spec.feature_names},
+            "result": {
+                "k": seg.k,
+                "log_likelihood": seg.log_likelihood,
+                "bic": seg.bic,
+                "aic": seg.aic,
+                "converged": getattr(model, "converged_", None),
+                "n_iter": getattr(model, "n_iter_", None),
+                "log_likelihood_trace": getattr(model, "log_likelihood_trace_", []),
+                "polish_trace": getattr(model, "polish_trace_", []),
+            },
+            "clusters": clusters,
+            "k_selection": seg.selection,
+            "timings": seg.timings,
+            "model": model.to_dict(),
+        }
+    )
 
 
 def save_model(seg: SoftSegmentation, path: str | os.PathLike) -> Path:
@@ -191,8 +205,10 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise SegsoftError(f"{folder}: output folder is not writable")
 
 
-_FOLDER_TEMP = re.compile(r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
-                          r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$")
+_FOLDER_TEMP = re.compile(
+    r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+    r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$"
+)
 
 
 def _sweep(folder: Path, pattern: re.Pattern) -> None:

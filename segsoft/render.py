@@ -581,8 +581,9 @@ def _tile_image(pixels: np.ndarray, tile_width: int, title: str) -> Image.Image:
     return img
 
 
-def _fit_title(draw: ImageDraw.ImageDraw, title: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-               width: int) -> str:
+def _fit_title(
+    draw: ImageDraw.ImageDraw, title: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> str:
     if draw.textlength(title, font=font) <= width:
         return title
     while title and draw.textlength(title + "...", font=font) > width:

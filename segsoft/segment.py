@@ -144,7 +144,9 @@ class SoftSegmentation:
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """Soft overlay, uint8 RGB: each pixel blends the cluster colours by its memberships."""
-        return render.soft_overlay(self.image.pixels, self.probabilities, alpha=alpha, colors=self.colors, mask=self.mask)
+        return render.soft_overlay(
+            self.image.pixels, self.probabilities, alpha=alpha, colors=self.colors, mask=self.mask
+        )
 
     def heatmap(self, j: int, cmap: str = "viridis") -> np.ndarray:
         """Membership of cluster ``j`` through a colormap, uint8 RGB."""
@@ -170,11 +172,19 @@ class SoftSegmentation:
         faster to write as PNG).
         """
         labels = self.labels
-        pics = [("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
-                ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
-                ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask))]
-        pics += [(f"prob_{j}.png", f"cluster {j}", lambda j=j: render.heatmap_indexed(self.probabilities, j, cmap, self.mask))
-                 for j in range(self.k)]
+        pics = [
+            ("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
+            ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
+            ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
+        ]
+        pics += [
+            (
+                f"prob_{j}.png",
+                f"cluster {j}",
+                lambda j=j: render.heatmap_indexed(self.probabilities, j, cmap, self.mask),
+            )
+            for j in range(self.k)
+        ]
         return pics
 
     def original(self, width: int | None = None) -> np.ndarray:
@@ -225,6 +235,8 @@ def make_model(
     FuzzyCMeans(n_components=3, m=1.5, ...)
     """
     common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=sample or None)
+    if beta is not None and model != "soft-kmeans":
+        raise SegsoftError(f"beta (the stiffness) is a soft-kmeans option, not one of {model}")
     if model == "gmm":
         engine = GaussianMixture(k, covariance=covariance, reg_covar=reg_covar, **common)
     elif model == "soft-kmeans":
@@ -382,9 +394,22 @@ def segment(
     >>> seg.save("outputs/coffee")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    settings = dict(k=k, model=model, covariance=covariance, color=color, spatial_weight=spatial_weight,
-                    smoothing=smoothing, max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed,
-                    reg_covar=reg_covar, beta=beta, m=m)
+    settings = dict(
+        k=k,
+        model=model,
+        covariance=covariance,
+        color=color,
+        spatial_weight=spatial_weight,
+        smoothing=smoothing,
+        max_iter=max_iter,
+        tol=tol,
+        n_init=n_init,
+        sample=sample,
+        seed=seed,
+        reg_covar=reg_covar,
+        beta=beta,
+        m=m,
+    )
     auto = isinstance(k, str) and k == "auto"
     if auto:
         k_lo, k_hi = _check_k_range(k_range)
@@ -402,8 +427,19 @@ def segment(
     spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight))
 
     def new_model(n_clusters: int) -> Any:
-        return make_model(model, n_clusters, covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init,
-                          sample=sample, seed=seed, reg_covar=reg_covar, beta=beta, m=m)
+        return make_model(
+            model,
+            n_clusters,
+            covariance=covariance,
+            max_iter=max_iter,
+            tol=tol,
+            n_init=n_init,
+            sample=sample,
+            seed=seed,
+            reg_covar=reg_covar,
+            beta=beta,
+            m=m,
+        )
 
     new_model(1)  # make_model checks the options: fail before the slow work
     img = as_image(image, max_pixels=max_pixels)
@@ -443,8 +479,13 @@ def segment(
     else:
         probs, mean = _memberships(img, estimator, X)
     t_pred = time.perf_counter()
-    timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": t_fit - t_feat,
-               "memberships": t_pred - t_fit, "total": t_pred - t0}
+    timings = {
+        "read": t_read - t0,
+        "features": t_feat - t_read,
+        "fit": t_fit - t_feat,
+        "memberships": t_pred - t_fit,
+        "total": t_pred - t0,
+    }
     return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, selection)
 
 
@@ -560,7 +601,11 @@ def apply_model(
         smoothing = 0.0
         probs, mean = _memberships(img, model, X)
     t_pred = time.perf_counter()
-    timings = {"read": t_read - t0, "features": t_feat - t_read, "fit": 0.0, "memberships": t_pred - t_feat,
-               "total": t_pred - t0}
-    return SoftSegmentation(img, probs, model, spec, float(mean), {**(settings or {}), "smoothing": smoothing},
-                            timings)
+    timings = {
+        "read": t_read - t0,
+        "features": t_feat - t_read,
+        "fit": 0.0,
+        "memberships": t_pred - t_feat,
+        "total": t_pred - t0,
+    }
+    return SoftSegmentation(img, probs, model, spec, float(mean), {**(settings or {}), "smoothing": smoothing}, timings)

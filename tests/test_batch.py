@@ -52,19 +52,28 @@ def make_tree(root: Path) -> Path:
 
 
 def segsoft_cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "segsoft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
 
 
 # `python -m segsoft`, with Ctrl-C raising KeyboardInterrupt even where the tests
 # run with SIGINT ignored (a shell starts background jobs so, and Python keeps it)
-_MAIN = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-         "sys.argv[0] = 'segsoft'; runpy.run_module('segsoft', run_name='__main__')")
+_MAIN = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'segsoft'; runpy.run_module('segsoft', run_name='__main__')"
+)
 
 
 def segsoft_popen(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _MAIN, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _MAIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def read_summary(out: Path) -> dict[str, dict[str, str]]:
@@ -143,7 +152,13 @@ def test_recursive_on_and_off(tmp_path):
     assert sorted(Path(r.path).name for r in flat.rows) == ["cut.jpg", "noext", "notes.png", "top.png"]
     deep = run_batch([photos], tmp_path / "deep", OPTS, jobs=1, recursive=True)
     assert sorted(Path(r.output).relative_to(tmp_path / "deep").as_posix() for r in deep.rows) == [
-        "a/img", "b/img", "cut", "noext", "notes", "top"]
+        "a/img",
+        "b/img",
+        "cut",
+        "noext",
+        "notes",
+        "top",
+    ]
     assert (deep.count("ok"), deep.count("failed")) == (4, 2)
     # an output folder inside the inputs is not read back as input
     inner = run_batch([photos], photos / "seg", OPTS, jobs=1, recursive=True)
@@ -156,11 +171,13 @@ def test_cli_exit_codes(tmp_path):
     ok = segsoft_cli("batch", good.parent, "-k", "2", "-o", tmp_path / "out", "-q")
     assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == ""
     (tmp_path / "empty").mkdir()
-    for args, needle in [(("batch", tmp_path / "empty"), "no images found"),
-                         (("batch", tmp_path / "missing"), "no such file"),
-                         (("batch", good, "--jobs", "0"), "--jobs"),
-                         (("batch", good, "--model", "kmeans"), "unknown model"),
-                         (("batch", good, "--shared-model", "--smooth", "1"), "--smooth")]:
+    for args, needle in [
+        (("batch", tmp_path / "empty"), "no images found"),
+        (("batch", tmp_path / "missing"), "no such file"),
+        (("batch", good, "--jobs", "0"), "--jobs"),
+        (("batch", good, "--model", "kmeans"), "unknown model"),
+        (("batch", good, "--shared-model", "--smooth", "1"), "--smooth"),
+    ]:
         result = segsoft_cli(*args, "-o", tmp_path / "out2")
         assert result.returncode == 1, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
@@ -182,8 +199,14 @@ def test_skip_existing_redoes_only_incomplete_folders(tmp_path):
     (out / "p1" / ".overlay.0123abcd.tmp.png").write_bytes(b"half a png")  # left by a SIGKILL
 
     seen = []
-    again = run_batch([tmp_path / "in"], out, OPTS, jobs=1, skip_existing=True,
-                      progress=lambda done, total, row: seen.append((done, total, row.status)))
+    again = run_batch(
+        [tmp_path / "in"],
+        out,
+        OPTS,
+        jobs=1,
+        skip_existing=True,
+        progress=lambda done, total, row: seen.append((done, total, row.status)),
+    )
     assert [r.status for r in again.rows] == ["skipped", "ok", "skipped"]
     assert seen == [(1, 3, "skipped"), (2, 3, "skipped"), (3, 3, "ok")]  # skipped ones are reported first
     np.testing.assert_array_equal(np.load(out / "p1" / "probabilities.npy"), reference)
@@ -228,7 +251,9 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path):
         a, b = out / f"f{i:02d}", clean / f"f{i:02d}"
         np.testing.assert_array_equal(np.load(a / "probabilities.npy"), np.load(b / "probabilities.npy"))
         assert np.array_equal(np.asarray(PILImage.open(a / "labels.png")), np.asarray(PILImage.open(b / "labels.png")))
-        assert json.loads((a / "model.json").read_text())["model"] == json.loads((b / "model.json").read_text())["model"]
+        assert (
+            json.loads((a / "model.json").read_text())["model"] == json.loads((b / "model.json").read_text())["model"]
+        )
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -272,15 +297,17 @@ def test_shared_model_gives_every_image_the_same_clusters(tmp_path):
     # the shared model file works with segsoft apply and reproduces the batch
     applied = apply_batch(report.shared_model, [paths[1]], tmp_path / "applied", jobs=1)
     assert applied.count("ok") == 1
-    np.testing.assert_array_equal(np.load(tmp_path / "applied" / "s1" / "probabilities.npy"),
-                                  np.load(out / "s1" / "probabilities.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "applied" / "s1" / "probabilities.npy"), np.load(out / "s1" / "probabilities.npy")
+    )
 
     # resuming reuses the shared model, so the redone image agrees with the others
     before = report.shared_model.read_bytes()
     reference = np.load(out / "s2" / "probabilities.npy")
     (out / "s2" / "model.json").unlink()
-    again = run_batch([tmp_path / "in"], out, SegmentOptions(k=3, sample=3000), jobs=1, shared_model=True,
-                      skip_existing=True)
+    again = run_batch(
+        [tmp_path / "in"], out, SegmentOptions(k=3, sample=3000), jobs=1, shared_model=True, skip_existing=True
+    )
     assert [r.status for r in again.rows] == ["skipped", "skipped", "ok"]
     assert report.shared_model.read_bytes() == before
     np.testing.assert_array_equal(np.load(out / "s2" / "probabilities.npy"), reference)
@@ -302,8 +329,10 @@ def test_run_save_model_then_apply_reproduces_run(tmp_path):
     assert run.returncode == 0, run.stderr
     applied = segsoft_cli("apply", tmp_path / "m.json", image, "-o", tmp_path / "applied", "-q")
     assert applied.returncode == 0, applied.stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "applied" / "pic" / "probabilities.npy"),
-                                  np.load(tmp_path / "run" / "pic" / "probabilities.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "applied" / "pic" / "probabilities.npy"),
+        np.load(tmp_path / "run" / "pic" / "probabilities.npy"),
+    )
     record = json.loads((tmp_path / "applied" / "pic" / "model.json").read_text())
     assert record["model"] == json.loads((tmp_path / "m.json").read_text())["model"]
     assert read_summary(tmp_path / "applied")["pic.png"]["status"] == "ok"

@@ -16,8 +16,9 @@ SAMPLE = ROOT / "images" / "coffee.jpg"
 
 
 def segsoft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -44,8 +45,17 @@ def test_run_writes_the_whole_output_layout(tmp_path):
     assert result.returncode == 0, result.stderr
     folder = out / SAMPLE.stem
     h, w = np.asarray(PILImage.open(SAMPLE)).shape[:2]
-    expected = ["overlay.png", "labels.png", "uncertainty.png", "prob_0.png", "prob_1.png", "prob_2.png",
-                "montage.png", "probabilities.npy", "model.json"]
+    expected = [
+        "overlay.png",
+        "labels.png",
+        "uncertainty.png",
+        "prob_0.png",
+        "prob_1.png",
+        "prob_2.png",
+        "montage.png",
+        "probabilities.npy",
+        "model.json",
+    ]
     assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     for name in expected[:6]:
         img = PILImage.open(folder / name)
@@ -72,11 +82,15 @@ def test_run_is_deterministic_under_a_seed(tmp_path):
 
 @pytest.mark.parametrize("model", ["soft-kmeans", "fcm"])
 def test_run_other_models(tmp_path, model):
-    result = segsoft("run", SAMPLE, "-k", "2", "--model", model, "--color", "hsv", "--spatial-weight", "0.5",
-                     "-o", tmp_path, "-q")
+    result = segsoft(
+        "run", SAMPLE, "-k", "2", "--model", model, "--color", "hsv", "--spatial-weight", "0.5", "-o", tmp_path, "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    assert json.loads((tmp_path / SAMPLE.stem / "model.json").read_text())["model"]["type"] in ("SoftKMeans", "FuzzyCMeans")
+    assert json.loads((tmp_path / SAMPLE.stem / "model.json").read_text())["model"]["type"] in (
+        "SoftKMeans",
+        "FuzzyCMeans",
+    )
 
 
 def test_missing_file(tmp_path):

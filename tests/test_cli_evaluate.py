@@ -12,8 +12,9 @@ from PIL import Image as PILImage
 
 
 def segsoft(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, timeout=180
+    )
 
 
 def make_dataset(folder: Path, n: int = 2) -> tuple[Path, Path]:
@@ -87,8 +88,9 @@ def test_batch_auto_k_and_its_limits(tmp_path):
     ok = segsoft("batch", images, "-o", tmp_path / "b", "-k", "auto", "--k-range", "2..4", "-q", "--jobs", "1")
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.is_dir()) == ["100", "101"]
-    again = segsoft("batch", images, "-o", tmp_path / "b", "-k", "auto", "--k-range", "2..4", "-q", "--jobs", "1",
-                    "--skip-existing")
+    again = segsoft(
+        "batch", images, "-o", tmp_path / "b", "-k", "auto", "--k-range", "2..4", "-q", "--jobs", "1", "--skip-existing"
+    )
     assert again.returncode == 0
     import csv
 

@@ -55,8 +55,14 @@ def test_log_likelihood_never_decreases(cov):
     assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[:-1]))
 
 
-@pytest.mark.parametrize("model", [SoftKMeans(3, init="random", tol=0, max_iter=60), SoftKMeans(3, beta=0.3, tol=0, max_iter=60),
-                                   FuzzyCMeans(3, init="random", tol=0, max_iter=60)])
+@pytest.mark.parametrize(
+    "model",
+    [
+        SoftKMeans(3, init="random", tol=0, max_iter=60),
+        SoftKMeans(3, beta=0.3, tol=0, max_iter=60),
+        FuzzyCMeans(3, init="random", tol=0, max_iter=60),
+    ],
+)
 def test_relatives_objective_never_decreases(model):
     X, *_ = blobs(3000, seed=4)
     trace = model.fit(X).log_likelihood_trace_
@@ -89,8 +95,16 @@ def test_same_log_likelihood_as_sklearn(cov):
     w, m, prec = _sklearn_start(X, means0, cov, gm.reg_covar_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: tol=0 runs every iteration on purpose
-        sk = sklearn.GaussianMixture(4, covariance_type=cov, weights_init=w, means_init=m, precisions_init=prec,
-                                     max_iter=25, tol=0, reg_covar=gm.reg_covar_).fit(X)
+        sk = sklearn.GaussianMixture(
+            4,
+            covariance_type=cov,
+            weights_init=w,
+            means_init=m,
+            precisions_init=prec,
+            max_iter=25,
+            tol=0,
+            reg_covar=gm.reg_covar_,
+        ).fit(X)
     assert gm.n_iter_ == sk.n_iter_ == 25
     ours, theirs = gm.score(X), sk.score(X)
     assert abs(ours - theirs) / abs(theirs) < 1e-6
@@ -123,7 +137,9 @@ def test_deterministic_under_seed_and_independent_of_chunks_and_threads():
     c = GaussianMixture(3, seed=5, n_init=2, chunk_size=333, n_jobs=2).fit(X)
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
     np.testing.assert_array_equal(b.means_, c.means_)
-    np.testing.assert_array_equal(a.log_likelihood_trace_, GaussianMixture(3, seed=5, n_init=2).fit(X).log_likelihood_trace_)
+    np.testing.assert_array_equal(
+        a.log_likelihood_trace_, GaussianMixture(3, seed=5, n_init=2).fit(X).log_likelihood_trace_
+    )
 
 
 def test_components_sorted_by_first_coordinate():
@@ -238,8 +254,9 @@ def test_matches_sklearn_at_a_tiny_variance_floor():
     w, m, prec = _sklearn_start(X.astype(np.float64), means0, "full", gm.reg_covar_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sk = sklearn.GaussianMixture(3, weights_init=w, means_init=m, precisions_init=prec, max_iter=15, tol=0,
-                                     reg_covar=gm.reg_covar_).fit(X)
+        sk = sklearn.GaussianMixture(
+            3, weights_init=w, means_init=m, precisions_init=prec, max_iter=15, tol=0, reg_covar=gm.reg_covar_
+        ).fit(X)
     assert gm.covariances_[:, 0, 0].min() < 3 * gm.reg_covar_  # the noise variance is 1e-8: reg_covar dominates
     theirs = sk.score(X.astype(np.float64))
     assert abs(gm.score(X) - theirs) / abs(theirs) < 1e-6

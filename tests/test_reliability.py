@@ -25,8 +25,9 @@ SAMPLE = ROOT / "images" / "coffee.jpg"
 def segsoft_cli(*args, timeout=120, prelude: str = "") -> subprocess.CompletedProcess:
     """Run the real command; ``prelude`` is Python run first in the same process (fault injection)."""
     code = prelude + "\nimport sys\nfrom segsoft.cli import entry\nsys.argv = ['segsoft'] + sys.argv[1:]\nentry()\n"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(result, *needles):
@@ -102,8 +103,9 @@ def test_more_clusters_than_colours_or_pixels(tmp_path):
     assert_one_line_error(segsoft_cli("run", flat, "-k", "2", "-o", tmp_path), "flat.png", "1 distinct colours")
     tiny = tmp_path / "tiny.png"
     PILImage.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)).save(tiny)
-    assert_one_line_error(segsoft_cli("run", tiny, "-k", "3", "--spatial-weight", "1", "-o", tmp_path), "tiny.png",
-                          "2 usable pixels")
+    assert_one_line_error(
+        segsoft_cli("run", tiny, "-k", "3", "--spatial-weight", "1", "-o", tmp_path), "tiny.png", "2 usable pixels"
+    )
 
 
 def test_disk_full_while_writing_leaves_no_partial_file(tmp_path):
@@ -220,9 +222,19 @@ def test_colours_that_are_one_grey_level(tmp_path):
     assert _run_ok(path, tmp_path, "-k", "2").exists()  # in colour they are two
 
 
-@pytest.mark.parametrize("option,needle", [(("--max-iter", "0"), "max_iter"), (("--covariance", "xyz"), "covariance"),
-                                           (("--seed", "-1"), "seed"), (("--tol", "nan"), "tol"),
-                                           (("--model", "fcm", "-m", "1"), "fuzzifier")])
+@pytest.mark.parametrize(
+    "option,needle",
+    [
+        (("--max-iter", "0"), "max_iter"),
+        (("--covariance", "xyz"), "covariance"),
+        (("--seed", "-1"), "seed"),
+        (("--tol", "nan"), "tol"),
+        (("--model", "fcm", "-m", "1"), "fuzzifier"),
+        (("--beta", "2"), "soft-kmeans option"),
+        (("--max-pixels", "0"), "max-pixels"),
+        (("--sample", "-5"), "sample_size"),
+    ],
+)
 def test_bad_model_options_fail_before_reading(tmp_path, option, needle):
     # the image does not even exist: the option is reported first
     assert_one_line_error(segsoft_cli("run", tmp_path / "later.jpg", *option, "-o", tmp_path), needle)

@@ -88,13 +88,19 @@ def test_save_writes_everything_and_model_json_round_trips(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "q" / "probabilities.npy"), seg.probabilities)
     record = json.loads((tmp_path / "q" / "model.json").read_text())
     assert record["features"]["names"] == ["R", "G", "B", "x", "y"]
-    assert record["result"]["bic"] == pytest.approx(seg.model.bic(segsoft.features.extract(seg.image, seg.spec)), rel=1e-6)
+    assert record["result"]["bic"] == pytest.approx(
+        seg.model.bic(segsoft.features.extract(seg.image, seg.spec)), rel=1e-6
+    )
     for key in ("read", "features", "fit", "memberships", "render_write"):
         assert record["timings"][key] >= 0
     # the files decode to exactly the pictures the API returns
     folder = tmp_path / "q"
-    for name, picture in [("overlay.png", seg.overlay()), ("labels.png", seg.label_image()),
-                          ("uncertainty.png", seg.uncertainty()), ("prob_2.png", seg.heatmap(2))]:
+    for name, picture in [
+        ("overlay.png", seg.overlay()),
+        ("labels.png", seg.label_image()),
+        ("uncertainty.png", seg.uncertainty()),
+        ("prob_2.png", seg.heatmap(2)),
+    ]:
         np.testing.assert_array_equal(np.asarray(PILImage.open(folder / name).convert("RGB")), picture, err_msg=name)
     # the saved model reproduces the memberships on the same image
     model, spec, _ = segsoft.load_model(tmp_path / "q" / "model.json")

@@ -123,8 +123,10 @@ def test_auto_k_on_an_image_reports_the_curve(tmp_path):
     assert record["k_selection"]["ks"] == [2, 3, 4, 5, 6] and record["settings"]["k"] == "auto"
 
 
-@pytest.mark.parametrize("kwargs,match", [({"k_range": (5, 2)}, "k range"), ({"criterion": "aic"}, "criterion"),
-                                          ({"model": "fcm"}, "likelihood")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"k_range": (5, 2)}, "k range"), ({"criterion": "aic"}, "criterion"), ({"model": "fcm"}, "likelihood")],
+)
 def test_auto_k_bad_arguments(kwargs, match):
     img, _ = noisy_halves(size=16)
     with pytest.raises(SegsoftError, match=match):
@@ -135,9 +137,9 @@ def test_regions_split_patches_and_merge_specks():
     from segsoft.spatial import connected_regions
 
     labels = np.zeros((30, 30), dtype=int)
-    labels[5:10, 5:10] = 1     # a patch of cluster 1 (25 px)
-    labels[20:25, 20:25] = 1   # another patch of the same cluster
-    labels[15, 15] = 1         # a one-pixel speck
+    labels[5:10, 5:10] = 1  # a patch of cluster 1 (25 px)
+    labels[20:25, 20:25] = 1  # another patch of the same cluster
+    labels[15, 15] = 1  # a one-pixel speck
     regions = connected_regions(labels)
     assert regions.max() + 1 == 4  # background, two patches, the speck
     merged = connected_regions(labels, min_size=10)

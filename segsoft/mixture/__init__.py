@@ -30,8 +30,15 @@ from .base import COVARIANCE_TYPES, kmeans, kmeans_plusplus
 from .gaussian import GaussianMixture
 from .relatives import FuzzyCMeans, SoftKMeans
 
-__all__ = ["COVARIANCE_TYPES", "FuzzyCMeans", "GaussianMixture", "SoftKMeans", "kmeans", "kmeans_plusplus",
-           "model_from_dict"]
+__all__ = [
+    "COVARIANCE_TYPES",
+    "FuzzyCMeans",
+    "GaussianMixture",
+    "SoftKMeans",
+    "kmeans",
+    "kmeans_plusplus",
+    "model_from_dict",
+]
 
 _MODELS = {cls.__name__: cls for cls in (GaussianMixture, SoftKMeans, FuzzyCMeans)}
 

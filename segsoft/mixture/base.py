@@ -487,6 +487,7 @@ class _EMBase:
         w_iso = iso.coefficients(-0.5 * sq, means, np.ones(k))
         w = np.zeros((self._layout.p, k))
         w[: 1 + d] = w_iso[: 1 + d]
+
         # the |x|^2 term is the same for every component: it does not change argmin
         def hard(logits: np.ndarray):
             onehot = np.zeros_like(logits)
@@ -629,7 +630,11 @@ class _EMBase:
     # -- state --------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items() if k.startswith("_") and not k.startswith("__")}
+        return {
+            k: (v.copy() if isinstance(v, np.ndarray) else v)
+            for k, v in self.__dict__.items()
+            if k.startswith("_") and not k.startswith("__")
+        }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()})

@@ -104,8 +104,16 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         n_jobs: int | None = None,
     ):
         super().__init__(
-            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
-            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+            n_components,
+            max_iter=max_iter,
+            tol=tol,
+            init=init,
+            n_init=n_init,
+            seed=seed,
+            sample_size=sample_size,
+            polish_iter=polish_iter,
+            chunk_size=chunk_size,
+            n_jobs=n_jobs,
         )
         self.covariance = covariance
         self.reg_covar = reg_covar
@@ -245,7 +253,14 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         self._w = np.asarray(self.weights_, dtype=np.float64)
         self._means = np.asarray(self.means_, dtype=np.float64)
         self._cov = np.asarray(self.covariances_, dtype=np.float64)
-        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "log_likelihood_trace_"):
+        for name in (
+            "weights_",
+            "means_",
+            "covariances_",
+            "precisions_cholesky_",
+            "precisions_",
+            "log_likelihood_trace_",
+        ):
             if hasattr(self, name):
                 setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
         self.collapsed_ = np.asarray(getattr(self, "collapsed_", np.zeros(len(self._w))), dtype=bool)

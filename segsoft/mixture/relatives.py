@@ -57,8 +57,16 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
         n_jobs: int | None = None,
     ):
         super().__init__(
-            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
-            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+            n_components,
+            max_iter=max_iter,
+            tol=tol,
+            init=init,
+            n_init=n_init,
+            seed=seed,
+            sample_size=sample_size,
+            polish_iter=polish_iter,
+            chunk_size=chunk_size,
+            n_jobs=n_jobs,
         )
         self.beta = beta
         self.reg_covar = reg_covar
@@ -86,8 +94,11 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
     def _coefficients(self) -> np.ndarray:
         k, d = self.n_components, self._layout.d
         prec = 1.0 / self._var
-        const = (-math.log(k) - 0.5 * d * (_LOG_2PI + math.log(self._var))
-                 - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means))
+        const = (
+            -math.log(k)
+            - 0.5 * d * (_LOG_2PI + math.log(self._var))
+            - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means)
+        )
         return self._layout.coefficients(const, prec * self._means, np.full(k, prec))
 
     def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
@@ -161,8 +172,16 @@ class FuzzyCMeans(_EMBase):
         n_jobs: int | None = None,
     ):
         super().__init__(
-            n_components, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed,
-            sample_size=sample_size, polish_iter=polish_iter, chunk_size=chunk_size, n_jobs=n_jobs,
+            n_components,
+            max_iter=max_iter,
+            tol=tol,
+            init=init,
+            n_init=n_init,
+            seed=seed,
+            sample_size=sample_size,
+            polish_iter=polish_iter,
+            chunk_size=chunk_size,
+            n_jobs=n_jobs,
         )
         self.m = m
 
@@ -174,7 +193,9 @@ class FuzzyCMeans(_EMBase):
     def _coefficients(self) -> np.ndarray:
         # logits = -|x - c|^2
         k = self.n_components
-        return self._layout.coefficients(-np.einsum("kd,kd->k", self._means, self._means), 2.0 * self._means, np.full(k, 2.0))
+        return self._layout.coefficients(
+            -np.einsum("kd,kd->k", self._means, self._means), 2.0 * self._means, np.full(k, 2.0)
+        )
 
     def _posterior(self, logits: np.ndarray):
         d2 = np.maximum(np.negative(logits, out=logits), 1e-300, out=logits)
