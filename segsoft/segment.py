@@ -305,8 +305,12 @@ def _smoothed_memberships(image: Image, model: Any, X: np.ndarray, smoothing: fl
     log-likelihood of the pixels under the fitted mixture."""
     h, w, k = image.height, image.width, model.n_components
     log_joint = model.weighted_log_prob(X, out=np.empty((X.shape[0], k), dtype=np.float32))
-    top = log_joint.max(axis=1, keepdims=True)
-    mean = float(np.mean(top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))))
+    total = 0.0
+    for a in range(0, log_joint.shape[0], 1 << 18):  # log-sum-exp in chunks: no full-size temporary
+        block = log_joint[a : a + (1 << 18)]
+        top = block.max(axis=1, keepdims=True)
+        total += float(np.sum(top[:, 0] + np.log(np.exp(block - top).sum(axis=1)), dtype=np.float64))
+    mean = total / max(log_joint.shape[0], 1)
     c, _ = PottsPrior((h, w), smoothing, image.mask).memberships(log_joint, sweeps=FINAL_SWEEPS)
     probs = np.full((h * w, k), np.nan, dtype=np.float32)
     if image.mask is None:
