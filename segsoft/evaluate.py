@@ -904,7 +904,7 @@ def evaluate_directory(
     min_region : float or None
         Score regions rather than cluster labels: each connected patch of a
         label is a region and patches under this share of the pixels are
-        merged into a neighbour (:func:`segsoft.spatial.connected_regions`).
+        merged into a neighbour (:func:`segsoft.regions.connected_regions`).
         None scores the labels as they are.
     segment_kwargs : mapping, optional
         Arguments of :func:`segsoft.segment` for folders of images.
@@ -920,7 +920,7 @@ def evaluate_directory(
     >>> print(report.summary())  # doctest: +SKIP
     """
     from .io import find_images
-    from .spatial import connected_regions
+    from .regions import connected_regions
 
     ground_truth = find_ground_truth(gt_dir)
     found = find_predictions(path)

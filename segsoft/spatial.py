@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PottsPrior", "connected_regions"]
+__all__ = ["PottsPrior"]
 
 
 class PottsPrior:
@@ -159,77 +159,3 @@ class PottsPrior:
                 self._sweep(c, lj)
         self._c = c
         return np.ascontiguousarray(self._to_rows(c)), self.objective(c, lj)
-
-
-def connected_regions(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
-    """Regions of a hard label map: its 4-connected components, small ones merged.
-
-    A cluster label can cover many separate patches; region-based measures
-    (and people) treat each patch as its own region. Components smaller than
-    ``min_size`` pixels are merged, round by round, into the neighbouring
-    component they share the longest boundary with (ties: the larger one).
-
-    Parameters
-    ----------
-    labels : ndarray of int (H, W)
-        Cluster labels; -1 marks unused pixels, which stay -1 and belong to
-        no region.
-    min_size : int
-        Smallest region kept on its own.
-
-    Returns
-    -------
-    ndarray of int32 (H, W)
-        Region ids 0..n-1 (-1 where ``labels`` is -1).
-
-    Examples
-    --------
-    >>> lab = np.array([[0, 0, 1, 0], [0, 0, 1, 0], [1, 1, 1, 0]])
-    >>> connected_regions(lab).tolist()
-    [[0, 0, 1, 2], [0, 0, 1, 2], [1, 1, 1, 2]]
-    >>> connected_regions(lab, min_size=4).tolist()
-    [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]]
-    """
-    from skimage.measure import label as components
-
-    labels = np.asarray(labels)
-    used = labels >= 0
-    regions = components(np.where(used, labels + 1, 0), connectivity=1, background=0).astype(np.int64) - 1
-    while min_size > 1:
-        n = int(regions.max()) + 1
-        sizes = np.bincount(regions[used], minlength=n)
-        small = sizes < min_size
-        if not small.any() or n <= 1:
-            break
-        a = np.concatenate([regions[:, :-1].ravel(), regions[:-1, :].ravel()])
-        b = np.concatenate([regions[:, 1:].ravel(), regions[1:, :].ravel()])
-        edge = (a != b) & (a >= 0) & (b >= 0)
-        a, b = np.concatenate([a[edge], b[edge]]), np.concatenate([b[edge], a[edge]])
-        from_small = small[a]
-        a, b = a[from_small], b[from_small]
-        if a.size == 0:
-            break  # the small regions touch nothing they could join
-        pairs, shared = np.unique(a * n + b, return_counts=True)
-        src, dst = pairs // n, pairs % n
-        # per source, the last after sorting by (source, shared boundary, size) is its best neighbour
-        order = np.lexsort((sizes[dst], shared, src))
-        src, dst = src[order], dst[order]
-        last = np.r_[src[1:] != src[:-1], True]
-        ids = np.arange(n)
-        target = ids.copy()
-        target[src[last]] = dst[last]
-        # two small regions choosing each other: the higher id becomes the root
-        cycle = (target[target] == ids) & (target < ids)
-        target[cycle] = ids[cycle]
-        for _ in range(64):  # follow merge chains to their roots
-            nxt = target[target]
-            if np.array_equal(nxt, target):
-                break
-            target = nxt
-        merged = np.where(used, target[np.maximum(regions, 0)], -1)
-        if np.array_equal(merged, regions):
-            break
-        regions = merged
-        _, inverse = np.unique(regions[used], return_inverse=True)
-        regions[used] = inverse
-    return regions.astype(np.int32)

@@ -134,7 +134,7 @@ def test_auto_k_bad_arguments(kwargs, match):
 
 
 def test_regions_split_patches_and_merge_specks():
-    from segsoft.spatial import connected_regions
+    from segsoft.regions import connected_regions
 
     labels = np.zeros((30, 30), dtype=int)
     labels[5:10, 5:10] = 1  # a patch of cluster 1 (25 px)

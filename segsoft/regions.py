@@ -1,0 +1,446 @@
+"""Regions: hard, connected segments built from soft memberships.
+
+A cluster label covers every pixel of a colour, wherever it is; people
+outline *regions*: connected parts of the image separated by visible
+boundaries. This module turns memberships into regions in two ways.
+
+:func:`merge_regions` (what :meth:`SoftSegmentation.regions` uses) is a
+boundary-aware agglomeration:
+
+1. The image is cut into superpixels of about ``superpixel_size`` pixels
+   (SLIC, :func:`skimage.segmentation.slic`), small enough to follow every
+   boundary.
+2. Each superpixel is described by its *mean membership vector*: a soft
+   histogram of the mixture components inside it. Textured surfaces (grass,
+   fur, brickwork) mix several components in stable proportions, so their
+   superpixels look alike even though their pixels do not.
+3. Neighbouring regions are merged greedily, cheapest first, where the cost
+   of merging ``a`` and ``b`` is::
+
+       sqrt(n_a n_b / (n_a + n_b) / N)  *  (1 - BC(p_a, p_b))  *  (floor + g_ab)
+
+   ``BC`` is the Bhattacharyya coefficient of the two mean membership
+   vectors (1 - BC is 0 for the same mixture, 1 for disjoint ones); ``g_ab``
+   is the mean colour contrast along their shared boundary (the Sobel
+   gradient magnitude of the slightly blurred Lab image, in units of
+   :data:`CONTRAST_UNIT`); ``floor`` keeps two different regions apart even
+   across a soft boundary. The size factor (the harmonic mean of the two
+   sizes, as a share of the ``N`` used pixels) lets specks and slivers merge
+   early and makes large regions hard to merge.
+4. Merging stops when the cheapest merge costs more than ``threshold``.
+
+The merge order does not depend on the threshold, so :class:`RegionHierarchy`
+keeps the whole sequence and gives the regions at any threshold without
+redoing the work. Images over :data:`WORK_PIXELS` are merged on a
+block-averaged copy and the region map is scaled back up.
+
+:func:`connected_regions` is the simpler alternative: the 4-connected patches
+of a hard label map, specks merged into a neighbour.
+
+With ``threshold=0.15`` and ``k=12`` memberships this scores PRI 0.834,
+VoI 1.42 bits, Covering 0.666 on the team's 20 BSDS500 development images
+(``benchmarks/bench_quality.py``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MERGE_THRESHOLD",
+    "SUPERPIXEL_SIZE",
+    "RegionHierarchy",
+    "connected_regions",
+    "merge_regions",
+    "region_hierarchy",
+]
+
+MERGE_THRESHOLD = 0.15  # default cost at which merging stops
+SUPERPIXEL_SIZE = 150  # pixels per superpixel (about 12 x 12)
+WORK_PIXELS = 400_000  # larger images are merged on a block-averaged copy
+CONTRAST_UNIT = 20.0  # Sobel magnitude of blurred Lab (8x the gradient in Delta E per pixel) counted as 1
+CONTRAST_FLOOR = 0.05  # contrast added to every boundary, so smooth ramps between different regions still count
+_BLUR = 1.0  # Gaussian sigma (pixels) before the Sobel filter: denoises without moving edges
+_COMPACTNESS = 10.0  # SLIC's balance of colour against position (its default for Lab)
+
+
+@dataclass(frozen=True)
+class RegionHierarchy:
+    """Superpixels and the full greedy merge sequence over them.
+
+    Made by :func:`region_hierarchy`; :meth:`labels` cuts it at a threshold.
+
+    Attributes
+    ----------
+    superpixels : ndarray of int32 (h, w)
+        Superpixel ids at the working resolution; -1 on unused pixels.
+    merges : ndarray of float64 (m, 3)
+        Rows ``(a, b, cost)`` in the order the merges happen: superpixel
+        groups rooted at ``b`` join those rooted at ``a``.
+    shape : tuple of int
+        The (H, W) of the full-resolution image.
+    mask : ndarray of bool (H, W) or None
+        Used pixels at full resolution (None: all).
+    factor : int
+        Block size of the working copy (1: full resolution).
+    """
+
+    superpixels: np.ndarray
+    merges: np.ndarray
+    shape: tuple[int, int]
+    mask: np.ndarray | None = None
+    factor: int = 1
+
+    @property
+    def n_superpixels(self) -> int:
+        return int(self.superpixels.max()) + 1
+
+    def n_regions(self, threshold: float = MERGE_THRESHOLD) -> int:
+        """How many regions :meth:`labels` gives at ``threshold``."""
+        return self.n_superpixels - self._n_merges(threshold)
+
+    def _n_merges(self, threshold: float) -> int:
+        threshold = _check_threshold(threshold)
+        over = np.flatnonzero(self.merges[:, 2] > threshold)
+        return int(over[0]) if over.size else len(self.merges)
+
+    def labels(self, threshold: float = MERGE_THRESHOLD) -> np.ndarray:
+        """Region map at ``threshold``: int32 (H, W), ids 0..n-1, -1 on unused pixels.
+
+        Merging stops at the first merge costing more than ``threshold``;
+        0 gives the superpixels themselves.
+        """
+        n = self.n_superpixels
+        parent = np.arange(n)
+        for a, b, _ in self.merges[: self._n_merges(threshold)]:
+            parent[int(b)] = int(a)
+        for _ in range(n):  # point every superpixel at its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        _, ids = np.unique(parent, return_inverse=True)
+        small = np.where(self.superpixels >= 0, ids[np.maximum(self.superpixels, 0)], -1).astype(np.int32)
+        return _upscale(small, self.factor, self.shape, self.mask)
+
+
+def _check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not (threshold >= 0 and math.isfinite(threshold)):
+        raise ValueError(f"region threshold must be a finite number >= 0, got {threshold!r}")
+    return threshold
+
+
+def merge_regions(
+    rgb: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float = MERGE_THRESHOLD,
+    *,
+    mask: np.ndarray | None = None,
+    superpixel_size: int = SUPERPIXEL_SIZE,
+) -> np.ndarray:
+    """Regions of an image from its soft memberships, merged along weak boundaries.
+
+    Parameters
+    ----------
+    rgb : ndarray, float (H, W, 3)
+        The image, sRGB in [0, 1].
+    probabilities : ndarray, float (H, W, K)
+        Memberships (NaN or anything on unused pixels).
+    threshold : float
+        Stop merging when the cheapest merge costs more than this (see the
+        module docstring); higher gives fewer, larger regions. 0 gives the
+        superpixels.
+    mask : ndarray of bool (H, W), optional
+        Used pixels; default: where the memberships are finite.
+    superpixel_size : int
+        Pixels per superpixel, the finest region possible.
+
+    Returns
+    -------
+    ndarray of int32 (H, W)
+        Region ids 0..n-1; -1 on unused pixels.
+
+    Examples
+    --------
+    Two flat halves with noise, memberships of a two-cluster fit:
+
+    >>> rng = np.random.default_rng(0)
+    >>> rgb = np.zeros((40, 60, 3)); rgb[:, 30:] = [0.9, 0.2, 0.1]
+    >>> rgb = np.clip(rgb + rng.normal(0, 0.02, rgb.shape), 0, 1)
+    >>> p = np.zeros((40, 60, 2)); p[:, :30, 0] = 1; p[:, 30:, 1] = 1
+    >>> regions = merge_regions(rgb, p)
+    >>> int(regions.max()) + 1, bool((regions[:, :30] == regions[0, 0]).all())
+    (2, True)
+    """
+    return region_hierarchy(rgb, probabilities, mask=mask, superpixel_size=superpixel_size).labels(threshold)
+
+
+def region_hierarchy(
+    rgb: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    superpixel_size: int = SUPERPIXEL_SIZE,
+) -> RegionHierarchy:
+    """Superpixels and every greedy merge, for regions at any threshold.
+
+    Same arguments as :func:`merge_regions`, less the threshold.
+
+    Examples
+    --------
+    >>> rgb = np.zeros((30, 30, 3)); rgb[:, 15:] = 1.0
+    >>> p = np.stack([rgb[..., 0] < 0.5, rgb[..., 0] >= 0.5], -1).astype(float)
+    >>> h = region_hierarchy(rgb, p, superpixel_size=50)
+    >>> h.n_regions(0.0) == h.n_superpixels, h.n_regions(0.15), h.n_regions(1e9)
+    (True, 2, 1)
+    """
+    from scipy import ndimage
+
+    from .features import rgb_to_lab
+
+    rgb = np.asarray(rgb, dtype=np.float32)
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
+    if probabilities.ndim != 3 or probabilities.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"probabilities must be (H, W, K) with the image's H, W; got {probabilities.shape}")
+    if superpixel_size < 1:
+        raise ValueError(f"superpixel_size must be >= 1, got {superpixel_size}")
+    shape = (int(rgb.shape[0]), int(rgb.shape[1]))
+    finite = np.isfinite(probabilities).all(axis=-1)
+    used = finite if mask is None else np.asarray(mask, dtype=bool) & finite
+    full_mask = None if used.all() else used
+    if not used.any():
+        return RegionHierarchy(np.full(shape, -1, np.int32), np.empty((0, 3)), shape, full_mask, 1)
+
+    factor = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / WORK_PIXELS)))
+    probabilities = np.where(used[..., None], probabilities, 0.0)
+    rgb_w, p_w, used_w = _downscale(rgb, probabilities, used, factor)
+    h, w = used_w.shape
+    lab = rgb_to_lab(rgb_w.reshape(-1, 3)).reshape(h, w, 3)
+    contrast = np.zeros((h, w))
+    for c in range(3):
+        channel = ndimage.gaussian_filter(lab[..., c].astype(np.float64), _BLUR)
+        contrast += ndimage.sobel(channel, 0) ** 2 + ndimage.sobel(channel, 1) ** 2
+    contrast = np.sqrt(contrast) / CONTRAST_UNIT
+
+    sp = _superpixels(rgb_w, used_w, superpixel_size)
+    n = int(sp.max()) + 1
+    flat = sp[used_w]
+    counts = np.bincount(flat, minlength=n).astype(np.float64)
+    sums = np.stack([np.bincount(flat, p_w[used_w][:, j], minlength=n) for j in range(p_w.shape[2])], axis=1)
+    merges = _greedy_merges(sp, sums, counts, contrast)
+    return RegionHierarchy(sp, merges, shape, full_mask, factor)
+
+
+def _downscale(rgb: np.ndarray, p: np.ndarray, used: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block means over the used pixels of f x f blocks (edge blocks padded by repetition)."""
+    if f == 1:
+        return rgb, p, used
+    H, W = used.shape
+    ph, pw = -H % f, -W % f
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+        return a.reshape(a.shape[0] // f, f, a.shape[1] // f, f, *a.shape[2:]).sum(axis=(1, 3))
+
+    weight = blocks(used.astype(np.float32))
+    safe = np.maximum(weight, 1e-12)[..., None]
+    rgb_w = blocks(np.where(used[..., None], rgb, 0.0).astype(np.float32)) / safe
+    p_w = blocks(p) / safe
+    return rgb_w.astype(np.float32), p_w.astype(np.float32), weight >= 0.5 * f * f
+
+
+def _upscale(small: np.ndarray, f: int, shape: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
+    """Nearest-neighbour back to full size; used pixels of unused blocks take the nearest region."""
+    if f > 1:
+        small = np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: shape[0], : shape[1]]
+    out = np.ascontiguousarray(small, dtype=np.int32)
+    if mask is not None:
+        gap = mask & (out < 0)
+        if gap.any() and (out >= 0).any():
+            from scipy import ndimage
+
+            _, (iy, ix) = ndimage.distance_transform_edt(out < 0, return_indices=True)
+            out = out[iy, ix]
+        out[~mask] = -1
+    return out
+
+
+def _superpixels(rgb: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
+    """SLIC superpixels of the used pixels, ids 0..n-1 (-1 elsewhere).
+
+    Images too thin for SLIC's grid fall back to connected blocks.
+    """
+    n_used = int(used.sum())
+    h, w = used.shape
+    n_segments = max(1, round(n_used / size))
+    if min(h, w) >= 4 and n_segments > 1:
+        from skimage.segmentation import slic
+
+        sp = slic(
+            rgb,
+            n_segments=n_segments,
+            compactness=_COMPACTNESS,
+            start_label=1,
+            mask=None if used.all() else used,
+            channel_axis=-1,
+        ).astype(np.int64)
+        sp -= 1
+        sp[~used] = -1
+    else:  # a strip or a speck: blocks of about `size` pixels along it
+        side = max(1, math.isqrt(size)) if min(h, w) >= 4 else max(1, size)
+        sp = (np.arange(h)[:, None] // side) * (w // side + 1) + np.arange(w)[None, :] // side
+        sp = np.where(used, sp, -1)
+    # number the superpixels 0..n-1, then split any that SLIC left in pieces
+    from skimage.measure import label as components
+
+    sp = components(sp + 1, connectivity=1, background=0).astype(np.int64) - 1
+    return sp.astype(np.int32)
+
+
+def _adjacency(sp: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs a < b of 4-adjacent superpixels, summed boundary contrast and boundary length."""
+    a = np.concatenate([sp[:, :-1].ravel(), sp[:-1, :].ravel()])
+    b = np.concatenate([sp[:, 1:].ravel(), sp[1:, :].ravel()])
+    # a boundary pixel pair counts the stronger of its two contrasts
+    e = np.concatenate(
+        [np.maximum(contrast[:, :-1], contrast[:, 1:]).ravel(), np.maximum(contrast[:-1, :], contrast[1:, :]).ravel()]
+    )
+    keep = (a != b) & (a >= 0) & (b >= 0)
+    a, b, e = a[keep].astype(np.int64), b[keep].astype(np.int64), e[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    n = int(sp.max()) + 1
+    keys, inverse = np.unique(lo * n + hi, return_inverse=True)
+    return keys // n, keys % n, np.bincount(inverse, weights=e), np.bincount(inverse).astype(np.float64)
+
+
+def _greedy_merges(sp: np.ndarray, sums: np.ndarray, counts: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """Merge the cheapest neighbouring pair until none is left; returns rows (kept, absorbed, cost)."""
+    n = len(counts)
+    total = counts.sum()
+    A, B, contrast_sum, length = _adjacency(sp, contrast)
+    # boundary (contrast sum, length) per neighbour, one shared list object per pair
+    nbrs: list[dict[int, list[float]]] = [{} for _ in range(n)]
+    for a, b, s, ln in zip(A.tolist(), B.tolist(), contrast_sum.tolist(), length.tolist()):
+        nbrs[a][b] = nbrs[b][a] = [s, ln]
+    sums = sums.copy()
+    counts = counts.copy()
+    mean = sums / np.maximum(counts, 1e-12)[:, None]
+    root = np.sqrt(np.maximum(mean, 0.0))  # sqrt of the mean memberships, for the Bhattacharyya coefficient
+    version = [0] * n
+
+    def cost(a: int, b: int) -> float:
+        s, ln = nbrs[a][b]
+        na, nb = counts[a], counts[b]
+        size = math.sqrt(na * nb / (na + nb) / total)
+        apart = max(1.0 - float(root[a] @ root[b]), 1e-9)
+        return size * apart * (CONTRAST_FLOOR + s / ln)
+
+    heap = [(cost(a, b), a, b, 0, 0) for a, b in zip(A.tolist(), B.tolist())]
+    heapq.heapify(heap)
+    merges = []
+    while heap:
+        c, a, b, va, vb = heapq.heappop(heap)
+        if version[a] != va or version[b] != vb:
+            continue  # stale: one side has merged since this entry was made
+        merges.append((a, b, c))
+        sums[a] += sums[b]
+        counts[a] += counts[b]
+        root[a] = np.sqrt(np.maximum(sums[a] / counts[a], 0.0))
+        version[a] += 1
+        version[b] = -1  # b is gone for good
+        for x, boundary in nbrs[b].items():
+            if x == a:
+                continue
+            del nbrs[x][b]
+            if x in nbrs[a]:
+                nbrs[a][x][0] += boundary[0]
+                nbrs[a][x][1] += boundary[1]
+            else:
+                nbrs[a][x] = nbrs[x][a] = boundary
+        del nbrs[a][b]
+        nbrs[b] = {}
+        for x in nbrs[a]:
+            lo, hi = (a, x) if a < x else (x, a)
+            heapq.heappush(heap, (cost(lo, hi), lo, hi, version[lo], version[hi]))
+    return np.array(merges, dtype=np.float64).reshape(-1, 3)
+
+
+def connected_regions(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """Regions of a hard label map: its 4-connected components, small ones merged.
+
+    A cluster label can cover many separate patches; region-based measures
+    (and people) treat each patch as its own region. Components smaller than
+    ``min_size`` pixels are merged, round by round, into the neighbouring
+    component they share the longest boundary with (ties: the larger one).
+
+    Parameters
+    ----------
+    labels : ndarray of int (H, W)
+        Cluster labels; -1 marks unused pixels, which stay -1 and belong to
+        no region.
+    min_size : int
+        Smallest region kept on its own.
+
+    Returns
+    -------
+    ndarray of int32 (H, W)
+        Region ids 0..n-1 (-1 where ``labels`` is -1).
+
+    Examples
+    --------
+    >>> lab = np.array([[0, 0, 1, 0], [0, 0, 1, 0], [1, 1, 1, 0]])
+    >>> connected_regions(lab).tolist()
+    [[0, 0, 1, 2], [0, 0, 1, 2], [1, 1, 1, 2]]
+    >>> connected_regions(lab, min_size=4).tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]]
+    """
+    from skimage.measure import label as components
+
+    labels = np.asarray(labels)
+    used = labels >= 0
+    regions = components(np.where(used, labels + 1, 0), connectivity=1, background=0).astype(np.int64) - 1
+    while min_size > 1:
+        n = int(regions.max()) + 1
+        sizes = np.bincount(regions[used], minlength=n)
+        small = sizes < min_size
+        if not small.any() or n <= 1:
+            break
+        a = np.concatenate([regions[:, :-1].ravel(), regions[:-1, :].ravel()])
+        b = np.concatenate([regions[:, 1:].ravel(), regions[1:, :].ravel()])
+        edge = (a != b) & (a >= 0) & (b >= 0)
+        a, b = np.concatenate([a[edge], b[edge]]), np.concatenate([b[edge], a[edge]])
+        from_small = small[a]
+        a, b = a[from_small], b[from_small]
+        if a.size == 0:
+            break  # the small regions touch nothing they could join
+        pairs, shared = np.unique(a * n + b, return_counts=True)
+        src, dst = pairs // n, pairs % n
+        # per source, the last after sorting by (source, shared boundary, size) is its best neighbour
+        order = np.lexsort((sizes[dst], shared, src))
+        src, dst = src[order], dst[order]
+        last = np.r_[src[1:] != src[:-1], True]
+        ids = np.arange(n)
+        target = ids.copy()
+        target[src[last]] = dst[last]
+        # two small regions choosing each other: the higher id becomes the root
+        cycle = (target[target] == ids) & (target < ids)
+        target[cycle] = ids[cycle]
+        for _ in range(64):  # follow merge chains to their roots
+            nxt = target[target]
+            if np.array_equal(nxt, target):
+                break
+            target = nxt
+        merged = np.where(used, target[np.maximum(regions, 0)], -1)
+        if np.array_equal(merged, regions):
+            break
+        regions = merged
+        _, inverse = np.unique(regions[used], return_inverse=True)
+        regions[used] = inverse
+    return regions.astype(np.int32)
