@@ -50,6 +50,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
+from .regions import MERGE_THRESHOLD
 from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_model, output_files, write
 from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
@@ -93,7 +94,8 @@ class SegmentOptions:
 
     The fields are :func:`segsoft.segment` arguments (``sample`` 0 or None fits
     on every pixel; ``m`` is the fuzzy c-means fuzzifier) plus ``alpha`` and
-    ``cmap`` for the pictures.
+    ``cmap`` for the pictures and ``regions`` / ``region_threshold`` for the
+    region outputs (``regions.png``, ``regions.npy``).
 
     Examples
     --------
@@ -121,6 +123,8 @@ class SegmentOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     alpha: float = 0.5
     cmap: str = "viridis"
+    regions: bool = False
+    region_threshold: float = MERGE_THRESHOLD
 
     def check(self) -> None:
         """Raise :class:`SegsoftError` for a bad option, before any slow work."""
@@ -136,7 +140,7 @@ class SegmentOptions:
             raise SegsoftError(f"-k must be a whole number >= 1 or auto, got {self.k!r}")
         if not (self.smoothing >= 0 and math.isfinite(self.smoothing)):
             raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
-        check_render_options(self.alpha, self.cmap)
+        check_render_options(self.alpha, self.cmap, self.region_threshold)
         FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
         make_model(
             self.model,
@@ -173,16 +177,24 @@ class SegmentOptions:
             settings.update(k_range=list(_check_k_range(self.k_range)), criterion=self.criterion)
         return settings
 
+    @property
+    def region_cut(self) -> float | None:
+        """The merge threshold for ``regions.png``/``regions.npy``, or None when regions are not asked for."""
+        return float(self.region_threshold) if self.regions else None
+
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`segsoft.segment` (everything but ``alpha`` and ``cmap``)."""
         return {**self.model_settings(), "max_pixels": self.max_pixels}
 
 
-def check_render_options(alpha: float, cmap: str) -> None:
-    """Raise :class:`SegsoftError` for an overlay opacity outside [0, 1] or an unknown colormap."""
+def check_render_options(alpha: float, cmap: str, region_threshold: float = MERGE_THRESHOLD) -> None:
+    """Raise :class:`SegsoftError` for an overlay opacity outside [0, 1], an unknown colormap
+    or a region threshold that is not a finite number >= 0."""
     render.colormap_lut(cmap)
     if not 0.0 <= alpha <= 1.0:
         raise SegsoftError(f"--alpha must be between 0 and 1, got {alpha}")
+    if not (region_threshold >= 0 and math.isfinite(region_threshold)):
+        raise SegsoftError(f"--region-threshold must be a finite number >= 0, got {region_threshold!r}")
 
 
 @dataclass
@@ -351,7 +363,9 @@ def run_batch(
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
         if not shared_model:
-            batch.process(_segment_task, (opts,), {"settings": opts.model_settings()})
+            batch.process(
+                _segment_task, (opts,), {"settings": opts.model_settings(), **_expect_regions(opts.region_cut)}
+            )
             return batch.report
         model_path = out / SHARED_MODEL_NAME
         shared = _reuse_shared(model_path, opts) if skip_existing else None
@@ -362,8 +376,10 @@ def run_batch(
         batch.report.shared_model = model_path
         model, spec, digest = shared
         settings = {**opts.model_settings(), "shared_model": digest}
-        job = _ApplyJob(model.to_dict(), spec.to_dict(), settings, opts.alpha, opts.cmap, opts.max_pixels)
-        batch.process(_apply_task, (job,), {"settings": {"shared_model": digest}})
+        job = _ApplyJob(
+            model.to_dict(), spec.to_dict(), settings, opts.alpha, opts.cmap, opts.max_pixels, opts.region_cut
+        )
+        batch.process(_apply_task, (job,), {"settings": {"shared_model": digest}, **_expect_regions(opts.region_cut)})
         return batch.report
 
 
@@ -375,6 +391,7 @@ def apply_batch(
     alpha: float = 0.5,
     cmap: str = "viridis",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    regions: float | None = None,
     recursive: bool = False,
     jobs: int | None = None,
     skip_existing: bool = False,
@@ -385,7 +402,8 @@ def apply_batch(
     Every image goes through the model's fitted feature transform and gets
     the model's memberships: same clusters, same numbers, same colours. The
     outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing`` and
-    ``progress`` work as in :func:`run_batch`.
+    ``progress`` work as in :func:`run_batch`; ``regions`` (a merge threshold)
+    also writes each image's regions.
 
     Raises
     ------
@@ -400,17 +418,17 @@ def apply_batch(
     (120, 0)
     """
     t0 = time.perf_counter()
-    check_render_options(alpha, cmap)
+    check_render_options(alpha, cmap, MERGE_THRESHOLD if regions is None else regions)
     fitted, spec, record = load_model(model)
     if not spec.fitted:
         raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")
     digest = _model_digest(fitted)
     items, out = _prepare(inputs, output, recursive)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
-    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels)
+    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, regions)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
-        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}})
+        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **_expect_regions(regions)})
     return batch.report
 
 
@@ -598,9 +616,14 @@ def _complete_record(folder: Path, expect: dict[str, Any]) -> dict[str, Any] | N
         return None
     if not _matches(_plain(expect), record):
         return None
-    if not all((folder / name).is_file() for name in output_files(k, auto)):
+    if not all((folder / name).is_file() for name in output_files(k, auto, "regions" in expect)):
         return None
     return record
+
+
+def _expect_regions(threshold: float | None) -> dict[str, Any]:
+    """What a complete folder's model.json must say about regions when they are asked for."""
+    return {} if threshold is None else {"regions": {"threshold": float(threshold)}}
 
 
 def _matches(expected: Any, actual: Any) -> bool:
@@ -642,6 +665,7 @@ class _ApplyJob:
     alpha: float
     cmap: str
     max_pixels: int
+    regions: float | None = None
 
 
 @dataclass
@@ -677,8 +701,10 @@ def _as_row(result: Any, path: str) -> BatchResult:
     return _failed(path, RuntimeError(f"worker returned {type(result).__name__}"))
 
 
-def _finish(seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float) -> BatchResult:
-    write(seg, folder, alpha=alpha, cmap=cmap)
+def _finish(
+    seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float, regions: float | None = None
+) -> BatchResult:
+    write(seg, folder, alpha=alpha, cmap=cmap, regions=regions)
     model = seg.model
     return BatchResult(
         path,
@@ -702,7 +728,7 @@ def _segment_task(path: str, folder: str, opts: SegmentOptions) -> BatchResult:
     t0 = time.perf_counter()
     try:
         seg = segment(path, **opts.segment_kwargs())
-        return _finish(seg, Path(folder), path, opts.alpha, opts.cmap, t0)
+        return _finish(seg, Path(folder), path, opts.alpha, opts.cmap, t0, opts.region_cut)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0
@@ -714,7 +740,7 @@ def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
     try:
         model, spec = model_from_dict(job.model), FeatureSpec.from_dict(job.spec)
         seg = apply_model(path, model, spec, max_pixels=job.max_pixels, settings=job.settings)
-        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0)
+        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0, job.regions)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0

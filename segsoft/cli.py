@@ -24,6 +24,7 @@ import typer
 from . import __version__
 from .errors import SegsoftError
 from .io import DEFAULT_MAX_PIXELS
+from .regions import MERGE_THRESHOLD
 
 app = typer.Typer(
     add_completion=False,
@@ -121,7 +122,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
-def _summary(seg: Any, folder: Path, seconds: float) -> None:
+def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = None) -> None:
     model = seg.model
     rows = [
         ("image", f"{seg.image.path}  ({seg.image.width}x{seg.image.height})"),
@@ -137,6 +138,9 @@ def _summary(seg: Any, folder: Path, seconds: float) -> None:
         ("seconds", f"{seconds:.2f}"),
         ("output", str(folder)),
     ]
+    if regions is not None:
+        count = int(seg.regions(regions).max()) + 1
+        rows.insert(-2, ("regions", f"{count}  (threshold {regions:g}; regions.png)"))
     if seg.selection is not None:
         sel = seg.selection
         rows.insert(
@@ -228,6 +232,24 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
     "alpha": (float, typer.Option(0.5, "--alpha", help="Opacity of the cluster colours in overlay.png."), "alpha"),
     "cmap": (str, typer.Option("viridis", "--cmap", help="Matplotlib colormap for the heatmaps."), "cmap"),
+    "regions": (
+        bool,
+        typer.Option(
+            False,
+            "--regions",
+            help="Also write regions.png and regions.npy: connected segments merged along weak boundaries.",
+        ),
+        "regions",
+    ),
+    "region_threshold": (
+        float,
+        typer.Option(
+            MERGE_THRESHOLD,
+            "--region-threshold",
+            help="With --regions: merge cost to stop at (higher = fewer, larger regions).",
+        ),
+        "region_threshold",
+    ),
     "max_iter": (int, typer.Option(100, "--max-iter", help="Most EM iterations."), "max_iter"),
     "tol": (float, typer.Option(1e-4, "--tol", help="Stop when the mean log-likelihood changes by less."), "tol"),
     "n_init": (int, typer.Option(1, "--n-init", help="Restarts; the best fit is kept."), "n_init"),
@@ -246,7 +268,7 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
 }
 _MODEL_OPTIONS = tuple(_OPTIONS)
-_RENDER_OPTIONS = ("alpha", "cmap", "max_pixels")
+_RENDER_OPTIONS = ("alpha", "cmap", "regions", "region_threshold", "max_pixels")
 
 
 def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -315,11 +337,11 @@ def run(
     if save_model is not None:
         check_writable(save_model.parent)
     seg = segment(image, **opts.segment_kwargs())
-    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap)
+    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.region_cut)
     if save_model is not None:
         write_model(seg, save_model)
     if not quiet:
-        _summary(seg, folder, time.perf_counter() - start)
+        _summary(seg, folder, time.perf_counter() - start, opts.region_cut)
 
 
 _INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
@@ -396,6 +418,7 @@ def apply(
             alpha=opts.alpha,
             cmap=opts.cmap,
             max_pixels=opts.max_pixels,
+            regions=opts.region_cut,
             recursive=recursive,
             jobs=jobs,
             skip_existing=skip_existing,
@@ -488,8 +511,8 @@ def evaluate(
     min_region: float = typer.Option(
         0.01,
         "--min-region",
-        help="Score connected regions, merging those under this share of the image; "
-        "0 scores the cluster labels as they are.",
+        help="Score connected patches of cluster labels, merging those under this share of the image; "
+        "0 scores the labels as they are (region maps from --regions are always scored as they are).",
     ),
     csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here."),
     opts: Any = None,
@@ -509,6 +532,7 @@ def evaluate(
             gt,
             min_region=min_region or None,
             segment_kwargs=opts.segment_kwargs(),
+            regions=opts.region_cut,
             progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"),
         )
     if csv is not None:

@@ -412,7 +412,8 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
     Parameters
     ----------
     path : str or os.PathLike
-        A segsoft output folder (``labels.npy``, else ``probabilities.npy``
+        A segsoft output folder (``regions.npy`` if it was written with
+        ``--regions``, else ``labels.npy``, else ``probabilities.npy``
         whose argmax gives the labels and whose NaN pixels become -1), a
         ``.npy`` label map ``(H, W)`` (or memberships ``(H, W, K)``), or a
         single-channel ``.png`` label map.
@@ -439,6 +440,8 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
     name = os.fsdecode(path)
     p = Path(name)
     if p.is_dir():
+        if (p / "regions.npy").is_file():
+            return load_prediction(p / "regions.npy")
         if (p / "labels.npy").is_file():
             return load_prediction(p / "labels.npy")
         if (p / "probabilities.npy").is_file():
@@ -636,11 +639,14 @@ def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
     return _by_id(_as_folder(pred_dir, "predictions"), _PRED_SUFFIXES, folders=True)
 
 
+_PRED_FILES = ("regions.npy", "labels.npy", "probabilities.npy")  # what makes a folder a segsoft output
+
+
 def _by_id(folder: Path, suffixes: tuple[str, ...], folders: bool) -> dict[str, Path]:
     found: dict[str, tuple[int, Path]] = {}
     for entry in _entries(folder):
         if entry.is_dir():
-            if not folders or not any((entry / f).is_file() for f in ("labels.npy", "probabilities.npy")):
+            if not folders or not any((entry / f).is_file() for f in _PRED_FILES):
                 continue
             key, rank = entry.name, -1
         else:
@@ -886,6 +892,7 @@ def evaluate_directory(
     *,
     min_region: float | None = 0.01,
     segment_kwargs: Mapping[str, Any] | None = None,
+    regions: float | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Score a folder of predictions -- or of images, segmented first.
@@ -905,9 +912,14 @@ def evaluate_directory(
         Score regions rather than cluster labels: each connected patch of a
         label is a region and patches under this share of the pixels are
         merged into a neighbour (:func:`segsoft.regions.connected_regions`).
-        None scores the labels as they are.
+        None scores the labels as they are. Region maps (``regions.npy`` in
+        an output folder, or ``regions`` below) are scored as they are.
     segment_kwargs : mapping, optional
         Arguments of :func:`segsoft.segment` for folders of images.
+    regions : float or None
+        For folders of images: score ``seg.regions(regions)`` (boundary-aware
+        merged regions at this threshold, :mod:`segsoft.regions`) instead of
+        the cluster labels.
     progress : callable(done, total, id), optional
 
     Returns
@@ -926,11 +938,14 @@ def evaluate_directory(
     found = find_predictions(path)
     errors: dict[str, str] = {}
     labels: dict[str, np.ndarray] = {}
+    as_is: set[str] = set()  # region maps, not cluster labels: no connected-patch post-processing
     if found:
         for image_id, pred in found.items():
             if image_id in ground_truth:
                 try:
                     labels[image_id] = load_prediction(pred)
+                    if pred.name == "regions.npy" or (pred / "regions.npy").is_file():
+                        as_is.add(image_id)
                 except SegsoftError as e:
                     errors[image_id] = str(e)
     else:
@@ -939,7 +954,12 @@ def evaluate_directory(
         images = {stem.name: image for image, stem in find_images([path]) if stem.name in ground_truth}
         for done, (image_id, image) in enumerate(sorted(images.items(), key=lambda kv: _natural_key(kv[0])), 1):
             try:
-                labels[image_id] = segment(image, **dict(segment_kwargs or {})).labels
+                seg = segment(image, **dict(segment_kwargs or {}))
+                if regions is None:
+                    labels[image_id] = seg.labels
+                else:
+                    labels[image_id] = seg.regions(regions)
+                    as_is.add(image_id)
             except SegsoftError as e:
                 errors[image_id] = str(e)
             if progress is not None:
@@ -947,6 +967,8 @@ def evaluate_directory(
         progress = None  # the scoring itself is fast
     if min_region is not None:
         for image_id, lab in labels.items():
+            if image_id in as_is:
+                continue
             used = int((lab >= 0).sum())
             labels[image_id] = connected_regions(lab, max(1, round(min_region * used)))
     report = evaluate_many(labels, {i: g for i, g in ground_truth.items() if i not in errors}, progress)

@@ -49,13 +49,14 @@ PNG_COMPRESS_LEVEL = 1
 MONTAGE_TILE_WIDTH = 256
 
 
-def output_files(k: int, auto: bool = False) -> list[str]:
-    """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen)."""
+def output_files(k: int, auto: bool = False, regions: bool = False) -> list[str]:
+    """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen; ``regions``: asked for)."""
     return (
         ["overlay.png", "labels.png", "uncertainty.png"]
         + [f"prob_{j}.png" for j in range(k)]
         + ["montage.png", "probabilities.npy", "model.json"]
         + (["k_selection.png"] if auto else [])
+        + (["regions.png", "regions.npy"] if regions else [])
     )
 
 
@@ -206,7 +207,7 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 _FOLDER_TEMP = re.compile(
-    r"^\.(overlay|labels|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+    r"^\.(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
     r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$"
 )
 
@@ -227,11 +228,15 @@ def _start_folder(folder: Path) -> None:
     _sweep(folder, _FOLDER_TEMP)
 
 
-def _remove_stale(folder: Path, k: int, auto: bool) -> None:
-    """Pictures of an earlier run with more clusters (or k="auto") would be mistaken for this one's."""
+def _remove_stale(folder: Path, k: int, auto: bool, regions: bool = False) -> None:
+    """Files of an earlier run with more clusters (or k="auto", or regions) would be mistaken for this one's."""
     for entry in os.scandir(folder):
         m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
-        if (m and int(m.group(1)) >= k) or (entry.name == "k_selection.png" and not auto):
+        if (
+            (m and int(m.group(1)) >= k)
+            or (entry.name == "k_selection.png" and not auto)
+            or (entry.name in ("regions.png", "regions.npy") and not regions)
+        ):
             with suppress(OSError):
                 os.unlink(entry.path)
 
@@ -252,11 +257,16 @@ def write(
     alpha: float = 0.5,
     cmap: str = "viridis",
     montage: bool = True,
+    regions: float | None = None,
 ) -> dict[str, Path]:
     """Write every output of ``seg`` into ``folder`` (created if needed).
 
-    Returns the written paths by file name. ``model.json`` is written last,
-    so its presence marks a complete output folder.
+    With ``regions`` (a merge threshold, see :mod:`segsoft.regions`) also
+    ``regions.png`` (each region in its mean colour) and ``regions.npy``
+    (int32 region ids, -1 on unused pixels); ``model.json`` then records
+    the threshold and the number of regions. Returns the written paths by
+    file name. ``model.json`` is written last, so its presence marks a
+    complete output folder.
 
     Examples
     --------
@@ -291,8 +301,17 @@ def write(
 
         written["probabilities.npy"] = folder / "probabilities.npy"
         submit(put_npy)
+        if regions is not None:
+            region_map = seg.regions(regions)  # before any file, so a bad threshold writes nothing
+
+            def put_regions() -> None:
+                with atomic_path(folder / "regions.npy") as tmp:
+                    np.save(tmp, region_map)
+
+            written["regions.npy"] = folder / "regions.npy"
+            submit(put_regions)
         tiles = [("original", seg.original(MONTAGE_TILE_WIDTH))] if montage else []
-        for name, title, make in seg.pictures(alpha, cmap):
+        for name, title, make in seg.pictures(alpha, cmap, regions):
             picture = make()
             put_png(name, picture)
             if montage:
@@ -303,8 +322,10 @@ def write(
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
             job.result()  # re-raises the first write error
-    _remove_stale(folder, seg.k, seg.selection is not None)
+    _remove_stale(folder, seg.k, seg.selection is not None, regions is not None)
     record = model_record(seg)
+    if regions is not None:
+        record["regions"] = {"threshold": float(regions), "count": int(region_map.max()) + 1}
     seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
     written["model.json"] = _write_json(record, folder / "model.json")
     return written

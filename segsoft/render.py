@@ -34,6 +34,7 @@ __all__ = [
     "label_indexed",
     "uncertainty_indexed",
     "label_image",
+    "region_image",
     "normalized_entropy",
     "uncertainty_image",
     "montage",
@@ -414,6 +415,44 @@ def label_image(
     """
     pic = label_indexed(labels, colors, k)
     return pic.to_rgb() if isinstance(pic, IndexedImage) else pic
+
+
+def region_image(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True) -> np.ndarray:
+    """Each region painted in its mean colour, outlined in white; uint8 RGB (H, W, 3).
+
+    Parameters
+    ----------
+    pixels : ndarray, float (H, W, 3)
+        The image, RGB in [0, 1].
+    regions : ndarray, int (H, W)
+        Region ids, -1 on unused pixels (drawn black).
+    boundaries : bool
+        Draw the pixels where the region changes (to the right or below) white.
+
+    Examples
+    --------
+    >>> rgb = np.array([[[1.0, 0, 0], [0.5, 0, 0], [0, 0, 1.0]]])
+    >>> region_image(rgb, np.array([[0, 0, 1]]), boundaries=False)[0, :, 0].tolist()
+    [191, 191, 0]
+    """
+    rgb = np.asarray(pixels, dtype=np.float64)
+    reg = np.asarray(regions)
+    if reg.ndim != 2 or rgb.shape != (*reg.shape, 3):
+        raise SegsoftError(f"regions must be (H, W) and pixels (H, W, 3), got {reg.shape} and {rgb.shape}")
+    used = reg >= 0
+    out = np.zeros((*reg.shape, 3), dtype=np.uint8)
+    if used.any():
+        ids = reg[used]
+        n = int(ids.max()) + 1
+        counts = np.maximum(np.bincount(ids, minlength=n), 1)
+        mean = np.stack([np.bincount(ids, rgb[used][:, c], minlength=n) for c in range(3)], axis=1) / counts[:, None]
+        out[used] = np.rint(np.clip(mean, 0.0, 1.0) * 255.0).astype(np.uint8)[ids]
+    if boundaries:
+        edge = np.zeros(reg.shape, dtype=bool)
+        edge[:, :-1] |= reg[:, :-1] != reg[:, 1:]
+        edge[:-1, :] |= reg[:-1, :] != reg[1:, :]
+        out[edge & used] = 255
+    return out
 
 
 def label_indexed(

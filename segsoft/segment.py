@@ -176,17 +176,26 @@ class SoftSegmentation:
         """Normalised entropy of each pixel's memberships, float32 (H, W) in [0, 1]."""
         return render.normalized_entropy(self.probabilities)
 
-    def pictures(self, alpha: float = 0.5, cmap: str = "viridis") -> list[tuple[str, str, Callable[[], Any]]]:
+    def pictures(
+        self, alpha: float = 0.5, cmap: str = "viridis", regions: float | None = None
+    ) -> list[tuple[str, str, Callable[[], Any]]]:
         """(file name, title, renderer) of every picture in the output layout, in montage order.
 
         Renderers return uint8 RGB arrays or, for the pictures with at most
         256 colours, :class:`~segsoft.render.IndexedImage` (exact, and much
-        faster to write as PNG).
+        faster to write as PNG). With ``regions`` (a merge threshold), the
+        regions at that threshold are drawn too (``regions.png``).
         """
         labels = self.labels
         pics = [
             ("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
             ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
+        ]
+        if regions is not None:
+            pics.append(
+                ("regions.png", "regions", lambda: render.region_image(self.image.pixels, self.regions(regions)))
+            )
+        pics += [
             ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
         ]
         pics += [
@@ -209,20 +218,26 @@ class SoftSegmentation:
             pixels = pixels[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
         return np.rint(pixels * 255.0).astype(np.uint8)
 
-    def montage(self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256) -> np.ndarray:
-        """Original, overlay, labels, uncertainty and every heatmap on one sheet."""
+    def montage(
+        self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256, regions: float | None = None
+    ) -> np.ndarray:
+        """Original, overlay, labels, (regions,) uncertainty and every heatmap on one sheet."""
         tiles = [("original", self.original(tile_width))]
-        tiles += [(title, render.shrink(make(), tile_width)) for _, title, make in self.pictures(alpha, cmap)]
+        tiles += [(title, render.shrink(make(), tile_width)) for _, title, make in self.pictures(alpha, cmap, regions)]
         return render.montage(tiles, tile_width=tile_width)
 
-    def save(self, folder: str | os.PathLike, *, alpha: float = 0.5, cmap: str = "viridis") -> dict[str, Path]:
+    def save(
+        self, folder: str | os.PathLike, *, alpha: float = 0.5, cmap: str = "viridis", regions: float | None = None
+    ) -> dict[str, Path]:
         """Write every output (pictures, probabilities.npy, model.json) into ``folder``.
 
-        Returns the written paths by name. See :func:`segsoft.outputs.write`.
+        With ``regions`` (a merge threshold, e.g. ``segsoft.regions.MERGE_THRESHOLD``)
+        also ``regions.png`` and ``regions.npy``. Returns the written paths by
+        name. See :func:`segsoft.outputs.write`.
         """
         from .outputs import write
 
-        return write(self, folder, alpha=alpha, cmap=cmap)
+        return write(self, folder, alpha=alpha, cmap=cmap, regions=regions)
 
 
 def make_model(
