@@ -212,15 +212,17 @@ def region_hierarchy(
     if superpixel_size < 1:
         raise ValueError(f"superpixel_size must be >= 1, got {superpixel_size}")
     shape = (int(rgb.shape[0]), int(rgb.shape[1]))
-    finite = np.isfinite(probabilities).all(axis=-1)
-    used = finite if mask is None else np.asarray(mask, dtype=bool) & finite
-    full_mask = None if used.all() else used
-    if not used.any():
-        return RegionHierarchy(np.full(shape, -1, np.int32), np.empty((0, 3)), shape, full_mask, 1)
-
+    if mask is not None and np.shape(mask) != shape:
+        raise ValueError(f"mask must be (H, W) = {shape}, got {np.shape(mask)}")
     factor = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / WORK_PIXELS)))
-    probabilities = np.where(used[..., None], probabilities, 0.0)
-    rgb_w, p_w, used_w = _downscale(rgb, probabilities, used, factor)
+    rgb_w, p_w, used_w, used = _working_copy(rgb, probabilities, mask, factor)
+    full_mask = None if used.all() else used
+    if not used_w.any():
+        if used.any():  # a few scattered pixels, too sparse to fill any block: work at full resolution
+            factor = 1
+            rgb_w, p_w, used_w, used = _working_copy(rgb, probabilities, mask, 1)
+        else:
+            return RegionHierarchy(np.full(shape, -1, np.int32), np.empty((0, 3)), shape, full_mask, 1)
     h, w = used_w.shape
     lab = rgb_to_lab(rgb_w.reshape(-1, 3)).reshape(h, w, 3)
     contrast = np.zeros((h, w))
@@ -238,22 +240,43 @@ def region_hierarchy(
     return RegionHierarchy(sp, merges, shape, full_mask, factor)
 
 
-def _downscale(rgb: np.ndarray, p: np.ndarray, used: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block means over the used pixels of f x f blocks (edge blocks padded by repetition)."""
+def _working_copy(
+    rgb: np.ndarray, p: np.ndarray, mask: np.ndarray | None, f: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Image and memberships averaged over the used pixels of f x f blocks.
+
+    Returns (rgb, memberships, used) at the working resolution and the used
+    pixels at full resolution (finite memberships, inside ``mask``). A block
+    is used when at least half its pixels are. Works through bands of f
+    rows, so a large image costs no full-size temporary.
+    """
+    H, W = p.shape[:2]
+    K = p.shape[2]
     if f == 1:
-        return rgb, p, used
-    H, W = used.shape
-    ph, pw = -H % f, -W % f
-
-    def blocks(a: np.ndarray) -> np.ndarray:
-        a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-        return a.reshape(a.shape[0] // f, f, a.shape[1] // f, f, *a.shape[2:]).sum(axis=(1, 3))
-
-    weight = blocks(used.astype(np.float32))
-    safe = np.maximum(weight, 1e-12)[..., None]
-    rgb_w = blocks(np.where(used[..., None], rgb, 0.0).astype(np.float32)) / safe
-    p_w = blocks(p) / safe
-    return rgb_w.astype(np.float32), p_w.astype(np.float32), weight >= 0.5 * f * f
+        used = np.isfinite(p).all(axis=-1)
+        if mask is not None:
+            used &= np.asarray(mask, dtype=bool)
+        keep = used[..., None]
+        return np.where(keep, rgb, 0.0).astype(np.float32), np.where(keep, p, 0.0).astype(np.float32), used, used
+    starts = np.arange(0, W, f)
+    widths = np.diff(np.append(starts, W))
+    h = -(-H // f)
+    rgb_w = np.zeros((h, len(starts), 3), np.float32)
+    p_w = np.zeros((h, len(starts), K), np.float32)
+    used_w = np.zeros((h, len(starts)), bool)
+    used = np.empty((H, W), bool)
+    for i, r0 in enumerate(range(0, H, f)):
+        band = p[r0 : r0 + f]
+        u = np.isfinite(band).all(axis=-1)
+        if mask is not None:
+            u &= np.asarray(mask[r0 : r0 + f], dtype=bool)
+        used[r0 : r0 + f] = u
+        weight = np.add.reduceat(u.sum(axis=0), starts)
+        safe = np.maximum(weight, 1)[:, None]
+        p_w[i] = np.add.reduceat(np.where(u[..., None], band, 0.0).sum(axis=0, dtype=np.float64), starts) / safe
+        rgb_w[i] = np.add.reduceat(np.where(u[..., None], rgb[r0 : r0 + f], 0.0).sum(axis=0), starts) / safe
+        used_w[i] = weight >= 0.5 * widths * band.shape[0]
+    return rgb_w, p_w, used_w, used
 
 
 def _upscale(small: np.ndarray, f: int, shape: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:

@@ -35,6 +35,7 @@ __all__ = [
     "uncertainty_indexed",
     "label_image",
     "region_image",
+    "region_indexed",
     "normalized_entropy",
     "uncertainty_image",
     "montage",
@@ -435,24 +436,42 @@ def region_image(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True)
     >>> region_image(rgb, np.array([[0, 0, 1]]), boundaries=False)[0, :, 0].tolist()
     [191, 191, 0]
     """
-    rgb = np.asarray(pixels, dtype=np.float64)
+    pic = region_indexed(pixels, regions, boundaries)
+    return pic.to_rgb() if isinstance(pic, IndexedImage) else pic
+
+
+def region_indexed(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True) -> IndexedImage | np.ndarray:
+    """:func:`region_image` as palette indices (exact) when there are at most 254 regions, else uint8 RGB.
+
+    Examples
+    --------
+    >>> pic = region_indexed(np.ones((1, 3, 3)), np.array([[0, 1, -1]]), boundaries=False)
+    >>> pic.indices.tolist(), pic.palette.tolist()
+    ([[0, 1, 2]], [[255, 255, 255], [255, 255, 255], [0, 0, 0], [255, 255, 255]])
+    """
+    rgb = np.asarray(pixels)
     reg = np.asarray(regions)
     if reg.ndim != 2 or rgb.shape != (*reg.shape, 3):
         raise SegsoftError(f"regions must be (H, W) and pixels (H, W, 3), got {reg.shape} and {rgb.shape}")
-    used = reg >= 0
-    out = np.zeros((*reg.shape, 3), dtype=np.uint8)
-    if used.any():
-        ids = reg[used]
-        n = int(ids.max()) + 1
-        counts = np.maximum(np.bincount(ids, minlength=n), 1)
-        mean = np.stack([np.bincount(ids, rgb[used][:, c], minlength=n) for c in range(3)], axis=1) / counts[:, None]
-        out[used] = np.rint(np.clip(mean, 0.0, 1.0) * 255.0).astype(np.uint8)[ids]
+    flat = reg.ravel()
+    n = int(flat.max()) + 1 if flat.size else 0
+    ids = np.where(flat >= 0, flat, n)  # unused pixels: one extra bin
+    counts = np.maximum(np.bincount(ids, minlength=n + 1), 1)
+    mean = np.stack(
+        [np.bincount(ids, rgb[..., c].ravel().astype(np.float64), minlength=n + 1) for c in range(3)], axis=1
+    )
+    palette = np.rint(np.clip(mean / counts[:, None], 0.0, 1.0) * 255.0).astype(np.uint8)
+    palette[n] = 0  # unused: black
+    palette = np.concatenate([palette, np.full((1, 3), 255, np.uint8)])  # n + 1: boundary white
+    index = ids.reshape(reg.shape)
     if boundaries:
         edge = np.zeros(reg.shape, dtype=bool)
         edge[:, :-1] |= reg[:, :-1] != reg[:, 1:]
         edge[:-1, :] |= reg[:-1, :] != reg[1:, :]
-        out[edge & used] = 255
-    return out
+        index = np.where(edge & (reg >= 0), n + 1, index)
+    if n + 2 <= 256:
+        return IndexedImage(index.astype(np.uint8), palette)
+    return np.take(palette, index, axis=0)
 
 
 def label_indexed(

@@ -193,7 +193,7 @@ class SoftSegmentation:
         ]
         if regions is not None:
             pics.append(
-                ("regions.png", "regions", lambda: render.region_image(self.image.pixels, self.regions(regions)))
+                ("regions.png", "regions", lambda: render.region_indexed(self.image.pixels, self.regions(regions)))
             )
         pics += [
             ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
