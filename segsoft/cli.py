@@ -201,14 +201,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, SegmentOptions field)
     "k": (str, typer.Option("4", "-k", "--k", help="Number of clusters, or auto to choose it by --criterion."), "k"),
+    # None: not given (the SegmentOptions default applies); given where it has no effect, it is an error
     "k_range": (
-        str,
-        typer.Option("2..10", "--k-range", help="With -k auto: the smallest and largest k tried."),
+        str | None,
+        typer.Option(None, "--k-range", help="With -k auto: the smallest and largest k tried (default 2..10)."),
         "k_range",
     ),
     "criterion": (
-        str,
-        typer.Option("icl", "--criterion", help="With -k auto: icl or bic (lower is better)."),
+        str | None,
+        typer.Option(None, "--criterion", help="With -k auto: icl (default) or bic (lower is better)."),
         "criterion",
     ),
     "color": (str, typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."), "color"),
@@ -242,11 +243,11 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
         "regions",
     ),
     "region_threshold": (
-        float,
+        float | None,
         typer.Option(
-            MERGE_THRESHOLD,
+            None,
             "--region-threshold",
-            help="With --regions: merge cost to stop at (higher = fewer, larger regions).",
+            help=f"With --regions: merge cost to stop at (default {MERGE_THRESHOLD}; higher = fewer, larger regions).",
         ),
         "region_threshold",
     ),
@@ -268,6 +269,12 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
 }
 _MODEL_OPTIONS = tuple(_OPTIONS)
+# options that mean something only together with another: field -> (in effect?, flag, with what)
+_ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
+    "k_range": (lambda v: v.get("k") == "auto", "--k-range", "-k auto"),
+    "criterion": (lambda v: v.get("k") == "auto", "--criterion", "-k auto"),
+    "region_threshold": (lambda v: bool(v.get("regions")), "--region-threshold", "--regions"),
+}
 _RENDER_OPTIONS = ("alpha", "cmap", "regions", "region_threshold", "max_pixels")
 
 
@@ -290,10 +297,16 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
             values = {_OPTIONS[name][2]: kwargs.pop(name) for name in names}
+            given = {field for field in _ONLY_WITH if values.get(field) is not None}
+            values = {f: v for f, v in values.items() if not (f in _ONLY_WITH and v is None)}
             if "k" in values:
                 values["k"] = _parse_k(values["k"])
-            if "k_range" in values:
+            if values.get("k_range") is not None:
                 values["k_range"] = _parse_range(values["k_range"])
+            for field in sorted(given):
+                in_effect, flag, other = _ONLY_WITH[field]
+                if not in_effect(values):
+                    raise SegsoftError(f"{flag} only applies with {other}")
             from .batch import SegmentOptions
 
             return fn(opts=SegmentOptions(**values), **kwargs)

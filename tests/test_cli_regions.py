@@ -165,3 +165,18 @@ def test_evaluate_a_folder_of_images_with_regions(tmp_path):
     assert "2 scored" in result.stdout
     pri = float(next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("PRI")))
     assert pri > 0.95
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--criterion", "bic"], "--criterion only applies with -k auto"),
+        (["-k", "3", "--k-range", "2..5"], "--k-range only applies with -k auto"),
+        (["--region-threshold", "0.2"], "--region-threshold only applies with --regions"),
+    ],
+)
+def test_options_that_would_be_ignored_are_errors(tmp_path, args, message):
+    result = segsoft("run", SAMPLE, *args, "-o", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"segsoft: error: {message}"]
+    assert not any(tmp_path.iterdir())
