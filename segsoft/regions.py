@@ -66,6 +66,7 @@ CONTRAST_UNIT = 20.0  # Sobel magnitude of blurred Lab (8x the gradient in Delta
 CONTRAST_FLOOR = 0.05  # contrast added to every boundary, so smooth ramps between different regions still count
 _BLUR = 1.0  # Gaussian sigma (pixels) before the Sobel filter: denoises without moving edges
 _COMPACTNESS = 10.0  # SLIC's balance of colour against position (its default for Lab)
+_FRAGMENT = 0.25  # superpixel pieces under this share of SUPERPIXEL_SIZE join a neighbour
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class RegionHierarchy:
         0 gives the superpixels themselves.
         """
         n = self.n_superpixels
+        if n == 0:  # nothing used
+            return np.full(self.shape, -1, dtype=np.int32)
         parent = np.arange(n)
         for a, b, _ in self.merges[: self._n_merges(threshold)]:
             parent[int(b)] = int(a)
@@ -231,7 +234,7 @@ def region_hierarchy(
         contrast += ndimage.sobel(channel, 0) ** 2 + ndimage.sobel(channel, 1) ** 2
     contrast = np.sqrt(contrast) / CONTRAST_UNIT
 
-    sp = _superpixels(rgb_w, used_w, superpixel_size)
+    sp = _superpixels(rgb_w, lab, used_w, superpixel_size)
     n = int(sp.max()) + 1
     flat = sp[used_w]
     counts = np.bincount(flat, minlength=n).astype(np.float64)
@@ -295,10 +298,14 @@ def _upscale(small: np.ndarray, f: int, shape: tuple[int, int], mask: np.ndarray
     return out
 
 
-def _superpixels(rgb: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
-    """SLIC superpixels of the used pixels, ids 0..n-1 (-1 elsewhere).
+def _superpixels(rgb: np.ndarray, lab: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
+    """SLIC superpixels of the used pixels, connected, ids 0..n-1 (-1 elsewhere).
 
-    Images too thin for SLIC's grid fall back to connected blocks.
+    SLIC's own clean-up gives each stray fragment to whichever neighbour it
+    meets first, which can carry it across a strong edge; here fragments
+    under a quarter of ``size`` join the neighbour closest in mean Lab colour
+    instead (:func:`_absorb_fragments`). Images too thin for SLIC's grid fall
+    back to connected blocks.
     """
     n_used = int(used.sum())
     h, w = used.shape
@@ -313,6 +320,7 @@ def _superpixels(rgb: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
             start_label=1,
             mask=None if used.all() else used,
             channel_axis=-1,
+            enforce_connectivity=False,
         ).astype(np.int64)
         sp -= 1
         sp[~used] = -1
@@ -320,11 +328,54 @@ def _superpixels(rgb: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
         side = max(1, math.isqrt(size)) if min(h, w) >= 4 else max(1, size)
         sp = (np.arange(h)[:, None] // side) * (w // side + 1) + np.arange(w)[None, :] // side
         sp = np.where(used, sp, -1)
-    # number the superpixels 0..n-1, then split any that SLIC left in pieces
+    # split every superpixel into its connected pieces, numbered 0..n-1, then absorb the small ones
     from skimage.measure import label as components
 
     sp = components(sp + 1, connectivity=1, background=0).astype(np.int64) - 1
-    return sp.astype(np.int32)
+    return _absorb_fragments(sp, lab, used, _FRAGMENT * size).astype(np.int32)
+
+
+def _absorb_fragments(sp: np.ndarray, lab: np.ndarray, used: np.ndarray, min_size: float) -> np.ndarray:
+    """Merge pieces under ``min_size`` pixels into their neighbour of closest mean colour, round by round."""
+    for _ in range(32):
+        n = int(sp.max()) + 1
+        flat = sp[used]
+        sizes = np.bincount(flat, minlength=n)
+        small = sizes < min_size
+        if n <= 1 or not small.any():
+            break
+        colors = lab[used]
+        means = np.stack([np.bincount(flat, colors[:, c], minlength=n) for c in range(3)], axis=1)
+        means /= np.maximum(sizes, 1)[:, None]
+        a = np.concatenate([sp[:, :-1].ravel(), sp[:-1, :].ravel()])
+        b = np.concatenate([sp[:, 1:].ravel(), sp[1:, :].ravel()])
+        edge = (a != b) & (a >= 0) & (b >= 0)
+        a, b = np.concatenate([a[edge], b[edge]]), np.concatenate([b[edge], a[edge]])
+        a, b = a[small[a]], b[small[a]]
+        if a.size == 0:
+            break  # the small pieces touch nothing they could join
+        pairs = np.unique(a * n + b)
+        src, dst = pairs // n, pairs % n
+        # per small piece, the first after sorting by (piece, colour distance, larger neighbour first)
+        order = np.lexsort((-sizes[dst], ((means[src] - means[dst]) ** 2).sum(axis=1), src))
+        src, dst = src[order], dst[order]
+        first = np.r_[True, src[1:] != src[:-1]]
+        ids = np.arange(n)
+        target = ids.copy()
+        target[src[first]] = dst[first]
+        cycle = (target[target] == ids) & (target < ids)  # two pieces choosing each other: the lower id stays
+        target[cycle] = ids[cycle]
+        for _ in range(64):  # follow chains of merges to their ends
+            nxt = target[target]
+            if np.array_equal(nxt, target):
+                break
+            target = nxt
+        merged = np.where(used, target[np.maximum(sp, 0)], -1)
+        _, merged[used] = np.unique(merged[used], return_inverse=True)
+        if np.array_equal(merged, sp):
+            break
+        sp = merged
+    return sp
 
 
 def _adjacency(sp: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
