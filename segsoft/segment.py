@@ -72,6 +72,7 @@ class SoftSegmentation:
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
+    _region_maps: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -117,7 +118,11 @@ class SoftSegmentation:
         >>> sorted(np.unique(regions).tolist())
         [0, 1]
         """
-        return self.hierarchy.labels(threshold)
+        key = float(threshold)
+        if key not in self._region_maps:  # run, save and the summary all ask for the same cut
+            self._region_maps.clear()
+            self._region_maps[key] = self.hierarchy.labels(threshold)
+        return self._region_maps[key].copy()
 
     @property
     def bic(self) -> float | None:
