@@ -10,6 +10,7 @@ humans (see :mod:`segsoft.evaluate`).
     python benchmarks/bench_quality.py                 # ../shared/data/bsds-dev next to the repo
     python benchmarks/bench_quality.py --data DIR --jobs 2
     python benchmarks/bench_quality.py --sweep         # also the k=12 regions at other thresholds
+    python benchmarks/bench_quality.py --scale 2.5     # every method on the images enlarged 2.5x
 
 Methods: segsoft's cluster labels (k = 4, plain and with the spatial prior),
 the same as connected regions (patches, specks under 1 % merged), segsoft's
@@ -48,9 +49,15 @@ METHODS: dict[str, tuple[dict | str, str]] = {
 }
 
 
-def score_image(args: tuple[str, Path, str, tuple[float, ...]]) -> tuple[str, dict[str, dict[str, float]], float]:
-    """Scores of one method on one image: {label: {pri, voi, covering, regions}}, seconds."""
-    method, data, image_id, sweep = args
+def score_image(
+    args: tuple[str, Path, str, tuple[float, ...], float],
+) -> tuple[str, dict[str, dict[str, float]], float]:
+    """Scores of one method on one image: {label: {pri, voi, covering, regions}}, seconds.
+
+    With ``scale`` != 1 the image is resized first (bilinear) and each label
+    map is sampled back to the ground truth's grid (nearest).
+    """
+    method, data, image_id, sweep, scale = args
     from PIL import Image as PILImage
 
     import segsoft
@@ -59,6 +66,11 @@ def score_image(args: tuple[str, Path, str, tuple[float, ...]]) -> tuple[str, di
 
     rgb = np.asarray(PILImage.open(data / "images" / f"{image_id}.jpg").convert("RGB"))
     gts = load_ground_truth(data / "gt" / f"{image_id}.npz")
+    height, width = rgb.shape[:2]
+    if scale != 1:
+        rgb = np.asarray(
+            PILImage.fromarray(rgb).resize((round(width * scale), round(height * scale)), PILImage.Resampling.BILINEAR)
+        )
     setting, mode = METHODS[method]
     start = time.perf_counter()
     maps: dict[str, np.ndarray] = {}
@@ -86,8 +98,11 @@ def score_image(args: tuple[str, Path, str, tuple[float, ...]]) -> tuple[str, di
             for t in sweep:
                 maps[f"{method[: method.index('(')]}threshold {t}"] = seg.regions(t)
     seconds = time.perf_counter() - start
+    rows = np.minimum((np.arange(height) * scale).astype(int), rgb.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * scale).astype(int), rgb.shape[1] - 1)
     scores = {}
     for name, labels in maps.items():
+        labels = np.asarray(labels)[rows][:, cols]
         scores[name] = {**evaluate_labels(labels, gts), "regions": float(len(np.unique(labels)))}
     return method, scores, seconds
 
@@ -98,19 +113,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the method names")
     parser.add_argument("--sweep", action="store_true", help="also score the k=12 regions at other thresholds")
+    parser.add_argument("--scale", type=float, default=1.0, help="resize the images by this factor first")
     args = parser.parse_args()
     ids = sorted(p.stem for p in (args.data / "images").glob("*.jpg"))
     if not ids:
         raise SystemExit(f"no images in {args.data / 'images'}")
     methods = [m for m in args.methods.split(",") if m]
-    print(f"# {len(ids)} images from {args.data.name}; one fixed setting per method for every image")
+    scaled = f", enlarged {args.scale:g}x" if args.scale != 1 else ""
+    print(f"# {len(ids)} images from {args.data.name}{scaled}; one fixed setting per method for every image")
     header = f"{'method':<46} {'PRI':>6} {'VoI':>6} {'Covering':>9} {'regions':>8} {'s/image':>8}"
     print(header)
     print("-" * len(header))
     with Pool(args.jobs) as pool:
         for method in methods:
             sweep = SWEEP if args.sweep and method == "segsoft k=12 (merged regions)" else ()
-            rows = pool.map(score_image, [(method, args.data, i, sweep) for i in ids])
+            rows = pool.map(score_image, [(method, args.data, i, sweep, args.scale) for i in ids])
             seconds = np.mean([r[2] for r in rows])
             for name in rows[0][1]:
                 mean = {key: np.mean([r[1][name][key] for r in rows]) for key in ("pri", "voi", "covering", "regions")}
