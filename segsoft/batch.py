@@ -50,7 +50,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
-from .regions import MERGE_THRESHOLD
+from .regions import MERGE_THRESHOLD, check_threshold
 from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_model, output_files, write
 from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
@@ -193,8 +193,10 @@ def check_render_options(alpha: float, cmap: str, region_threshold: float = MERG
     render.colormap_lut(cmap)
     if not 0.0 <= alpha <= 1.0:
         raise SegsoftError(f"--alpha must be between 0 and 1, got {alpha}")
-    if not (region_threshold >= 0 and math.isfinite(region_threshold)):
-        raise SegsoftError(f"--region-threshold must be a finite number >= 0, got {region_threshold!r}")
+    try:
+        check_threshold(region_threshold)
+    except ValueError:
+        raise SegsoftError(f"--region-threshold must be a finite number >= 0, got {region_threshold!r}") from None
 
 
 @dataclass
@@ -391,7 +393,8 @@ def apply_batch(
     alpha: float = 0.5,
     cmap: str = "viridis",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    regions: float | None = None,
+    regions: bool = False,
+    region_threshold: float = MERGE_THRESHOLD,
     recursive: bool = False,
     jobs: int | None = None,
     skip_existing: bool = False,
@@ -402,8 +405,8 @@ def apply_batch(
     Every image goes through the model's fitted feature transform and gets
     the model's memberships: same clusters, same numbers, same colours. The
     outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing`` and
-    ``progress`` work as in :func:`run_batch`; ``regions`` (a merge threshold)
-    also writes each image's regions.
+    ``progress`` work as in :func:`run_batch`; ``regions`` also writes each
+    image's regions, cut at ``region_threshold``.
 
     Raises
     ------
@@ -418,17 +421,18 @@ def apply_batch(
     (120, 0)
     """
     t0 = time.perf_counter()
-    check_render_options(alpha, cmap, MERGE_THRESHOLD if regions is None else regions)
+    check_render_options(alpha, cmap, region_threshold)
+    cut = float(region_threshold) if regions else None
     fitted, spec, record = load_model(model)
     if not spec.fitted:
         raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")
     digest = _model_digest(fitted)
     items, out = _prepare(inputs, output, recursive)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
-    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, regions)
+    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, cut)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
-        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **_expect_regions(regions)})
+        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **_expect_regions(cut)})
     return batch.report
 
 
@@ -704,7 +708,14 @@ def _as_row(result: Any, path: str) -> BatchResult:
 def _finish(
     seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float, regions: float | None = None
 ) -> BatchResult:
-    write(seg, folder, alpha=alpha, cmap=cmap, regions=regions)
+    write(
+        seg,
+        folder,
+        alpha=alpha,
+        cmap=cmap,
+        regions=regions is not None,
+        region_threshold=MERGE_THRESHOLD if regions is None else regions,
+    )
     model = seg.model
     return BatchResult(
         path,

@@ -350,7 +350,7 @@ def run(
     if save_model is not None:
         check_writable(save_model.parent)
     seg = segment(image, **opts.segment_kwargs())
-    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.region_cut)
+    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.regions, region_threshold=opts.region_threshold)
     if save_model is not None:
         write_model(seg, save_model)
     if not quiet:
@@ -431,7 +431,8 @@ def apply(
             alpha=opts.alpha,
             cmap=opts.cmap,
             max_pixels=opts.max_pixels,
-            regions=opts.region_cut,
+            regions=opts.regions,
+            region_threshold=opts.region_threshold,
             recursive=recursive,
             jobs=jobs,
             skip_existing=skip_existing,

@@ -939,6 +939,11 @@ def evaluate_directory(
     errors: dict[str, str] = {}
     labels: dict[str, np.ndarray] = {}
     as_is: set[str] = set()  # region maps, not cluster labels: no connected-patch post-processing
+    if found and regions is not None:
+        raise SegsoftError(
+            f"{path}: holds predictions, which are scored as they are (regions.npy first); "
+            "--regions applies to a folder of images"
+        )
     if found:
         for image_id, pred in found.items():
             if image_id in ground_truth:

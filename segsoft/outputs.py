@@ -38,6 +38,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes
 from .mixture import model_from_dict
+from .regions import MERGE_THRESHOLD, check_threshold
 
 if TYPE_CHECKING:
     from .segment import SoftSegmentation
@@ -257,12 +258,13 @@ def write(
     alpha: float = 0.5,
     cmap: str = "viridis",
     montage: bool = True,
-    regions: float | None = None,
+    regions: bool = False,
+    region_threshold: float = MERGE_THRESHOLD,
 ) -> dict[str, Path]:
     """Write every output of ``seg`` into ``folder`` (created if needed).
 
-    With ``regions`` (a merge threshold, see :mod:`segsoft.regions`) also
-    ``regions.png`` (each region in its mean colour) and ``regions.npy``
+    With ``regions`` also ``regions.png`` (each region in its mean colour,
+    cut at ``region_threshold``, see :mod:`segsoft.regions`) and ``regions.npy``
     (int32 region ids, -1 on unused pixels); ``model.json`` then records
     the threshold and the number of regions. Returns the written paths by
     file name. ``model.json`` is written last, so its presence marks a
@@ -275,6 +277,11 @@ def write(
     ['labels.png', 'model.json']
     """
     folder = Path(folder)
+    if regions:
+        try:  # before anything is touched: a bad threshold must not leave the folder half rewritten
+            region_threshold = check_threshold(region_threshold)
+        except ValueError as exc:
+            raise SegsoftError(f"{folder}: {exc}") from None
     _prepare_folder(folder)
     _start_folder(folder)
     t0 = time.perf_counter()
@@ -301,8 +308,8 @@ def write(
 
         written["probabilities.npy"] = folder / "probabilities.npy"
         submit(put_npy)
-        if regions is not None:
-            region_map = seg.regions(regions)  # before any file, so a bad threshold writes nothing
+        if regions:
+            region_map = seg.regions(region_threshold)
 
             def put_regions() -> None:
                 with atomic_path(folder / "regions.npy") as tmp:
@@ -311,7 +318,7 @@ def write(
             written["regions.npy"] = folder / "regions.npy"
             submit(put_regions)
         tiles = [("original", seg.original(MONTAGE_TILE_WIDTH))] if montage else []
-        for name, title, make in seg.pictures(alpha, cmap, regions):
+        for name, title, make in seg.pictures(alpha, cmap, regions, region_threshold):
             picture = make()
             put_png(name, picture)
             if montage:
@@ -322,10 +329,10 @@ def write(
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
             job.result()  # re-raises the first write error
-    _remove_stale(folder, seg.k, seg.selection is not None, regions is not None)
+    _remove_stale(folder, seg.k, seg.selection is not None, regions)
     record = model_record(seg)
-    if regions is not None:
-        record["regions"] = {"threshold": float(regions), "count": int(region_map.max()) + 1}
+    if regions:
+        record["regions"] = {"threshold": region_threshold, "count": int(region_map.max()) + 1}
     seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
     written["model.json"] = _write_json(record, folder / "model.json")
     return written

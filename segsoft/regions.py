@@ -24,18 +24,17 @@ boundary-aware agglomeration:
    is the mean colour contrast along their shared boundary (the Sobel
    gradient magnitude of the slightly blurred Lab image, in units of
    :data:`CONTRAST_UNIT`); ``floor`` keeps two different regions apart even
-   across a soft boundary. The size factor (the harmonic mean of the two
-   sizes, as a share of the ``N`` used pixels) lets specks and slivers merge
-   early and makes large regions hard to merge.
+   across a soft boundary. The size factor (``n_a n_b / (n_a + n_b)``, half
+   the harmonic mean of the two sizes, as a share of the ``N`` used pixels)
+   lets specks and slivers merge early and makes large regions hard to merge.
 4. Merging stops when the cheapest merge costs more than ``threshold``.
 
 The merge order does not depend on the threshold, so :class:`RegionHierarchy`
 keeps the whole sequence and gives the regions at any threshold without
 redoing the work. Images over :data:`WORK_PIXELS` are merged on a
 block-averaged copy of about that size (the settings are in pixels, so this
-keeps the result the same at any resolution); the region map is scaled back
-up and its boundaries redrawn at full resolution by the memberships
-(:func:`_refine`).
+keeps the result the same at any resolution) and the region map is scaled
+back up, so boundaries are placed to within a block (``factor`` pixels).
 
 :func:`connected_regions` is the simpler alternative: the 4-connected patches
 of a hard label map, specks merged into a neighbour.
@@ -57,6 +56,7 @@ __all__ = [
     "MERGE_THRESHOLD",
     "SUPERPIXEL_SIZE",
     "RegionHierarchy",
+    "check_threshold",
     "connected_regions",
     "merge_regions",
     "region_hierarchy",
@@ -65,8 +65,7 @@ __all__ = [
 MERGE_THRESHOLD = 0.15  # default cost at which merging stops
 SUPERPIXEL_SIZE = 150  # pixels per superpixel (about 12 x 12)
 # The settings here are in pixels and were chosen on 0.15 MP photos (BSDS500): larger images are merged
-# on a block-averaged copy of about this size, so regions come out alike at any resolution, and their
-# boundaries are then refined at full resolution by the memberships.
+# on a block-averaged copy of about this size, so regions come out alike at any resolution.
 WORK_PIXELS = 160_000
 CONTRAST_UNIT = 20.0  # Sobel magnitude of blurred Lab (8x the gradient in Delta E per pixel) counted as 1
 CONTRAST_FLOOR = 0.05  # contrast added to every boundary, so smooth ramps between different regions still count
@@ -94,11 +93,6 @@ class RegionHierarchy:
         Used pixels at full resolution (None: all).
     factor : int
         Block size of the working copy (1: full resolution).
-    sums : ndarray (n, K) or None
-        Each superpixel's summed memberships (region descriptors).
-    probabilities : ndarray (H, W, K) or None
-        The full-resolution memberships (not a copy), to refine region
-        boundaries when ``factor > 1``.
     """
 
     superpixels: np.ndarray
@@ -106,8 +100,6 @@ class RegionHierarchy:
     shape: tuple[int, int]
     mask: np.ndarray | None = None
     factor: int = 1
-    sums: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
 
     @property
     def n_superpixels(self) -> int:
@@ -118,7 +110,7 @@ class RegionHierarchy:
         return self.n_superpixels - self._n_merges(threshold)
 
     def _n_merges(self, threshold: float) -> int:
-        threshold = _check_threshold(threshold)
+        threshold = check_threshold(threshold)
         over = np.flatnonzero(self.merges[:, 2] > threshold)
         return int(over[0]) if over.size else len(self.merges)
 
@@ -141,16 +133,13 @@ class RegionHierarchy:
             parent = nxt
         _, ids = np.unique(parent, return_inverse=True)
         small = np.where(self.superpixels >= 0, ids[np.maximum(self.superpixels, 0)], -1).astype(np.int32)
-        out = _upscale(small, self.factor, self.shape, self.mask)
-        if self.factor > 1 and self.sums is not None and self.probabilities is not None:
-            region_sums = np.zeros((int(ids.max()) + 1, self.sums.shape[1]))
-            np.add.at(region_sums, ids, self.sums)
-            totals = np.maximum(region_sums.sum(axis=1, keepdims=True), 1e-12)
-            _refine(out, small, self.factor, self.probabilities, np.sqrt(region_sums / totals))
-        return out
+        return _upscale(small, self.factor, self.shape, self.mask)
 
 
-def _check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float, or ValueError unless it is a finite number >= 0 (a bool is a mistake)."""
+    if isinstance(threshold, (bool, np.bool_)):
+        raise ValueError(f"region threshold must be a number, got {threshold!r}")  # noqa: TRY004 - one error type for callers
     threshold = float(threshold)
     if not (threshold >= 0 and math.isfinite(threshold)):
         raise ValueError(f"region threshold must be a finite number >= 0, got {threshold!r}")
@@ -237,14 +226,13 @@ def region_hierarchy(
     if mask is not None and np.shape(mask) != shape:
         raise ValueError(f"mask must be (H, W) = {shape}, got {np.shape(mask)}")
     factor = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / WORK_PIXELS)))
-    rgb_w, p_w, used_w, used = _working_copy(rgb, probabilities, mask, factor)
+    rgb_w, p_w, share, used = _working_copy(rgb, probabilities, mask, factor)
     full_mask = None if used.all() else used
+    used_w = share >= 0.5
+    if not used_w.any():  # scattered pixels (dithered alpha): no block half used, so any use counts
+        used_w = share > 0
     if not used_w.any():
-        if used.any():  # a few scattered pixels, too sparse to fill any block: work at full resolution
-            factor = 1
-            rgb_w, p_w, used_w, used = _working_copy(rgb, probabilities, mask, 1)
-        else:
-            return RegionHierarchy(np.full(shape, -1, np.int32), np.empty((0, 3)), shape, full_mask, 1)
+        return RegionHierarchy(np.full(shape, -1, np.int32), np.empty((0, 3)), shape, full_mask, factor)
     h, w = used_w.shape
     lab = rgb_to_lab(rgb_w.reshape(-1, 3)).reshape(h, w, 3)
     contrast = np.zeros((h, w))
@@ -259,7 +247,7 @@ def region_hierarchy(
     counts = np.bincount(flat, minlength=n).astype(np.float64)
     sums = np.stack([np.bincount(flat, p_w[used_w][:, j], minlength=n) for j in range(p_w.shape[2])], axis=1)
     merges = _greedy_merges(sp, sums, counts, contrast)
-    return RegionHierarchy(sp, merges, shape, full_mask, factor, sums, probabilities if factor > 1 else None)
+    return RegionHierarchy(sp, merges, shape, full_mask, factor)
 
 
 def _working_copy(
@@ -267,10 +255,10 @@ def _working_copy(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Image and memberships averaged over the used pixels of f x f blocks.
 
-    Returns (rgb, memberships, used) at the working resolution and the used
-    pixels at full resolution (finite memberships, inside ``mask``). A block
-    is used when at least half its pixels are. Works through bands of f
-    rows, so a large image costs no full-size temporary.
+    Returns (rgb, memberships, share of used pixels) at the working
+    resolution and the used pixels at full resolution (finite memberships,
+    inside ``mask``). Works through bands of f rows, so a large image costs
+    no full-size temporary.
     """
     H, W = p.shape[:2]
     K = p.shape[2]
@@ -279,13 +267,14 @@ def _working_copy(
         if mask is not None:
             used &= np.asarray(mask, dtype=bool)
         keep = used[..., None]
-        return np.where(keep, rgb, 0.0).astype(np.float32), np.where(keep, p, 0.0).astype(np.float32), used, used
+        rgb_w, p_w = np.where(keep, rgb, 0.0).astype(np.float32), np.where(keep, p, 0.0).astype(np.float32)
+        return rgb_w, p_w, used.astype(np.float32), used
     starts = np.arange(0, W, f)
     widths = np.diff(np.append(starts, W))
     h = -(-H // f)
     rgb_w = np.zeros((h, len(starts), 3), np.float32)
     p_w = np.zeros((h, len(starts), K), np.float32)
-    used_w = np.zeros((h, len(starts)), bool)
+    share = np.zeros((h, len(starts)), np.float32)
     used = np.empty((H, W), bool)
     for i, r0 in enumerate(range(0, H, f)):
         band = p[r0 : r0 + f]
@@ -297,58 +286,51 @@ def _working_copy(
         safe = np.maximum(weight, 1)[:, None]
         p_w[i] = np.add.reduceat(np.where(u[..., None], band, 0.0).sum(axis=0, dtype=np.float64), starts) / safe
         rgb_w[i] = np.add.reduceat(np.where(u[..., None], rgb[r0 : r0 + f], 0.0).sum(axis=0), starts) / safe
-        used_w[i] = weight >= 0.5 * widths * band.shape[0]
-    return rgb_w, p_w, used_w, used
+        share[i] = weight / (widths * band.shape[0])
+    return rgb_w, p_w, share, used
 
 
 def _upscale(small: np.ndarray, f: int, shape: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
-    """Nearest-neighbour back to full size; used pixels of unused blocks take the nearest region."""
-    if f > 1:
-        small = np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: shape[0], : shape[1]]
-    out = np.ascontiguousarray(small, dtype=np.int32)
-    if mask is not None:
-        gap = mask & (out < 0)
-        if gap.any() and (out >= 0).any():
-            from scipy import ndimage
+    """Region map back to full size (nearest), -1 off ``mask``.
 
-            _, (iy, ix) = ndimage.distance_transform_edt(out < 0, return_indices=True)
-            out = out[iy, ix]
-        out[~mask] = -1
-    return out
-
-
-def _refine(out: np.ndarray, small: np.ndarray, f: int, probabilities: np.ndarray, root_means: np.ndarray) -> None:
-    """Redraw region boundaries at full resolution, in place.
-
-    A pixel of a block next to a block of another region takes, among the
-    regions of the 3 x 3 blocks around its own, the one whose mean
-    memberships match its own best (the Bhattacharyya coefficient
-    ``sum_k sqrt(p_k m_k)``; ties keep its block's region). Works through
-    bands of ``f`` rows, so memory stays small.
+    Unused blocks that hold used pixels take the nearest region first (on the
+    small map, cheap). Cut by the mask, a region can fall apart (a
+    transparent line through it); its pieces of at least a block become
+    regions of their own, as they would be at full resolution, while smaller
+    crumbs (dithered alpha) stay with their region.
     """
-    h, w = small.shape
-    H, W = out.shape
-    padded = np.pad(small, 1, constant_values=-1)
-    offsets = [(0, 0)] + [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    inner = np.arange(f)
-    for i in range(h):
-        cand = np.stack([padded[1 + i + dy, 1 + dx : 1 + dx + w] for dy, dx in offsets])  # (9, w)
-        own = cand[0]
-        blocks = np.flatnonzero((own >= 0) & ((cand != own) & (cand >= 0)).any(axis=0))
-        if blocks.size == 0:
-            continue
-        xs = (blocks[:, None] * f + inner).ravel()
-        keep = xs < W
-        xs, xb = xs[keep], np.repeat(blocks, f)[keep]
-        r0, r1 = i * f, min(i * f + f, H)
-        roots = np.sqrt(np.maximum(probabilities[r0:r1][:, xs], 0.0))  # (rows, n, K); NaN where unused
-        c = cand[:, xb]  # (9, n)
-        score = np.einsum("rnk,cnk->rcn", roots, root_means[np.maximum(c, 0)])
-        score[:, c < 0] = -np.inf
-        best = np.take_along_axis(np.broadcast_to(c, score.shape), score.argmax(axis=1)[:, None], axis=1)[:, 0]
-        region = out[r0:r1, xs]
-        used = region >= 0  # unused pixels stay -1
-        out[r0:r1, xs] = np.where(used & np.isfinite(score).any(axis=1), best, region)
+    if f == 1:
+        out = np.ascontiguousarray(small, dtype=np.int32)
+        if mask is not None:
+            out[~mask] = -1
+        return out
+    if mask is not None and (small < 0).any() and (small >= 0).any():
+        from scipy import ndimage
+
+        _, (iy, ix) = ndimage.distance_transform_edt(small < 0, return_indices=True)
+        small = small[iy, ix]
+    out = np.ascontiguousarray(np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: shape[0], : shape[1]], np.int32)
+    if mask is None:
+        return out
+    out[~mask] = -1
+    from skimage.measure import label as components
+
+    pieces = components(out + 1, connectivity=1, background=0)
+    size = np.bincount(pieces.ravel())
+    region = np.zeros(len(size), np.int64)
+    region[pieces.ravel()] = out.ravel()  # the region of each piece (piece 0: unused)
+    # each region's largest piece keeps its id; other pieces of at least a block get new ids
+    order = np.lexsort((-size[1:], region[1:])) + 1
+    first = np.r_[True, region[order][1:] != region[order][:-1]]
+    new = np.zeros(len(size), np.int64)
+    new[1:] = region[1:]
+    split = order[~first & (size[order] >= f * f)]
+    new[split] = out.max() + 1 + np.arange(split.size)
+    present = np.flatnonzero(np.bincount(new[1:], minlength=int(new.max()) + 1))
+    compact = np.full(int(new.max()) + 1, -1, np.int64)
+    compact[present] = np.arange(present.size)  # ids 0..n-1 even if the mask removed a whole region
+    new = np.r_[-1, compact[new[1:]]]
+    return new[pieces].astype(np.int32)
 
 
 def _superpixels(rgb: np.ndarray, lab: np.ndarray, used: np.ndarray, size: int) -> np.ndarray:
@@ -377,7 +359,7 @@ def _superpixels(rgb: np.ndarray, lab: np.ndarray, used: np.ndarray, size: int) 
         ).astype(np.int64)
         sp -= 1
         sp[~used] = -1
-    else:  # a strip or a speck: blocks of about `size` pixels along it
+    else:  # a strip under 4 pixels or a speck: runs of `size` pixels along it (square blocks if wider)
         side = max(1, math.isqrt(size)) if min(h, w) >= 4 else max(1, size)
         sp = (np.arange(h)[:, None] // side) * (w // side + 1) + np.arange(w)[None, :] // side
         sp = np.where(used, sp, -1)
@@ -416,7 +398,7 @@ def _absorb_fragments(sp: np.ndarray, lab: np.ndarray, used: np.ndarray, min_siz
         ids = np.arange(n)
         target = ids.copy()
         target[src[first]] = dst[first]
-        cycle = (target[target] == ids) & (target < ids)  # two pieces choosing each other: the lower id stays
+        cycle = (target[target] == ids) & (target < ids)  # two pieces choosing each other: the higher id stays
         target[cycle] = ids[cycle]
         for _ in range(64):  # follow chains of merges to their ends
             nxt = target[target]

@@ -182,23 +182,31 @@ class SoftSegmentation:
         return render.normalized_entropy(self.probabilities)
 
     def pictures(
-        self, alpha: float = 0.5, cmap: str = "viridis", regions: float | None = None
+        self,
+        alpha: float = 0.5,
+        cmap: str = "viridis",
+        regions: bool = False,
+        region_threshold: float = MERGE_THRESHOLD,
     ) -> list[tuple[str, str, Callable[[], Any]]]:
         """(file name, title, renderer) of every picture in the output layout, in montage order.
 
         Renderers return uint8 RGB arrays or, for the pictures with at most
         256 colours, :class:`~segsoft.render.IndexedImage` (exact, and much
-        faster to write as PNG). With ``regions`` (a merge threshold), the
-        regions at that threshold are drawn too (``regions.png``).
+        faster to write as PNG). With ``regions``, the regions at
+        ``region_threshold`` are drawn too (``regions.png``).
         """
         labels = self.labels
         pics = [
             ("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
             ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
         ]
-        if regions is not None:
+        if regions:
             pics.append(
-                ("regions.png", "regions", lambda: render.region_indexed(self.image.pixels, self.regions(regions)))
+                (
+                    "regions.png",
+                    "regions",
+                    lambda: render.region_indexed(self.image.pixels, self.regions(region_threshold)),
+                )
             )
         pics += [
             ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
@@ -224,25 +232,39 @@ class SoftSegmentation:
         return np.rint(pixels * 255.0).astype(np.uint8)
 
     def montage(
-        self, alpha: float = 0.5, cmap: str = "viridis", tile_width: int = 256, regions: float | None = None
+        self,
+        alpha: float = 0.5,
+        cmap: str = "viridis",
+        tile_width: int = 256,
+        regions: bool = False,
+        region_threshold: float = MERGE_THRESHOLD,
     ) -> np.ndarray:
         """Original, overlay, labels, (regions,) uncertainty and every heatmap on one sheet."""
         tiles = [("original", self.original(tile_width))]
-        tiles += [(title, render.shrink(make(), tile_width)) for _, title, make in self.pictures(alpha, cmap, regions)]
+        tiles += [
+            (title, render.shrink(make(), tile_width))
+            for _, title, make in self.pictures(alpha, cmap, regions, region_threshold)
+        ]
         return render.montage(tiles, tile_width=tile_width)
 
     def save(
-        self, folder: str | os.PathLike, *, alpha: float = 0.5, cmap: str = "viridis", regions: float | None = None
+        self,
+        folder: str | os.PathLike,
+        *,
+        alpha: float = 0.5,
+        cmap: str = "viridis",
+        regions: bool = False,
+        region_threshold: float = MERGE_THRESHOLD,
     ) -> dict[str, Path]:
         """Write every output (pictures, probabilities.npy, model.json) into ``folder``.
 
-        With ``regions`` (a merge threshold, e.g. ``segsoft.regions.MERGE_THRESHOLD``)
-        also ``regions.png`` and ``regions.npy``. Returns the written paths by
+        With ``regions`` also ``regions.png`` and ``regions.npy``, cut at
+        ``region_threshold`` (see :meth:`regions`). Returns the written paths by
         name. See :func:`segsoft.outputs.write`.
         """
         from .outputs import write
 
-        return write(self, folder, alpha=alpha, cmap=cmap, regions=regions)
+        return write(self, folder, alpha=alpha, cmap=cmap, regions=regions, region_threshold=region_threshold)
 
 
 def make_model(

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PottsPrior"]
+from .regions import connected_regions  # its home until 0.1: kept importable from here
+
+__all__ = ["PottsPrior", "connected_regions"]
 
 
 class PottsPrior:

@@ -180,3 +180,30 @@ def test_options_that_would_be_ignored_are_errors(tmp_path, args, message):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"segsoft: error: {message}"]
     assert not any(tmp_path.iterdir())
+
+
+def test_evaluate_refuses_regions_for_predictions(tmp_path):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    np.savez_compressed(gt / "7.npz", segs=np.ones((1, 4, 4), np.uint16))
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "pred" / "7.npy", np.zeros((4, 4), np.int64))
+    result = segsoft("evaluate", tmp_path / "pred", "--gt", gt, "--regions")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--regions applies to a folder of images" in lines[0]
+
+
+def test_api_save_with_a_bad_threshold_leaves_the_folder_as_it_was(tmp_path):
+    import segsoft
+    from segsoft.errors import SegsoftError
+
+    seg = segsoft.segment(SAMPLE, k=3)
+    seg.save(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(SegsoftError, match="region threshold"):
+            seg.save(tmp_path, regions=True, region_threshold=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # model.json still there: the folder is complete
+    seg.save(tmp_path, regions=True)
+    assert json.loads((tmp_path / "model.json").read_text())["regions"]["threshold"] == 0.15

@@ -449,15 +449,30 @@ def test_large_image_with_holes_labels_every_used_pixel(monkeypatch):
 
 
 def test_scattered_used_pixels_too_sparse_for_any_block(monkeypatch):
+    """Dithered alpha: no block is half used, so any use counts; crumbs stay with their region."""
     monkeypatch.setattr(R, "WORK_PIXELS", 1200)
     rgb = np.random.default_rng(9).random((90, 120, 3))
     mask = np.zeros((90, 120), bool)
     mask[::4, ::4] = True  # 1 pixel in 16: no 3 x 3 block is half used
     h = region_hierarchy(rgb, np.ones((90, 120, 2)) / 2, mask=mask)
-    assert h.factor == 1  # falls back to full resolution
+    assert h.factor == 3  # stays on the block grid, not one region per isolated pixel
     labels = h.labels()
-    # isolated pixels touch nothing: each is its own region
-    assert assert_valid(labels, mask.shape, mask) == mask.sum()
+    n = assert_valid(labels, mask.shape, mask)
+    # at most one region per used block (the used blocks form a lattice here), far fewer than one per pixel
+    assert n <= (h.superpixels >= 0).sum() and n < mask.sum() / 4
+
+
+def test_a_transparent_line_splits_a_region_at_any_size(monkeypatch):
+    """Regions are connected: cut by a one-pixel transparent line, the two sides are two regions."""
+    truth = np.zeros((90, 120), np.int64)
+    mask = np.ones((90, 120), bool)
+    mask[:, 61] = False
+    rgb = painted(truth, [[0.5, 0.5, 0.5]])
+    for work in (100_000, 1200):  # full resolution, then 3 x 3 blocks
+        monkeypatch.setattr(R, "WORK_PIXELS", work)
+        labels = merge_regions(rgb, one_hot(truth), 1e9, mask=mask)
+        assert assert_valid(labels, mask.shape, mask) == 2
+        assert len(np.unique(labels[:, :61])) == 1 and len(np.unique(labels[:, 62:])) == 1
 
 
 # ----------------------------------------------------------------------------- degenerate shapes
@@ -554,28 +569,3 @@ def test_bsds_merged_regions_beat_connected_cluster_patches(name):
     patches = connected_regions(labels, int(0.01 * labels.size))
     assert merged.shape == labels.shape and (merged >= 0).all()
     assert evaluate_labels(merged, gts)["pri"] > evaluate_labels(patches, gts)["pri"]
-
-
-def test_boundaries_of_a_big_image_are_redrawn_at_full_resolution(monkeypatch):
-    """Merged on a 4x4-block copy, a disc and a slanted edge still come back exact, not as 4-pixel stairs."""
-    import dataclasses
-
-    monkeypatch.setattr(R, "WORK_PIXELS", 6000)
-    H, W = 240, 320
-    yy, xx = np.mgrid[:H, :W]
-    truth = ((yy - 120) ** 2 + (xx - 140) ** 2 < 80**2).astype(np.int64)
-    truth[(xx + 0.5 * yy > 340) & (truth == 0)] = 2
-    rgb = painted(truth, [[0.15, 0.35, 0.6], [0.8, 0.3, 0.25], [0.35, 0.65, 0.3]], noise=0.04, seed=3)
-    hierarchy = region_hierarchy(rgb, one_hot(truth))
-    assert hierarchy.factor == 4
-    refined = hierarchy.labels()
-    blocky = dataclasses.replace(hierarchy, probabilities=None).labels()
-
-    def wrong(labels):
-        return sum(
-            np.bincount(truth[labels == r]).sum() - np.bincount(truth[labels == r]).max() for r in np.unique(labels)
-        )
-
-    assert len(np.unique(refined)) == 3
-    assert wrong(refined) == 0
-    assert wrong(blocky) > 100  # what the refinement mends: the block grid's staircase
