@@ -455,7 +455,7 @@ def region_indexed(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = Tru
         raise SegsoftError(f"regions must be (H, W) and pixels (H, W, 3), got {reg.shape} and {rgb.shape}")
     flat = reg.ravel()
     n = int(flat.max()) + 1 if flat.size else 0
-    ids = np.where(flat >= 0, flat, n)  # unused pixels: one extra bin
+    ids = np.where(flat >= 0, flat, n).astype(np.int32)  # unused pixels: one extra bin; int32 halves the memory
     counts = np.maximum(np.bincount(ids, minlength=n + 1), 1)
     mean = np.stack(
         [np.bincount(ids, rgb[..., c].ravel().astype(np.float64), minlength=n + 1) for c in range(3)], axis=1
