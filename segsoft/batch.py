@@ -50,7 +50,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
-from .regions import MERGE_THRESHOLD, check_threshold
+from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_model, output_files, write
 from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
@@ -422,6 +422,10 @@ def apply_batch(
     """
     t0 = time.perf_counter()
     check_render_options(alpha, cmap, region_threshold)
+    try:
+        check_regions_flag(regions)
+    except ValueError as exc:
+        raise SegsoftError(str(exc)) from None
     cut = float(region_threshold) if regions else None
     fitted, spec, record = load_model(model)
     if not spec.fitted:

@@ -38,7 +38,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes
 from .mixture import model_from_dict
-from .regions import MERGE_THRESHOLD, check_threshold
+from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 
 if TYPE_CHECKING:
     from .segment import SoftSegmentation
@@ -277,11 +277,11 @@ def write(
     ['labels.png', 'model.json']
     """
     folder = Path(folder)
-    if regions:
-        try:  # before anything is touched: a bad threshold must not leave the folder half rewritten
-            region_threshold = check_threshold(region_threshold)
-        except ValueError as exc:
-            raise SegsoftError(f"{folder}: {exc}") from None
+    try:  # before anything is touched: a bad argument must not leave the folder half rewritten
+        check_regions_flag(regions)
+        region_threshold = check_threshold(region_threshold)
+    except ValueError as exc:
+        raise SegsoftError(f"{folder}: {exc}") from None
     _prepare_folder(folder)
     _start_folder(folder)
     t0 = time.perf_counter()

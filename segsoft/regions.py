@@ -1,5 +1,8 @@
 """Regions: hard, connected segments built from soft memberships.
 
+(Connected up to crumbs: on an image merged on a block-averaged copy, pieces
+of a region smaller than a block that transparency cuts off keep its id.)
+
 A cluster label covers every pixel of a colour, wherever it is; people
 outline *regions*: connected parts of the image separated by visible
 boundaries. This module turns memberships into regions in two ways.
@@ -56,6 +59,7 @@ __all__ = [
     "MERGE_THRESHOLD",
     "SUPERPIXEL_SIZE",
     "RegionHierarchy",
+    "check_regions_flag",
     "check_threshold",
     "connected_regions",
     "merge_regions",
@@ -107,6 +111,8 @@ class RegionHierarchy:
 
     def n_regions(self, threshold: float = MERGE_THRESHOLD) -> int:
         """How many regions :meth:`labels` gives at ``threshold``."""
+        if self.factor > 1 and self.mask is not None:  # the mask can split regions when scaled back up
+            return int(self.labels(threshold).max()) + 1
         return self.n_superpixels - self._n_merges(threshold)
 
     def _n_merges(self, threshold: float) -> int:
@@ -136,11 +142,20 @@ class RegionHierarchy:
         return _upscale(small, self.factor, self.shape, self.mask)
 
 
+def check_regions_flag(regions: object) -> None:
+    """ValueError unless ``regions`` is True or False (a number here is most likely a threshold: say so)."""
+    if not isinstance(regions, (bool, np.bool_)):
+        raise ValueError(f"regions must be True or False, got {regions!r}; pass the threshold as region_threshold=")
+
+
 def check_threshold(threshold: float) -> float:
     """``threshold`` as a float, or ValueError unless it is a finite number >= 0 (a bool is a mistake)."""
-    if isinstance(threshold, (bool, np.bool_)):
-        raise ValueError(f"region threshold must be a number, got {threshold!r}")  # noqa: TRY004 - one error type for callers
-    threshold = float(threshold)
+    try:
+        if isinstance(threshold, (bool, np.bool_)):
+            raise TypeError
+        threshold = float(threshold)
+    except (TypeError, ValueError):  # one error type for callers
+        raise ValueError(f"region threshold must be a number, got {threshold!r}") from None
     if not (threshold >= 0 and math.isfinite(threshold)):
         raise ValueError(f"region threshold must be a finite number >= 0, got {threshold!r}")
     return threshold

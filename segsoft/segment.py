@@ -21,7 +21,7 @@ from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, as_image
 from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
-from .regions import MERGE_THRESHOLD, RegionHierarchy, region_hierarchy
+from .regions import MERGE_THRESHOLD, RegionHierarchy, check_regions_flag, check_threshold, region_hierarchy
 from .spatial import PottsPrior
 
 __all__ = ["CRITERIA", "MODELS", "SoftSegmentation", "segment", "apply_model", "make_model", "select_k"]
@@ -118,7 +118,7 @@ class SoftSegmentation:
         >>> sorted(np.unique(regions).tolist())
         [0, 1]
         """
-        key = float(threshold)
+        key = check_threshold(threshold)
         if key not in self._region_maps:  # run, save and the summary all ask for the same cut
             self._region_maps.clear()
             self._region_maps[key] = self.hierarchy.labels(threshold)
@@ -195,6 +195,7 @@ class SoftSegmentation:
         faster to write as PNG). With ``regions``, the regions at
         ``region_threshold`` are drawn too (``regions.png``).
         """
+        check_regions_flag(regions)
         labels = self.labels
         pics = [
             ("overlay.png", "soft overlay", lambda: self.overlay(alpha)),

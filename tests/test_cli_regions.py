@@ -207,3 +207,16 @@ def test_api_save_with_a_bad_threshold_leaves_the_folder_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # model.json still there: the folder is complete
     seg.save(tmp_path, regions=True)
     assert json.loads((tmp_path / "model.json").read_text())["regions"]["threshold"] == 0.15
+
+
+def test_api_regions_is_a_flag_not_a_threshold(tmp_path):
+    import segsoft
+    from segsoft.errors import SegsoftError
+
+    seg = segsoft.segment(SAMPLE, k=3)
+    for old_style in (0.5, 0.0, None):
+        with pytest.raises(SegsoftError, match="pass the threshold as region_threshold="):
+            seg.save(tmp_path / "a", regions=old_style)
+    with pytest.raises(SegsoftError, match="region threshold"):
+        seg.save(tmp_path / "b", region_threshold=-1)  # checked even with regions off, as apply_batch does
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -569,3 +569,30 @@ def test_bsds_merged_regions_beat_connected_cluster_patches(name):
     patches = connected_regions(labels, int(0.01 * labels.size))
     assert merged.shape == labels.shape and (merged >= 0).all()
     assert evaluate_labels(merged, gts)["pri"] > evaluate_labels(patches, gts)["pri"]
+
+
+def test_n_regions_counts_the_pieces_a_mask_cuts_on_a_big_image(monkeypatch):
+    monkeypatch.setattr(R, "WORK_PIXELS", 1200)  # 90 x 120 -> 3 x 3 blocks
+    truth = np.zeros((90, 120), np.int64)
+    mask = np.ones((90, 120), bool)
+    mask[:, 61] = False
+    h = region_hierarchy(painted(truth, [[0.5, 0.5, 0.5]]), one_hot(truth), mask=mask)
+    assert h.factor == 3
+    for t in (0.0, 0.15, 1e9):
+        assert h.n_regions(t) == int(h.labels(t).max()) + 1
+    assert h.n_regions(1e9) == 2
+
+
+@pytest.mark.parametrize("bad", [None, "x", [0.1], True])
+def test_check_threshold_turns_every_bad_value_into_a_value_error(bad):
+    with pytest.raises(ValueError, match="region threshold must be a number"):
+        R.check_threshold(bad)
+
+
+def test_regions_rejects_a_bool_threshold_even_when_that_cut_is_cached():
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    rgb[:, 10:] = 200
+    seg = segsoft.segment(rgb, k=2)
+    seg.regions(1.0)
+    with pytest.raises(ValueError, match="region threshold must be a number"):
+        seg.regions(True)
