@@ -30,6 +30,51 @@ from .regions import connected_regions  # its home until 0.1: kept importable fr
 __all__ = ["PottsPrior", "connected_regions"]
 
 
+# the four sub-lattices of the grid by (row, column) parity, as slices of a (K, H, W) array
+_SUBLATTICES = (
+    (slice(None), slice(0, None, 2), slice(0, None, 2)),  # A: even row, even column
+    (slice(None), slice(0, None, 2), slice(1, None, 2)),  # B: even row, odd column
+    (slice(None), slice(1, None, 2), slice(0, None, 2)),  # C: odd row, even column
+    (slice(None), slice(1, None, 2), slice(1, None, 2)),  # D: odd row, odd column
+)
+
+
+def _lattice_neighbour_sum(t: int, A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Sum of the 4-connected neighbours' memberships for every pixel of sub-lattice ``t``.
+
+    A pixel of A at (2a, 2b) has B[a, b-1], B[a, b] left and right and
+    C[a-1, b], C[a, b] above and below; the other three follow the same
+    pattern. Off-grid neighbours count as 0 (the slices stop at the edge).
+    """
+    ah, aw = A.shape[1:]
+    ch, bw = C.shape[1], B.shape[2]
+    if t == 0:  # A (ah, aw): left/right in B, up/down in C
+        s = np.zeros_like(A)
+        s[:, :, 1:] += B[:, :, : aw - 1]
+        s[:, :, :bw] += B
+        s[:, 1:, :] += C[:, : ah - 1, :]
+        s[:, :ch, :] += C
+    elif t == 3:  # D (ch, bw): left/right in C, up/down in B
+        s = np.zeros_like(D)
+        s += C[:, :, :bw]
+        s[:, :, : aw - 1] += C[:, :, 1:]
+        s += B[:, :ch, :]
+        s[:, : ah - 1, :] += B[:, 1:, :]
+    elif t == 1:  # B (ah, bw): left/right in A, up/down in D
+        s = np.zeros_like(B)
+        s += A[:, :, :bw]
+        s[:, :, : aw - 1] += A[:, :, 1:]
+        s[:, 1:, :] += D[:, : ah - 1, :]
+        s[:, :ch, :] += D
+    else:  # C (ch, aw): left/right in D, up/down in A
+        s = np.zeros_like(C)
+        s[:, :, 1:] += D[:, :, : aw - 1]
+        s[:, :, :bw] += D
+        s += A[:, :ch, :]
+        s[:, : ah - 1, :] += A[:, 1:, :]
+    return s
+
+
 class PottsPrior:
     """Neighbourhood-EM smoothing of memberships on an (H, W) pixel grid.
 
@@ -63,11 +108,8 @@ class PottsPrior:
         self.mask = None if mask is None or mask.all() else np.asarray(mask, dtype=bool)
         self.sweeps = int(sweeps)
         self._c: np.ndarray | None = None  # (K, H, W), warm start between EM iterations
-        h, w = self.shape
-        parity = (np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0
-        self._colors = [parity, ~parity]
-        if self.mask is not None:
-            self._colors = [c & self.mask for c in self._colors]
+        # used pixels of the four sub-lattices (see _sweep); None where all are used
+        self._sub_mask = [None if self.mask is None else self.mask[sl[1:]] for sl in _SUBLATTICES]
 
     @property
     def n_rows(self) -> int:
@@ -93,27 +135,28 @@ class PottsPrior:
             return grid.reshape(k, -1).T
         return grid[:, self.mask].T
 
-    @staticmethod
-    def _neighbour_sum(c: np.ndarray) -> np.ndarray:
-        """Sum of each pixel's 4-connected neighbours' memberships, (K, H, W)."""
-        s = np.zeros_like(c)
-        s[:, 1:] += c[:, :-1]
-        s[:, :-1] += c[:, 1:]
-        s[:, :, 1:] += c[:, :, :-1]
-        s[:, :, :-1] += c[:, :, 1:]
-        return s
-
     def _sweep(self, c: np.ndarray, log_joint: np.ndarray) -> None:
-        for color in self._colors:
-            # the softmax over the whole grid, kept only on this colour, is
-            # cheaper than gathering and scattering half the pixels
-            logits = self._neighbour_sum(c)
-            logits *= self.beta
-            logits += log_joint
-            logits -= logits.max(axis=0)
-            np.exp(logits, out=logits)
-            logits /= logits.sum(axis=0)
-            np.copyto(c, logits, where=color)
+        """One checkerboard sweep: all pixels of one colour, then all of the other.
+
+        The grid splits into four sub-lattices by row and column parity: A
+        (even, even) and D (odd, odd) form one colour, B (even, odd) and C
+        (odd, even) the other. A pixel's 4 neighbours all lie in the other
+        colour's two sub-lattices, so each colour is updated from strided
+        views, with no work on the other half of the grid.
+        """
+        A, B, C, D = (c[sl] for sl in _SUBLATTICES)
+        for targets in ((0, 3), (1, 2)):
+            for t in targets:
+                view = (A, B, C, D)[t]
+                logits = _lattice_neighbour_sum(t, A, B, C, D)
+                logits *= self.beta
+                logits += log_joint[_SUBLATTICES[t]]
+                logits -= logits.max(axis=0)
+                np.exp(logits, out=logits)
+                logits /= logits.sum(axis=0)
+                if self._sub_mask[t] is not None:
+                    logits *= self._sub_mask[t]  # unused pixels stay 0
+                view[...] = logits
 
     def objective(self, c: np.ndarray, log_joint: np.ndarray) -> float:
         """``U`` for memberships and log-joint on the grid (K, H, W)."""

@@ -168,3 +168,41 @@ def test_a_smoothed_model_applied_again_gives_the_same_memberships(tmp_path):
     assert not np.allclose(plain.probabilities, seg.probabilities, atol=1e-3)
     with pytest.raises(SegsoftError, match="up to 64"):
         segsoft.segment(img, k="auto", k_range=(2, 1000))
+
+
+def _reference_sweep(prior, c, log_joint):
+    """The plain checkerboard sweep: whole-grid neighbour sums, softmax, kept on one colour at a time."""
+    h, w = prior.shape
+    parity = (np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0
+    for color in (parity, ~parity):
+        if prior.mask is not None:
+            color = color & prior.mask
+        s = np.zeros_like(c)
+        s[:, 1:] += c[:, :-1]
+        s[:, :-1] += c[:, 1:]
+        s[:, :, 1:] += c[:, :, :-1]
+        s[:, :, :-1] += c[:, :, 1:]
+        logits = prior.beta * s + log_joint
+        logits = np.exp(logits - logits.max(axis=0))
+        logits /= logits.sum(axis=0)
+        np.copyto(c, logits, where=color)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (7, 1), (2, 2), (5, 7), (6, 8), (9, 4), (33, 20)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_sublattice_sweep_equals_the_plain_checkerboard_sweep(shape, masked):
+    from segsoft.spatial import PottsPrior
+
+    rng = np.random.default_rng(sum(shape) + masked)
+    k = 3
+    mask = rng.random(shape) > 0.3 if masked else None
+    prior = PottsPrior(shape, 0.8, mask)
+    log_joint = rng.normal(size=(k, *shape))
+    c = rng.dirichlet(np.ones(k), size=shape).transpose(2, 0, 1).copy()
+    if prior.mask is not None:
+        c[:, ~prior.mask] = 0.0
+    expected = c.copy()
+    for _ in range(3):
+        prior._sweep(c, log_joint)
+        _reference_sweep(prior, expected, log_joint)
+    np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-15)
