@@ -118,7 +118,10 @@ def main() -> None:
     ids = sorted(p.stem for p in (args.data / "images").glob("*.jpg"))
     if not ids:
         raise SystemExit(f"no images in {args.data / 'images'}")
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]!r}; the methods are:\n  " + "\n  ".join(METHODS))
     scaled = f", enlarged {args.scale:g}x" if args.scale != 1 else ""
     print(f"# {len(ids)} images from {args.data.name}{scaled}; one fixed setting per method for every image")
     header = f"{'method':<46} {'PRI':>6} {'VoI':>6} {'Covering':>9} {'regions':>8} {'s/image':>8}"

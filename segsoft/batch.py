@@ -359,7 +359,8 @@ def run_batch(
         raise SegsoftError("--shared-model needs a fixed -k: choose it with `segsoft run IMAGE -k auto` first")
     if shared_model and opts.smoothing > 0:
         raise SegsoftError(
-            "--shared-model cannot be combined with --smooth (a model is applied without the spatial prior)"
+            "--shared-model cannot be combined with --smooth (the shared model is fitted on a pixel sample, "
+            "which has no grid for the spatial prior)"
         )
     items, out = _prepare(inputs, output, recursive)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
