@@ -132,7 +132,10 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
             + (f"  smoothing={seg.settings['smoothing']}" if seg.settings.get("smoothing") else ""),
         ),
         ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
-        ("log-likelihood", _fmt(seg.log_likelihood)),
+        (
+            "score (-J)" if seg.settings.get("model") == "fcm" else "log-likelihood",  # c-means has no likelihood
+            _fmt(seg.log_likelihood),
+        ),
         ("BIC", _fmt(seg.bic, ".1f")),
         ("cluster sizes", "  ".join(f"{j}:{f:.0%}" for j, f in enumerate(_fractions(seg)))),
         ("seconds", f"{seconds:.2f}"),
@@ -275,6 +278,7 @@ _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
     "criterion": (lambda v: v.get("k") == "auto", "--criterion", "-k auto"),
     "region_threshold": (lambda v: bool(v.get("regions")), "--region-threshold", "--regions"),
 }
+_EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in ("alpha", "cmap"))  # nothing is drawn
 _RENDER_OPTIONS = ("alpha", "cmap", "regions", "region_threshold", "max_pixels")
 
 
@@ -513,7 +517,7 @@ def _batch_report(report: Any, quiet: bool) -> None:
 
 @app.command()
 @_guard
-@_options(_MODEL_OPTIONS)
+@_options(_EVALUATE_OPTIONS)
 def evaluate(
     path: Path = typer.Argument(
         ...,
