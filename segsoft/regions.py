@@ -1,8 +1,5 @@
 """Regions: hard, connected segments built from soft memberships.
 
-(Connected up to crumbs: on an image merged on a block-averaged copy, pieces
-of a region smaller than a block that transparency cuts off keep its id.)
-
 A cluster label covers every pixel of a colour, wherever it is; people
 outline *regions*: connected parts of the image separated by visible
 boundaries. This module turns memberships into regions in two ways.
@@ -12,7 +9,7 @@ boundary-aware agglomeration:
 
 1. The image is cut into superpixels of about ``superpixel_size`` pixels
    (SLIC, :func:`skimage.segmentation.slic`), small enough to follow every
-   boundary.
+   boundary; stray SLIC fragments join the neighbour closest in colour.
 2. Each superpixel is described by its *mean membership vector*: a soft
    histogram of the mixture components inside it. Textured surfaces (grass,
    fur, brickwork) mix several components in stable proportions, so their
@@ -38,6 +35,9 @@ redoing the work. Images over :data:`WORK_PIXELS` are merged on a
 block-averaged copy of about that size (the settings are in pixels, so this
 keeps the result the same at any resolution) and the region map is scaled
 back up, so boundaries are placed to within a block (``factor`` pixels).
+Cut by transparency there, a region's pieces of a block or more become
+regions of their own; smaller crumbs keep its id (so only they can leave a
+region disconnected).
 
 :func:`connected_regions` is the simpler alternative: the 4-connected patches
 of a hard label map, specks merged into a neighbour.
