@@ -537,9 +537,15 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Score segmentations against human ones: PRI, VoI (bits) and Covering, as the BSDS benchmark."""
-    from .evaluate import evaluate_directory
+    from .evaluate import evaluate_directory, find_predictions
 
     opts.check()
+    if find_predictions(path):
+        changed = _changed_options(opts, _EVALUATE_OPTIONS)
+        if changed:
+            raise SegsoftError(
+                f"{path}: holds predictions, which are scored as they are; {changed[0]} applies to a folder of images"
+            )
     if csv is not None:
         from .outputs import check_writable
 
@@ -559,6 +565,18 @@ def evaluate(
         typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _changed_options(opts: Any, names: tuple[str, ...]) -> list[str]:
+    """Flags among ``names`` whose value differs from the default (an option left at its default changes nothing)."""
+    from .batch import SegmentOptions
+
+    default = SegmentOptions()
+    return [
+        _OPTIONS[name][1].param_decls[0]
+        for name in names
+        if getattr(opts, _OPTIONS[name][2]) != getattr(default, _OPTIONS[name][2])
+    ]
 
 
 def entry() -> None:

@@ -182,16 +182,21 @@ def test_options_that_would_be_ignored_are_errors(tmp_path, args, message):
     assert not any(tmp_path.iterdir())
 
 
-def test_evaluate_refuses_regions_for_predictions(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "flag"), [(["--regions"], "--regions"), (["-k", "12"], "-k"), (["--smooth", "1"], "--smooth")]
+)
+def test_evaluate_refuses_segmenting_options_for_predictions(tmp_path, args, flag):
+    """Predictions are scored as they are: an option that would change a segmentation is an error, not ignored."""
     gt = tmp_path / "gt"
     gt.mkdir()
     np.savez_compressed(gt / "7.npz", segs=np.ones((1, 4, 4), np.uint16))
     (tmp_path / "pred").mkdir()
     np.save(tmp_path / "pred" / "7.npy", np.zeros((4, 4), np.int64))
-    result = segsoft("evaluate", tmp_path / "pred", "--gt", gt, "--regions")
+    result = segsoft("evaluate", tmp_path / "pred", "--gt", gt, *args)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--regions applies to a folder of images" in lines[0]
+    assert len(lines) == 1 and f"{flag} applies to a folder of images" in lines[0]
+    assert segsoft("evaluate", tmp_path / "pred", "--gt", gt, "-k", "4").returncode == 0  # the default changes nothing
 
 
 def test_api_save_with_a_bad_threshold_leaves_the_folder_as_it_was(tmp_path):
