@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,7 +146,9 @@ class RegionHierarchy:
 def check_regions_flag(regions: object) -> None:
     """ValueError unless ``regions`` is True or False (a number here is most likely a threshold: say so)."""
     if not isinstance(regions, (bool, np.bool_)):
-        raise ValueError(f"regions must be True or False, got {regions!r}; pass the threshold as region_threshold=")
+        raise ValueError(  # noqa: TRY004 - one error type for callers, as check_threshold
+            f"regions must be True or False, got {regions!r}; pass the threshold as region_threshold="
+        )
 
 
 def check_threshold(threshold: float) -> float:
@@ -387,45 +390,65 @@ def _superpixels(rgb: np.ndarray, lab: np.ndarray, used: np.ndarray, size: int) 
 
 def _absorb_fragments(sp: np.ndarray, lab: np.ndarray, used: np.ndarray, min_size: float) -> np.ndarray:
     """Merge pieces under ``min_size`` pixels into their neighbour of closest mean colour, round by round."""
-    for _ in range(32):
-        n = int(sp.max()) + 1
-        flat = sp[used]
-        sizes = np.bincount(flat, minlength=n)
+    colors = lab[used]
+
+    def closest_colour(pieces: np.ndarray, src: np.ndarray, dst: np.ndarray, shared: np.ndarray, sizes: np.ndarray):
+        flat = pieces[used]
+        means = np.stack([np.bincount(flat, colors[:, c], minlength=len(sizes)) for c in range(3)], axis=1)
+        means /= np.maximum(sizes, 1)[:, None]
+        return (-sizes[dst], ((means[src] - means[dst]) ** 2).sum(axis=1))  # nearest colour, then the larger
+
+    return _join_small_pieces(sp, used, min_size, closest_colour, max_rounds=32)
+
+
+def _join_small_pieces(
+    pieces: np.ndarray, used: np.ndarray, min_size: float, rank: Callable[..., tuple], max_rounds: int | None = None
+) -> np.ndarray:
+    """Round by round, every piece under ``min_size`` pixels joins the 4-neighbour that ``rank`` puts first.
+
+    ``pieces`` holds ids 0..n-1 (-1 unused). ``rank(pieces, src, dst, shared,
+    sizes)`` gets each (small piece, neighbour) pair with their shared
+    boundary length and the piece sizes, and returns sort keys, least
+    significant first, lowest best; remaining ties go to the lower neighbour
+    id. Two pieces choosing each other join under the higher id. Stops when a
+    round changes nothing (or after ``max_rounds``); returns ids 0..m-1.
+    """
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        rounds += 1
+        n = int(pieces.max()) + 1
+        sizes = np.bincount(pieces[used], minlength=n)
         small = sizes < min_size
         if n <= 1 or not small.any():
             break
-        colors = lab[used]
-        means = np.stack([np.bincount(flat, colors[:, c], minlength=n) for c in range(3)], axis=1)
-        means /= np.maximum(sizes, 1)[:, None]
-        a = np.concatenate([sp[:, :-1].ravel(), sp[:-1, :].ravel()])
-        b = np.concatenate([sp[:, 1:].ravel(), sp[1:, :].ravel()])
+        a = np.concatenate([pieces[:, :-1].ravel(), pieces[:-1, :].ravel()])
+        b = np.concatenate([pieces[:, 1:].ravel(), pieces[1:, :].ravel()])
         edge = (a != b) & (a >= 0) & (b >= 0)
         a, b = np.concatenate([a[edge], b[edge]]), np.concatenate([b[edge], a[edge]])
         a, b = a[small[a]], b[small[a]]
         if a.size == 0:
             break  # the small pieces touch nothing they could join
-        pairs = np.unique(a * n + b)
+        pairs, shared = np.unique(a * n + b, return_counts=True)
         src, dst = pairs // n, pairs % n
-        # per small piece, the first after sorting by (piece, colour distance, larger neighbour first)
-        order = np.lexsort((-sizes[dst], ((means[src] - means[dst]) ** 2).sum(axis=1), src))
+        order = np.lexsort((*rank(pieces, src, dst, shared, sizes), src))
         src, dst = src[order], dst[order]
         first = np.r_[True, src[1:] != src[:-1]]
         ids = np.arange(n)
         target = ids.copy()
         target[src[first]] = dst[first]
-        cycle = (target[target] == ids) & (target < ids)  # two pieces choosing each other: the higher id stays
+        cycle = (target[target] == ids) & (target < ids)
         target[cycle] = ids[cycle]
         for _ in range(64):  # follow chains of merges to their ends
             nxt = target[target]
             if np.array_equal(nxt, target):
                 break
             target = nxt
-        merged = np.where(used, target[np.maximum(sp, 0)], -1)
-        _, merged[used] = np.unique(merged[used], return_inverse=True)
-        if np.array_equal(merged, sp):
+        merged = np.where(used, target[np.maximum(pieces, 0)], -1)
+        if np.array_equal(merged, pieces):
             break
-        sp = merged
-    return sp
+        _, merged[used] = np.unique(merged[used], return_inverse=True)
+        pieces = merged
+    return pieces
 
 
 def _adjacency(sp: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -530,41 +553,10 @@ def connected_regions(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
     labels = np.asarray(labels)
     used = labels >= 0
     regions = components(np.where(used, labels + 1, 0), connectivity=1, background=0).astype(np.int64) - 1
-    while min_size > 1:
-        n = int(regions.max()) + 1
-        sizes = np.bincount(regions[used], minlength=n)
-        small = sizes < min_size
-        if not small.any() or n <= 1:
-            break
-        a = np.concatenate([regions[:, :-1].ravel(), regions[:-1, :].ravel()])
-        b = np.concatenate([regions[:, 1:].ravel(), regions[1:, :].ravel()])
-        edge = (a != b) & (a >= 0) & (b >= 0)
-        a, b = np.concatenate([a[edge], b[edge]]), np.concatenate([b[edge], a[edge]])
-        from_small = small[a]
-        a, b = a[from_small], b[from_small]
-        if a.size == 0:
-            break  # the small regions touch nothing they could join
-        pairs, shared = np.unique(a * n + b, return_counts=True)
-        src, dst = pairs // n, pairs % n
-        # per source, the last after sorting by (source, shared boundary, size) is its best neighbour
-        order = np.lexsort((sizes[dst], shared, src))
-        src, dst = src[order], dst[order]
-        last = np.r_[src[1:] != src[:-1], True]
-        ids = np.arange(n)
-        target = ids.copy()
-        target[src[last]] = dst[last]
-        # two small regions choosing each other: the higher id becomes the root
-        cycle = (target[target] == ids) & (target < ids)
-        target[cycle] = ids[cycle]
-        for _ in range(64):  # follow merge chains to their roots
-            nxt = target[target]
-            if np.array_equal(nxt, target):
-                break
-            target = nxt
-        merged = np.where(used, target[np.maximum(regions, 0)], -1)
-        if np.array_equal(merged, regions):
-            break
-        regions = merged
-        _, inverse = np.unique(regions[used], return_inverse=True)
-        regions[used] = inverse
+    if min_size > 1:
+
+        def longest_boundary(pieces, src, dst, shared, sizes):
+            return (-dst, -sizes[dst], -shared)  # longest shared boundary, then the larger, then the higher id
+
+        regions = _join_small_pieces(regions, used, min_size, longest_boundary)
     return regions.astype(np.int32)
