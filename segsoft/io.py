@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import secrets
 import stat
 import struct
@@ -63,7 +64,9 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "find_images",
+    "inside",
     "read_image",
+    "safe_component",
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -801,6 +804,52 @@ def _unique_stems(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
 
 # --------------------------------------------------------------------------
 # writing
+
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:]")
+
+
+def safe_component(name: str, fallback: str = "image") -> str:
+    """Turn ``name`` into a safe single path component for an output folder.
+
+    Separators, control characters and ``:`` become ``_``; names made only
+    of dots (``.``, ``..``, ``...``) or nothing, and names a file system
+    treats specially (trailing dots or spaces) are fixed, so that
+    ``OUTPUT / safe_component(x)`` is always a child of ``OUTPUT``.
+
+    Examples
+    --------
+    >>> safe_component(".."), safe_component("a/b"), safe_component(""), safe_component("photo")
+    ('_..', 'a_b', 'image', 'photo')
+    """
+    text = _UNSAFE_CHARS.sub("_", os.fsdecode(name)).strip(" ")
+    if not text:
+        return fallback
+    if set(text) == {"."}:
+        return "_" + text
+    return text
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` (relative to ``root`` or absolute) if it resolves inside ``root``, else a SegsoftError.
+
+    Symbolic links are followed, so a link planted in the output folder
+    cannot send a write elsewhere.
+
+    Examples
+    --------
+    >>> str(inside("out", "out/a/b.png"))
+    'out/a/b.png'
+    >>> inside("out", "out/../x.png")
+    Traceback (most recent call last):
+    ...
+    segsoft.errors.SegsoftError: out/../x.png: outside the output folder out
+    """
+    root_p, p = Path(os.fsdecode(root)), Path(os.fsdecode(path))
+    real_root = os.path.realpath(root_p)
+    real = os.path.realpath(p)
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root and p != root_p:
+        raise SegsoftError(f"{p}: outside the output folder {root_p}")
+    return p
 
 
 @contextmanager
