@@ -63,6 +63,17 @@ a single human as ``<id>.npy`` (``(H, W)``, or ``(n_humans, H, W)``) or
 -1 where the memberships are NaN, i.e. transparent pixels), or a label map
 ``<id>.npy`` or ``<id>.png``. A label PNG must be single-channel (palette
 indices, 8- or 16-bit grey): RGB PNGs are taken to be pictures, not labels.
+
+Every file's header is checked before its data is read: for each image the
+ground truth first, then the prediction. A ``.npy`` (or ``.npz`` member)
+must declare a bool, integer or float dtype (object arrays are never
+unpickled) and exactly the number of bytes the file holds after its header
+(a truncated file or a lying header is refused, not allocated); a PNG's
+declared size is read before it is decoded. A prediction must declare the
+``(H, W)`` of its ground truth (``(H, W, k)`` for float memberships, whose
+NaN must fill all of a pixel's memberships or none); no image may declare
+over ``2**27`` pixels. A refused or unreadable file is reported, one line
+naming it, for its image, and the other images are still scored.
 """
 
 from __future__ import annotations
@@ -72,6 +83,8 @@ import io as _io
 import math
 import os
 import re
+import stat
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -84,7 +97,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .errors import SegsoftError
-from .io import _reason, atomic_write_bytes
+from .io import _pillow_limit_lifted, _reason, atomic_write_bytes
 
 __all__ = [
     "EvaluationReport",
@@ -105,6 +118,7 @@ __all__ = [
 _LABEL_MODES = frozenset({"P", "1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _GT_SUFFIXES = (".npz", ".npy", ".png")  # in order of preference for one id
 _PRED_SUFFIXES = (".npy", ".png")
+_SHOW_IDS = 10  # missing ids listed in a summary before "..."
 
 LabelMaps = np.ndarray | Sequence[np.ndarray]
 Progress = Callable[[int, int, str], None]
@@ -360,6 +374,10 @@ def _ground_truth_list(gts: LabelMaps, shape: tuple[int, ...]) -> list[np.ndarra
 def load_ground_truth(path: str | os.PathLike) -> list[np.ndarray]:
     """Read the human segmentations of one image.
 
+    The file's header is checked before any of its data is read (see
+    *Files* in the module docstring), so a corrupt or lying header is a
+    one-line error, not an allocation of what it claims.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -376,7 +394,8 @@ def load_ground_truth(path: str | os.PathLike) -> list[np.ndarray]:
     ------
     SegsoftError
         ``"<path>: <problem>"``: no such file, unreadable or corrupt, no
-        ``segs`` array, wrong shape or dtype, no humans, unknown extension.
+        ``segs`` array, wrong shape or dtype, a header that does not match
+        the file's size, too many pixels, no humans, unknown extension.
 
     Examples
     --------
@@ -390,24 +409,31 @@ def load_ground_truth(path: str | os.PathLike) -> list[np.ndarray]:
     """
     name = os.fsdecode(path)
     suffix = Path(name).suffix.lower()
+
+    def check(shape: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        if len(shape) not in (2, 3) or 0 in shape:
+            raise SegsoftError(f"{name}: ground truth of shape {shape} (expected (n_humans, H, W) or (H, W))")
+        _check_pixels(name, shape[-2:])
+
     if suffix == ".npz":
-        arr = _read_npz(name, "segs")
+        arr = _read_npz(name, "segs", check)
     elif suffix == ".npy":
-        arr = _read_npy(name)
+        arr = _read_npy(name, check)
     elif suffix == ".png":
-        arr = _read_label_png(name)
+        arr = _read_label_png(name, check)
     else:
         raise SegsoftError(f"{name}: unknown ground truth format (expected .npz, .npy or .png)")
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
-        raise SegsoftError(f"{name}: ground truth of shape {arr.shape} (expected (n_humans, H, W) or (H, W))")
     labels = _labels_of_file(arr, name)
     return list(labels)
 
 
-def load_prediction(path: str | os.PathLike) -> np.ndarray:
+def load_prediction(path: str | os.PathLike, *, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a predicted segmentation as a label map.
+
+    The file's header is checked before any of its data is read (see
+    *Files* in the module docstring).
 
     Parameters
     ----------
@@ -417,6 +443,9 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
         whose argmax gives the labels and whose NaN pixels become -1), a
         ``.npy`` label map ``(H, W)`` (or memberships ``(H, W, K)``), or a
         single-channel ``.png`` label map.
+    shape : (int, int), optional
+        The ``(H, W)`` the prediction must have (its ground truth's): a
+        file that declares another is refused before its data is read.
 
     Returns
     -------
@@ -437,37 +466,72 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
     ...     load_prediction(folder).tolist()
     [[0, 1, -1]]
     """
-    name = os.fsdecode(path)
+    return _load_prediction(os.fsdecode(path), shape, None)
+
+
+def _prediction_file(name: str) -> str:
+    """The file a prediction path stands for: a segsoft output folder's regions, labels or memberships."""
     p = Path(name)
     if p.is_dir():
-        if (p / "regions.npy").is_file():
-            return load_prediction(p / "regions.npy")
-        if (p / "labels.npy").is_file():
-            return load_prediction(p / "labels.npy")
-        if (p / "probabilities.npy").is_file():
-            return load_prediction(p / "probabilities.npy")
+        for f in _PRED_FILES:
+            if (p / f).is_file():
+                return str(p / f)
         raise SegsoftError(f"{name}: folder has no labels.npy or probabilities.npy")
-    suffix = p.suffix.lower()
+    return name
+
+
+def _load_prediction(name: str, shape: tuple[int, ...] | None, gt_name: str | None) -> np.ndarray:
+    name = _prediction_file(name)
+    suffix = Path(name).suffix.lower()
+
+    def check(declared: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        memberships = len(declared) == 3 and dtype is not None and dtype.kind == "f"
+        if not (len(declared) == 2 or memberships) or 0 in declared:
+            raise SegsoftError(
+                f"{name}: label map of shape {declared} (expected (H, W) labels or (H, W, k) float memberships)"
+            )
+        if shape is not None and tuple(declared[:2]) != tuple(shape):
+            against = f" ({gt_name})" if gt_name else ""
+            raise SegsoftError(f"{name}: shape {declared} does not match the ground truth's {tuple(shape)}{against}")
+        _check_pixels(name, declared[:2])
+
     if suffix == ".npy":
-        arr = _read_npy(name)
-        if arr.ndim == 3 and arr.dtype.kind == "f":
+        arr = _read_npy(name, check)
+        if arr.ndim == 3:  # float memberships, as check() let through
             return _argmax_labels(arr, name)
     elif suffix == ".png":
-        arr = _read_label_png(name)
+        arr = _read_label_png(name, check)
     else:
         raise SegsoftError(f"{name}: unknown prediction format (expected a folder, .npy or .png)")
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise SegsoftError(f"{name}: label map of shape {arr.shape} (expected (H, W))")
     return _labels_of_file(arr, name)
 
 
 def _argmax_labels(p: np.ndarray, name: str) -> np.ndarray:
-    if 0 in p.shape:
-        raise SegsoftError(f"{name}: memberships of shape {p.shape} are empty")
-    nan = np.isnan(p).any(axis=-1)
-    labels = np.argmax(np.where(np.isnan(p), -np.inf, p), axis=-1).astype(np.int64)
-    labels[nan] = -1
+    """Labels of (H, W, k) memberships: the argmax; -1 where all of a pixel's memberships are NaN."""
+    nan = np.isnan(p)
+    transparent = nan.all(axis=-1)  # how segsoft writes a transparent pixel
+    partial = nan.any(axis=-1) & ~transparent
+    if partial.any():
+        r, c = np.argwhere(partial)[0]
+        raise SegsoftError(
+            f"{name}: NaN in some but not all memberships of {_pixels(int(partial.sum()))} "
+            f"(first at row {r}, column {c}); only a transparent pixel may be NaN, in all of them"
+        )
+    if transparent.all():
+        raise SegsoftError(f"{name}: every membership is NaN: no pixel to score")
+    infinite = np.isinf(p).any(axis=-1)
+    if infinite.any():
+        r, c = np.argwhere(infinite)[0]
+        raise SegsoftError(
+            f"{name}: infinite memberships at {_pixels(int(infinite.sum()))} (first at row {r}, column {c})"
+        )
+    labels = np.argmax(np.where(nan, -np.inf, p), axis=-1).astype(np.int64)
+    labels[transparent] = -1
     return labels
+
+
+def _pixels(n: int) -> str:
+    return f"{n} pixel{'s' * (n != 1)}"
 
 
 def _labels_of_file(arr: np.ndarray, name: str) -> np.ndarray:
@@ -490,57 +554,192 @@ def _open_error(name: str, e: BaseException) -> SegsoftError:
 # what numpy raises on a truncated, corrupt or foreign file
 _NUMPY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error)
 
+#: The most pixels (H * W) of an image evaluated: 2**27, about 11600 x 11600
+#: or 870 BSDS images. A header declaring more is taken as corrupt or hostile
+#: (scoring needs several int64 copies of every map), and it keeps PNGs under
+#: Pillow's own decompression-bomb limit.
+_MAX_PIXELS = 1 << 27
 
-def _read_npy(name: str) -> np.ndarray:
+#: Deflate expands at most ~1032 times: an .npz member claiming more is lying.
+_MAX_DEFLATE_RATIO = 1100
+
+# a header check: raises SegsoftError; gets the declared shape and, for arrays, dtype
+HeaderCheck = Callable[..., None]
+
+
+def _size(n: int) -> str:
+    """A byte count for a message: '129 bytes', '80.0 GB'."""
+    if n < 1000:
+        return f"{n} byte{'s' * (n != 1)}"
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        n /= 1000
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError  # pragma: no cover
+
+
+def _physical_memory() -> int | None:
     try:
-        arr = np.load(name, allow_pickle=False)
-    except _NUMPY_ERRORS as e:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not on every platform
+        return None
+
+
+def _check_pixels(name: str, hw: Sequence[int]) -> None:
+    h, w = int(hw[0]), int(hw[1])
+    if h * w > _MAX_PIXELS:
+        raise SegsoftError(
+            f"{name}: declares {h}x{w} pixels, more than the {_MAX_PIXELS:,} that evaluate reads (corrupt header?)"
+        )
+
+
+def _check_header(
+    name: str, shape: tuple[int, ...], dtype: np.dtype, available: int, what: str = "the file holds"
+) -> None:
+    """Refuse a .npy header before its data is read: non-numeric dtype, a size the file does not have, too big.
+
+    ``available`` is the number of bytes after the header.
+    """
+    if dtype.hasobject:
+        raise SegsoftError(f"{name}: holds Python objects (dtype {dtype}), which are never unpickled; expected numbers")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise SegsoftError(f"{name}: holds {dtype} values, not integer labels or float memberships")
+    if any(d < 0 for d in shape):
+        raise SegsoftError(f"{name}: header declares an impossible shape {shape}")
+    count = math.prod(shape)  # Python ints: no overflow whatever the header says
+    claimed = count * dtype.itemsize
+    if claimed != available:
+        said, held = _size(claimed), _size(available)
+        if said == held:  # a few bytes off: rounding would hide the difference
+            said, held = f"{claimed} bytes", f"{available} bytes"
+        raise SegsoftError(
+            f"{name}: header claims {said} of data ({shape} {dtype}) but {what} {held} after its header "
+            "(truncated or corrupt)"
+        )
+    memory = _physical_memory()
+    need = claimed + 8 * count  # the data, then its int64 labels
+    if memory is not None and need > memory:
+        raise SegsoftError(
+            f"{name}: a {shape} {dtype} array would need {_size(need)} of memory, "
+            f"more than this machine's {_size(memory)}"
+        )
+
+
+def _read_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the .npy stream ``f``, leaving it at the start of the data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):  # 3.0 only differs in utf-8 field names, refused as non-numeric anyway
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _check_regular(name: str) -> None:
+    """Refuse what is not a plain file before opening it: a FIFO would block, a device never end."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as e:
         raise _open_error(name, e) from None
-    if not isinstance(arr, np.ndarray):  # an .npz under a .npy name
-        arr.close()
-        raise SegsoftError(f"{name}: an .npz archive, not a .npy array")
-    return arr
+    if stat.S_ISDIR(mode):
+        raise SegsoftError(f"{name}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise SegsoftError(f"{name}: not a regular file")
 
 
-def _read_npz(name: str, key: str) -> np.ndarray:
+def _read_npy(name: str, check: HeaderCheck) -> np.ndarray:
+    _check_regular(name)
     try:
-        z = np.load(name, allow_pickle=False)
-    except _NUMPY_ERRORS as e:
-        raise _open_error(name, e) from None
-    if isinstance(z, np.ndarray):
-        raise SegsoftError(f"{name}: a .npy array, not an .npz archive")
-    with z:
-        if key not in z.files:
-            raise SegsoftError(f"{name}: no '{key}' array (has: {', '.join(z.files) or 'nothing'})")
-        try:
-            return z[key]
-        except _NUMPY_ERRORS as e:
-            raise _open_error(name, e) from None
-
-
-def _read_label_png(name: str) -> np.ndarray:
-    try:
-        with PILImage.open(name) as im:
-            if im.mode not in _LABEL_MODES:
-                raise SegsoftError(
-                    f"{name}: a {im.mode} picture, not a label map (expected a palette or greyscale PNG)"
-                )
-            im.load()
-            return np.array(im)
+        with open(name, "rb") as f:
+            magic = f.read(4)
+            if magic.startswith(b"PK"):
+                raise SegsoftError(f"{name}: an .npz archive, not a .npy array")
+            f.seek(0)
+            shape, dtype = _read_header(f)
+            _check_header(name, shape, dtype, os.fstat(f.fileno()).st_size - f.tell())
+            check(shape, dtype)
+            f.seek(0)  # the same open file: what was checked is what is read
+            return np.lib.format.read_array(f, allow_pickle=False)
     except SegsoftError:
         raise
+    except MemoryError:
+        raise SegsoftError(f"{name}: not enough memory to load it") from None
+    except _NUMPY_ERRORS as e:
+        raise _open_error(name, e) from None
+
+
+def _read_npz(name: str, key: str, check: HeaderCheck) -> np.ndarray:
+    _check_regular(name)
+    try:
+        with open(name, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise SegsoftError(f"{name}: a .npy array, not an .npz archive")
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
+                members = {m[:-4] if m.endswith(".npy") else m: m for m in z.namelist()}
+                if key not in members:
+                    raise SegsoftError(f"{name}: no '{key}' array (has: {', '.join(members) or 'nothing'})")
+                info = z.getinfo(members[key])
+                stored = info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+                inflated = info.compress_type == zipfile.ZIP_DEFLATED and (
+                    info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024
+                )
+                if stored or inflated:
+                    raise SegsoftError(
+                        f"{name}: its '{key}' member claims {_size(info.file_size)} from "
+                        f"{_size(info.compress_size)} compressed (corrupt archive)"
+                    )
+                with z.open(info) as member:
+                    shape, dtype = _read_header(member)
+                    _check_header(name, shape, dtype, info.file_size - member.tell(), f"its '{key}' member holds")
+                check(shape, dtype)
+                with z.open(info) as member:
+                    return np.lib.format.read_array(member, allow_pickle=False)
+    except SegsoftError:
+        raise
+    except MemoryError:
+        raise SegsoftError(f"{name}: not enough memory to load its '{key}' array") from None
+    except _NUMPY_ERRORS as e:
+        raise _open_error(name, e) from None
+
+
+def _read_label_png(name: str, check: HeaderCheck) -> np.ndarray:
+    _check_regular(name)
+    try:
+        # Pillow reads only the header here; its bomb limit is replaced by check() on the declared size
+        with _pillow_limit_lifted(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(name) as im:
+                if im.mode not in _LABEL_MODES:
+                    raise SegsoftError(
+                        f"{name}: a {im.mode} picture, not a label map (expected a palette or greyscale PNG)"
+                    )
+                w, h = im.size
+                check((h, w))
+                im.load()
+                return np.array(im)
+    except SegsoftError:
+        raise
+    except MemoryError:
+        raise SegsoftError(f"{name}: not enough memory to decode it") from None
     except UnidentifiedImageError:
         raise SegsoftError(f"{name}: not an image Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as e:
         raise _open_error(name, e) from None
 
 
 def _is_label_png(path: Path) -> bool:
-    """False only for PNGs that open as pictures (RGB, RGBA, ...); broken ones count as labels."""
+    """False only for PNGs that open as pictures (RGB, RGBA, ...); broken or huge ones count as labels."""
+    if not path.is_file():
+        return True  # a FIFO would block Pillow: loading refuses it with its name
     try:
-        with PILImage.open(path) as im:
-            return im.mode in _LABEL_MODES
-    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError):
+        with _pillow_limit_lifted(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as im:
+                return im.mode in _LABEL_MODES
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, PILImage.DecompressionBombError):
         return True  # let loading report what is wrong with it
 
 
@@ -690,6 +889,9 @@ class EvaluationReport:
         with a one-line message naming the file.
     extra : list of str
         Ids with a prediction but no ground truth (not scored).
+    allow_missing : bool
+        Scoring a subset on purpose: ids in ``missing`` do not make the
+        report fail (``ok``), and the summary counts them in one line.
 
     Examples
     --------
@@ -705,6 +907,7 @@ class EvaluationReport:
     missing: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)
+    allow_missing: bool = False
 
     @property
     def means(self) -> dict[str, float]:
@@ -721,11 +924,13 @@ class EvaluationReport:
 
     @property
     def ok(self) -> bool:
-        """Every image with ground truth was scored."""
-        return bool(self.rows) and not self.missing and not self.errors
+        """Every image with ground truth was scored (with ``allow_missing``: every one with a prediction)."""
+        return bool(self.rows) and not self.errors and (self.allow_missing or not self.missing)
 
     def summary(self) -> str:
         """A few aligned lines for a terminal: counts, the means, then what is missing or failed.
+
+        A long list of missing ids is cut to its first few and a count.
 
         Examples
         --------
@@ -735,21 +940,38 @@ class EvaluationReport:
         VoI       1.5000 bits
         Covering  0.6000
         regions   4.0 per image
-        missing   3
+        missing   3 (1 without a prediction; --allow-missing scores only the images that have one)
+        >>> report = EvaluationReport([ImageScore("1", 0.8, 1.5, 0.6, 4, 5)], missing=["3", "4"], allow_missing=True)
+        >>> print(report.summary().splitlines()[-1])
+        subset    scored 1 of 3 ground-truth images (2 without a prediction, --allow-missing)
         """
         m = self.means
         lines = [
             (
                 f"images    {len(self.rows)} scored, {len(self.missing)} missing, {len(self.errors)} failed "
                 f"({self.n_images} with ground truth)"
-            ),
-            f"PRI       {m['pri']:.4f}",
-            f"VoI       {m['voi']:.4f} bits",
-            f"Covering  {m['covering']:.4f}",
-            f"regions   {m['n_regions']:.1f} per image",
+            )
         ]
-        if self.missing:
-            lines.append("missing   " + " ".join(self.missing))
+        if self.rows:
+            lines += [
+                f"PRI       {m['pri']:.4f}",
+                f"VoI       {m['voi']:.4f} bits",
+                f"Covering  {m['covering']:.4f}",
+                f"regions   {m['n_regions']:.1f} per image",
+            ]
+        else:  # "nan" reads as a score; say that there is none
+            lines += [f"{k:<10}n/a (no image scored)" for k in ("PRI", "VoI", "Covering")]
+        if self.missing and self.allow_missing:
+            lines.append(
+                f"subset    scored {len(self.rows)} of {self.n_images} ground-truth images "
+                f"({len(self.missing)} without a prediction, --allow-missing)"
+            )
+        elif self.missing:
+            shown = " ".join(self.missing[:_SHOW_IDS]) + (" ..." if len(self.missing) > _SHOW_IDS else "")
+            lines.append(
+                f"missing   {shown} ({len(self.missing)} without a prediction; "
+                "--allow-missing scores only the images that have one)"
+            )
         lines += [f"failed    {message}" for message in self.errors.values()]
         return "\n".join(lines)
 
@@ -802,8 +1024,13 @@ def evaluate_many(
     predictions: Mapping[str, str | os.PathLike | np.ndarray],
     ground_truth: Mapping[str, str | os.PathLike | LabelMaps],
     progress: Progress | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> EvaluationReport:
     """Score predictions against ground truth, matched by image id.
+
+    Each image's ground truth is read first, so that a prediction file
+    whose header declares another size is refused before its data is read.
 
     Parameters
     ----------
@@ -814,6 +1041,9 @@ def evaluate_many(
         Anything :func:`load_ground_truth` reads, or the label maps.
     progress : callable(done, total, id), optional
         Called after each image with ground truth.
+    allow_missing : bool
+        Scoring a subset on purpose: ground truth without a prediction does
+        not make the report fail (:attr:`EvaluationReport.allow_missing`).
 
     Returns
     -------
@@ -830,7 +1060,9 @@ def evaluate_many(
     (1.0, ['b'], ['x'])
     """
     ids = sorted(ground_truth, key=_natural_key)
-    report = EvaluationReport(extra=sorted((set(predictions) - set(ground_truth)), key=_natural_key))
+    report = EvaluationReport(
+        extra=sorted((set(predictions) - set(ground_truth)), key=_natural_key), allow_missing=allow_missing
+    )
     for done, image_id in enumerate(ids, 1):
         if image_id not in predictions:
             report.missing.append(image_id)
@@ -848,6 +1080,8 @@ def evaluate_folder(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
     progress: Progress | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> EvaluationReport:
     """Score a folder of predictions against a folder of ground truth.
 
@@ -859,6 +1093,8 @@ def evaluate_folder(
         Ground truth as :func:`find_ground_truth` finds it.
     progress : callable(done, total, id), optional
         Called after each image with ground truth.
+    allow_missing : bool
+        As for :func:`evaluate_many`.
 
     Returns
     -------
@@ -883,7 +1119,7 @@ def evaluate_folder(
     (1.0, [])
     """
     predictions = find_predictions(pred_dir)
-    return evaluate_many(predictions, find_ground_truth(gt_dir), progress)
+    return evaluate_many(predictions, find_ground_truth(gt_dir), progress, allow_missing=allow_missing)
 
 
 def evaluate_directory(
@@ -894,6 +1130,7 @@ def evaluate_directory(
     segment_kwargs: Mapping[str, Any] | None = None,
     regions: float | None = None,
     progress: Progress | None = None,
+    allow_missing: bool = False,
 ) -> EvaluationReport:
     """Score a folder of predictions -- or of images, segmented first.
 
@@ -901,6 +1138,11 @@ def evaluate_directory(
     predictions in ``path`` they are scored; otherwise every image in
     ``path`` whose id has ground truth is segmented with
     :func:`segsoft.segment` (``segment_kwargs``) and scored, nothing written.
+
+    Image by image, the ground truth is read first and then the prediction,
+    whose header must declare the ground truth's size (nothing else of it is
+    read otherwise). A file that cannot be read or scored is reported for its
+    image, in ``errors``, and the other images are still scored.
 
     Parameters
     ----------
@@ -921,10 +1163,22 @@ def evaluate_directory(
         merged regions at this threshold, :mod:`segsoft.regions`) instead of
         the cluster labels.
     progress : callable(done, total, id), optional
+    allow_missing : bool
+        Score a subset: the images that have both a prediction and ground
+        truth. Those without a prediction are counted (one summary line)
+        and do not make the report fail. Off, they do, and the summary
+        lists the first few.
 
     Returns
     -------
     EvaluationReport
+
+    Raises
+    ------
+    SegsoftError
+        A folder is missing or holds nothing to score; no prediction (or
+        image) has the id of a ground truth file; ``regions`` given for a
+        folder of predictions.
 
     Examples
     --------
@@ -936,65 +1190,107 @@ def evaluate_directory(
 
     ground_truth = find_ground_truth(gt_dir)
     found = find_predictions(path)
-    errors: dict[str, str] = {}
-    labels: dict[str, np.ndarray] = {}
-    as_is: set[str] = set()  # region maps, not cluster labels: no connected-patch post-processing
     if found and regions is not None:
         raise SegsoftError(
             f"{path}: holds predictions, which are scored as they are (regions.npy first); "
             "--regions applies to a folder of images"
         )
-    if found:
-        for image_id, pred in found.items():
-            if image_id in ground_truth:
-                try:
-                    labels[image_id] = load_prediction(pred)
-                    if pred.name == "regions.npy" or (pred / "regions.npy").is_file():
-                        as_is.add(image_id)
-                except SegsoftError as e:
-                    errors[image_id] = str(e)
-    else:
-        from .segment import segment
+    report = EvaluationReport(allow_missing=allow_missing)
 
-        images = {stem.name: image for image, stem in find_images([path]) if stem.name in ground_truth}
-        for done, (image_id, image) in enumerate(sorted(images.items(), key=lambda kv: _natural_key(kv[0])), 1):
-            try:
-                seg = segment(image, **dict(segment_kwargs or {}))
-                if regions is None:
-                    labels[image_id] = seg.labels
-                else:
-                    labels[image_id] = seg.regions(regions)
-                    as_is.add(image_id)
-            except SegsoftError as e:
-                errors[image_id] = str(e)
+    def post(seg: np.ndarray, as_is: bool) -> np.ndarray:
+        if min_region is None or as_is:
+            return seg
+        return connected_regions(seg, max(1, round(min_region * int((seg >= 0).sum()))))
+
+    if found:
+        if not set(found) & set(ground_truth):
+            raise SegsoftError(
+                f"{path}: no prediction matches a ground truth id in {gt_dir} "
+                f"(predictions: {_few_ids(found)}; ground truth: {_few_ids(ground_truth)})"
+            )
+        ids = list(ground_truth)
+        for done, image_id in enumerate(ids, 1):
+            if image_id not in found:
+                report.missing.append(image_id)
+            else:
+                name = os.fsdecode(found[image_id])
+                try:
+                    name = _prediction_file(name)
+                    gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
+                    seg = _load_prediction(name, gts[0].shape, gt_name)
+                    seg = post(seg, as_is=Path(name).name == "regions.npy")  # region maps are scored as they are
+                    report.rows.append(_score(image_id, seg, name, gts, gt_name))
+                except SegsoftError as e:
+                    report.errors[image_id] = str(e)
+                except MemoryError:  # not the CLI's advice about --sample: name the image
+                    report.errors[image_id] = f"{name}: out of memory scoring it"
             if progress is not None:
-                progress(done, len(images), image_id)
-        progress = None  # the scoring itself is fast
-    if min_region is not None:
-        for image_id, lab in labels.items():
-            if image_id in as_is:
-                continue
-            used = int((lab >= 0).sum())
-            labels[image_id] = connected_regions(lab, max(1, round(min_region * used)))
-    report = evaluate_many(labels, {i: g for i, g in ground_truth.items() if i not in errors}, progress)
-    report.errors.update(errors)
-    report.extra = sorted(set(report.extra) | (set(found) - set(ground_truth)), key=_natural_key)
+                progress(done, len(ids), image_id)
+        report.extra = sorted(set(found) - set(ground_truth), key=_natural_key)
+        return report
+
+    from .segment import segment
+
+    listed = find_images([path])
+    if not listed:
+        raise SegsoftError(
+            f"{path}: holds no predictions (segsoft output folders, <id>.npy or <id>.png label maps) and no images"
+        )
+    images = {stem.name: image for image, stem in listed if stem.name in ground_truth}
+    if not images:
+        raise SegsoftError(
+            f"{path}: no image matches a ground truth id in {gt_dir} "
+            f"(images: {_few_ids({stem.name: 0 for _, stem in listed})}; ground truth: {_few_ids(ground_truth)})"
+        )
+    ids = sorted(images, key=_natural_key)
+    report.missing = [i for i in ground_truth if i not in images]
+    for done, image_id in enumerate(ids, 1):
+        name = os.fsdecode(images[image_id])
+        try:
+            # the ground truth first: a broken one is reported without segmenting the image for nothing
+            gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
+            seg = segment(images[image_id], **dict(segment_kwargs or {}))
+            labels = seg.labels if regions is None else seg.regions(regions)
+            report.rows.append(_score(image_id, post(labels, regions is not None), name, gts, gt_name))
+        except SegsoftError as e:
+            report.errors[image_id] = str(e)
+        if progress is not None:
+            progress(done, len(ids), image_id)
+    report.rows.sort(key=lambda r: _natural_key(r.id))
     return report
 
 
+def _few_ids(ids: Mapping[str, object] | Sequence[str], n: int = 5) -> str:
+    """'2092, 3096, ... (12 in all)': the first few ids for a one-line message."""
+    listed = sorted(ids, key=_natural_key)
+    text = ", ".join(listed[:n])
+    return text + (f", ... ({len(listed)} in all)" if len(listed) > n else "")
+
+
+def _ground_truth_maps(image_id: str, gt: object) -> tuple[list[np.ndarray], str]:
+    """One image's human label maps, from a file or memory, and the name to give in messages."""
+    if isinstance(gt, (str, os.PathLike)):
+        gt_name = os.fsdecode(gt)
+        return load_ground_truth(gt_name), gt_name
+    gt_name = f"ground truth {image_id}"
+    gts = [_as_labels(g, gt_name) for g in (gt[None] if isinstance(gt, np.ndarray) and gt.ndim == 2 else gt)]
+    if not gts:
+        raise SegsoftError(f"{gt_name}: no human segmentations")
+    return gts, gt_name
+
+
 def _score_one(image_id: str, pred: object, gt: object) -> ImageScore:
+    gts, gt_name = _ground_truth_maps(image_id, gt)
     if isinstance(pred, (str, os.PathLike)):
-        pred_name = os.fsdecode(pred)
-        seg = load_prediction(pred_name)
+        pred_name = _prediction_file(os.fsdecode(pred))
+        seg = _load_prediction(pred_name, gts[0].shape, gt_name)
     else:
         pred_name = f"prediction {image_id}"
         seg = _as_labels(pred, pred_name)
-    if isinstance(gt, (str, os.PathLike)):
-        gt_name = os.fsdecode(gt)
-        gts = load_ground_truth(gt_name)
-    else:
-        gt_name = f"ground truth {image_id}"
-        gts = [_as_labels(g, gt_name) for g in (gt[None] if isinstance(gt, np.ndarray) and gt.ndim == 2 else gt)]
+    return _score(image_id, seg, pred_name, gts, gt_name)
+
+
+def _score(image_id: str, seg: np.ndarray, pred_name: str, gts: list[np.ndarray], gt_name: str) -> ImageScore:
     if any(g.shape != seg.shape for g in gts):
         shape = next(g.shape for g in gts if g.shape != seg.shape)
         raise SegsoftError(f"{pred_name}: shape {seg.shape} does not match the ground truth's {shape} ({gt_name})")
