@@ -48,10 +48,23 @@ import numpy as np
 from . import __version__, render
 from .errors import SegsoftError
 from .features import FeatureSpec, extract
+from .limits import CHOICES, LIMITS, MAX_K, check_choice, check_setting
 from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
 from .mixture import model_from_dict
+from .modelfile import read_json
 from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
-from .outputs import _FOLDER_TEMP, _sweep, _write_json, check_writable, load_model, output_files, write
+from .outputs import (
+    _FOLDER_TEMP,
+    _sweep,
+    _write_json,
+    check_writable,
+    file_identity,
+    folder_lock,
+    image_folder,
+    load_model,
+    output_files,
+    write,
+)
 from .outputs import _jsonable as _plain
 from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
 
@@ -127,19 +140,51 @@ class SegmentOptions:
     region_threshold: float = MERGE_THRESHOLD
 
     def check(self) -> None:
-        """Raise :class:`SegsoftError` for a bad option, before any slow work."""
-        if self.max_pixels < 1:
-            raise SegsoftError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+        """Raise :class:`SegsoftError` for a bad option, naming its flag, before any slow work.
+
+        Every value is checked against :data:`segsoft.limits.LIMITS` and
+        :data:`segsoft.limits.CHOICES`, the ranges ``model.json`` files are
+        checked against too.
+        """
+        try:
+            for name, value in (
+                ("max_pixels", self.max_pixels),
+                ("spatial_weight", self.spatial_weight),
+                ("smoothing", self.smoothing),
+                ("max_iter", self.max_iter),
+                ("tol", self.tol),
+                ("n_init", self.n_init),
+                ("seed", self.seed if self.seed is not None else 0),
+                ("sample", self.sample or 0),
+                ("m", self.m),
+                ("alpha", self.alpha),
+                ("region_threshold", self.region_threshold),
+            ):
+                check_setting(name, value)
+            if self.beta is not None:
+                check_setting("beta", self.beta)
+            for name in CHOICES:
+                check_choice(name, getattr(self, name))
+        except ValueError as exc:
+            raise SegsoftError(str(exc)) from None
         if self.k == "auto":
-            _check_k_range(self.k_range)
-            if self.criterion not in CRITERIA:
-                raise SegsoftError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+            try:
+                _check_k_range(self.k_range)
+            except SegsoftError as exc:
+                raise SegsoftError(f"--k-range: {exc}") from None
             if self.model == "fcm":
                 raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
-        elif isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise SegsoftError(f"-k must be a whole number >= 1 or auto, got {self.k!r}")
-        if not (self.smoothing >= 0 and math.isfinite(self.smoothing)):
-            raise SegsoftError(f"--smooth must be a finite number >= 0, got {self.smoothing!r}")
+        elif not LIMITS["k"].accepts(self.k):
+            if isinstance(self.k, (int, np.integer)) and not isinstance(self.k, bool) and self.k > MAX_K:
+                raise SegsoftError(
+                    f"-k {self.k} is more than the {MAX_K} clusters segsoft supports "
+                    "(each cluster is a heatmap and a probability plane)"
+                )
+            raise SegsoftError(f"-k must be a whole number from 1 to {MAX_K} or auto, got {self.k!r}")
+        if self.smoothing > 0 and self.model == "fcm":
+            raise SegsoftError("--smooth needs a likelihood model: use --model gmm or soft-kmeans")
+        if self.beta is not None and self.model != "soft-kmeans":
+            raise SegsoftError(f"--beta only applies with --model soft-kmeans, not {self.model}")
         check_render_options(self.alpha, self.cmap, self.region_threshold)
         FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
         make_model(
@@ -434,7 +479,7 @@ def apply_batch(
     digest = _model_digest(fitted)
     items, out = _prepare(inputs, output, recursive)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
-    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, cut)
+    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, cut, (os.fspath(model),))
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
         batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **_expect_regions(cut)})
@@ -447,11 +492,15 @@ def _prepare(inputs: Iterable[str | os.PathLike], output: str | os.PathLike, rec
     # outputs of an earlier run inside an input folder are not inputs
     # (`segsoft batch photos -r -o photos/seg` twice would segment the heatmaps)
     inside = out.resolve()
-    items = [
-        (p, stem) for p, stem in find_images(inputs, recursive=recursive) if not p.resolve().is_relative_to(inside)
-    ]
+    found = find_images(inputs, recursive=recursive)
+    items = [(p, stem) for p, stem in found if not p.resolve().is_relative_to(inside)]
     if not items:
         named = ", ".join(os.fsdecode(i) for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+        if found:
+            raise SegsoftError(
+                f"{named}: the {len(found)} image{'s' * (len(found) != 1)} found lie under the output folder "
+                f"{out}, whose files are never inputs; choose another -o (e.g. -o {out.name or 'out'}_segsoft)"
+            )
         hint = "" if recursive else " (use --recursive to look in sub-folders)"
         raise SegsoftError(f"no images found in {named or 'the inputs'}{hint}")
     check_writable(out)
@@ -492,7 +541,13 @@ class _Batch:
         self.report = BatchReport([], len(items), output, output / SUMMARY_NAME)
 
     def folder(self, i: int) -> Path:
-        return self.output / self.items[i][1]
+        return image_folder(self.output, self.items[i][1])
+
+    def sweep(self, i: int) -> None:
+        """Remove the temporary files a stopped or dead worker left in image ``i``'s folder,
+        unless another live process holds that folder (they may be its files)."""
+        with suppress(SegsoftError), folder_lock(self.folder(i)) as _:
+            _sweep(self.folder(i), _FOLDER_TEMP)
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
@@ -503,7 +558,7 @@ class _Batch:
         except KeyboardInterrupt as exc:
             # the workers are stopped by now: their unfinished files can go
             for i in self.in_flight:
-                _sweep(self.folder(i), _FOLDER_TEMP)
+                self.sweep(i)
             self.finish(interrupted=True)
             if isinstance(exc, BatchInterrupted):
                 raise
@@ -525,8 +580,8 @@ class _Batch:
     def record(self, i: int, row: BatchResult) -> None:
         row.output = str(self.folder(i))
         self.rows[i] = row
-        if row.status == "failed":
-            _sweep(self.folder(i), _FOLDER_TEMP)  # a worker that died leaves its temporary files
+        if row.status == "failed" and self.folder(i).is_dir():
+            self.sweep(i)  # a worker that died leaves its temporary files
         if self.progress is not None:
             self.progress(len(self.rows), len(self.items), row)
 
@@ -537,7 +592,7 @@ class _Batch:
             if i in self.unreadable:
                 self.record(i, self.unreadable[i])
                 continue
-            record = _complete_record(self.folder(i), expect) if self.skip_existing else None
+            record = _complete_record(self.folder(i), expect, path) if self.skip_existing else None
             if record is not None:
                 self.record(i, _skipped_row(path, record))
             else:
@@ -615,19 +670,36 @@ def write_summary(rows: Sequence[BatchResult], path: str | os.PathLike) -> Path:
 # skip-existing
 
 
-def _complete_record(folder: Path, expect: dict[str, Any]) -> dict[str, Any] | None:
-    """The folder's model.json when the folder is complete and ``expect`` matches it."""
+def _complete_record(folder: Path, expect: dict[str, Any], source: Path | None = None) -> dict[str, Any] | None:
+    """The folder's model.json when the folder is complete, ``expect`` matches it
+    and it was made from the file now at ``source`` (same size and content hash)."""
     try:
-        record = json.loads((folder / "model.json").read_text())
+        record = read_json(folder / "model.json")  # bounded: a planted huge or deep file is just "incomplete"
         k = int(record["result"]["k"])
         auto = record.get("k_selection") is not None
-    except (OSError, ValueError, KeyError, TypeError):
+        made_from = record["image"].get("source") if source is not None else None
+    except (SegsoftError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not _matches(_plain(expect), record):
+        return None
+    if source is not None and not _same_source(made_from, source):
         return None
     if not all((folder / name).is_file() for name in output_files(k, auto, "regions" in expect)):
         return None
     return record
+
+
+def _same_source(recorded: Any, path: Path) -> bool:
+    """``path`` still holds the file a model.json was made from: the size first (cheap), then the hash."""
+    if not isinstance(recorded, dict):
+        return False  # made before inputs were recorded, or from an array: redo
+    try:
+        if os.stat(path).st_size != recorded.get("size"):
+            return False
+    except OSError:
+        return False
+    now = file_identity(path)
+    return now is not None and now["blake2b"] == recorded.get("blake2b")
 
 
 def _expect_regions(threshold: float | None) -> dict[str, Any]:
@@ -675,6 +747,7 @@ class _ApplyJob:
     cmap: str
     max_pixels: int
     regions: float | None = None
+    protect: tuple[str, ...] = ()  # files no output may replace (the model file being applied)
 
 
 @dataclass
@@ -711,7 +784,14 @@ def _as_row(result: Any, path: str) -> BatchResult:
 
 
 def _finish(
-    seg: Any, folder: Path, path: str, alpha: float, cmap: str, t0: float, regions: float | None = None
+    seg: Any,
+    folder: Path,
+    path: str,
+    alpha: float,
+    cmap: str,
+    t0: float,
+    regions: float | None = None,
+    protect: Sequence[str] = (),
 ) -> BatchResult:
     write(
         seg,
@@ -720,6 +800,7 @@ def _finish(
         cmap=cmap,
         regions=regions is not None,
         region_threshold=MERGE_THRESHOLD if regions is None else regions,
+        protect=protect,
     )
     model = seg.model
     return BatchResult(
@@ -756,7 +837,7 @@ def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
     try:
         model, spec = model_from_dict(job.model), FeatureSpec.from_dict(job.spec)
         seg = apply_model(path, model, spec, max_pixels=job.max_pixels, settings=job.settings)
-        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0, job.regions)
+        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0, job.regions, job.protect)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0

@@ -24,6 +24,7 @@ import typer
 from . import __version__
 from .errors import SegsoftError
 from .io import DEFAULT_MAX_PIXELS
+from .limits import check_choice
 from .regions import MERGE_THRESHOLD
 
 app = typer.Typer(
@@ -137,7 +138,7 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
             _fmt(seg.log_likelihood),
         ),
         ("BIC", _fmt(seg.bic, ".1f")),
-        ("cluster sizes", "  ".join(f"{j}:{f:.0%}" for j, f in enumerate(_fractions(seg)))),
+        ("cluster sizes", _sizes(_fractions(seg))),
         ("seconds", f"{seconds:.2f}"),
         ("output", str(folder)),
     ]
@@ -165,6 +166,16 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
     # plain aligned lines: a rich table would cut long paths at the terminal width
     for key, value in rows:
         typer.echo(f"{key:<16}{value}")
+
+
+def _sizes(fractions: list[float], most: int = 12) -> str:
+    """Each cluster's share of the pixels; past ``most`` clusters, the largest ones and a count of the rest."""
+    if len(fractions) <= most:
+        return "  ".join(f"{j}:{f:.0%}" for j, f in enumerate(fractions))
+    order = sorted(range(len(fractions)), key=lambda j: -fractions[j])[: most - 2]
+    rest = 1.0 - sum(fractions[j] for j in order)
+    shown = "  ".join(f"{j}:{fractions[j]:.0%}" for j in order)
+    return f"{shown}  +{len(fractions) - len(order)} more: {rest:.0%}  (largest first; all in model.json)"
 
 
 def _fractions(seg: Any) -> list[float]:
@@ -272,14 +283,35 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
 }
 _MODEL_OPTIONS = tuple(_OPTIONS)
-# options that mean something only together with another: field -> (in effect?, flag, with what)
+# options that mean something only together with another: field -> (in effect?, flag, with what).
+# Given on the command line where they have no effect, they are an error, never silently ignored.
 _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
     "k_range": (lambda v: v.get("k") == "auto", "--k-range", "-k auto"),
     "criterion": (lambda v: v.get("k") == "auto", "--criterion", "-k auto"),
     "region_threshold": (lambda v: bool(v.get("regions")), "--region-threshold", "--regions"),
+    "beta": (lambda v: v.get("model", "gmm") == "soft-kmeans", "--beta", "--model soft-kmeans"),
+    "m": (lambda v: v.get("model", "gmm") == "fcm", "-m/--fuzzifier", "--model fcm"),
+    "covariance": (lambda v: v.get("model", "gmm") == "gmm", "--covariance", "--model gmm"),
 }
+_CHOICE_FIELDS = ("color", "model", "covariance", "criterion")  # case-insensitive on the command line
 _EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in ("alpha", "cmap"))  # nothing is drawn
 _RENDER_OPTIONS = ("alpha", "cmap", "regions", "region_threshold", "max_pixels")
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """The option was typed (or came from the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _colormap_name(name: str) -> str:
+    """Matplotlib names are case-sensitive (``Blues``); take another case when it names exactly one."""
+    from matplotlib import colormaps
+
+    if name in colormaps:
+        return name
+    matches = [known for known in colormaps if known.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else name
 
 
 def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -300,13 +332,26 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
+            ctx = kwargs.pop("_ctx")
+            sources = {_OPTIONS[name][2]: _given(ctx, name) for name in names}
             values = {_OPTIONS[name][2]: kwargs.pop(name) for name in names}
-            given = {field for field in _ONLY_WITH if values.get(field) is not None}
-            values = {f: v for f, v in values.items() if not (f in _ONLY_WITH and v is None)}
+            given = {field for field in _ONLY_WITH if sources.get(field) and values.get(field) is not None}
+            values = {f: v for f, v in values.items() if v is not None or f not in _ONLY_WITH}
+            for field in _CHOICE_FIELDS:
+                if isinstance(values.get(field), str):
+                    values[field] = values[field].strip().lower()
+            if "cmap" in values:
+                values["cmap"] = _colormap_name(values["cmap"])
             if "k" in values:
                 values["k"] = _parse_k(values["k"])
             if values.get("k_range") is not None:
                 values["k_range"] = _parse_range(values["k_range"])
+            for field in _CHOICE_FIELDS:  # a misspelt --model must not read as "--beta only applies with ..."
+                if field in values:
+                    try:
+                        check_choice(field, values[field])
+                    except ValueError as exc:
+                        raise SegsoftError(str(exc)) from None
             for field in sorted(given):
                 in_effect, flag, other = _ONLY_WITH[field]
                 if not in_effect(values):
@@ -315,6 +360,7 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
 
             return fn(opts=SegmentOptions(**values), **kwargs)
 
+        params.insert(0, inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper
@@ -329,7 +375,7 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
 @_guard
 @_options(_MODEL_OPTIONS)
 def run(
-    image: Path = typer.Argument(..., help="Image file to segment (JPEG, PNG, TIFF, BMP, WebP, ...)."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Image file to segment (JPEG, PNG, TIFF, BMP, WebP, ...)."),
     output: Path = typer.Option(
         Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<image name>/."
     ),
@@ -340,25 +386,64 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
-    from .outputs import check_writable
+    from .outputs import check_targets, check_writable, image_folder
     from .outputs import save_model as write_model
     from .segment import segment
 
     start = time.perf_counter()
     opts.check()
-    if not image.exists():
+    if not image.exists() and not image.is_symlink():
         raise SegsoftError(f"{image}: no such file")
-    folder = output / image.stem
+    folder = image_folder(output, image.stem)
     # fail before the slow work on what can be checked up front
     check_writable(folder)
+    check_targets(folder, [image])
     if save_model is not None:
+        _check_save_model(save_model, image, folder)
         check_writable(save_model.parent)
-    seg = segment(image, **opts.segment_kwargs())
-    seg.save(folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.regions, region_threshold=opts.region_threshold)
-    if save_model is not None:
-        write_model(seg, save_model)
+    with _sigterm_as_interrupt():
+        seg = segment(image, **opts.segment_kwargs())
+        seg.save(
+            folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.regions, region_threshold=opts.region_threshold
+        )
+        if save_model is not None:
+            write_model(seg, save_model)
     if not quiet:
         _summary(seg, folder, time.perf_counter() - start, opts.region_cut)
+
+
+def _check_save_model(path: Path, image: Path, folder: Path) -> None:
+    """--save-model may write a new file or replace a segsoft model, nothing else:
+    not the input, not another output of this run, not a user's file."""
+    import os
+
+    from .outputs import LOCK_NAME, check_targets
+
+    real = os.path.realpath(path)
+    if real == os.path.realpath(image):
+        raise SegsoftError(f"--save-model {path}: is the input image; choose another path")
+    if os.path.isdir(real):
+        raise SegsoftError(f"--save-model {path}: is a folder; give a file name such as {path / 'model.json'}")
+    if os.path.dirname(real) == os.path.realpath(folder):
+        try:
+            check_targets(folder, [path])
+        except SegsoftError:
+            raise SegsoftError(
+                f"--save-model {path}: is one of this run's outputs in {folder}; choose another path"
+            ) from None
+        if os.path.basename(real) == LOCK_NAME:
+            raise SegsoftError(f"--save-model {path}: is this run's lock file; choose another path")
+    if os.path.lexists(path) and not _is_segsoft_model(path):
+        raise SegsoftError(f"--save-model {path}: exists and is not a segsoft model.json; not overwritten")
+
+
+def _is_segsoft_model(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b'"segsoft_version"' in head
 
 
 _INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
@@ -374,7 +459,7 @@ _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no repor
 @_guard
 @_options(_MODEL_OPTIONS)
 def batch(
-    inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help=_INPUTS_HELP),
     output: Path = typer.Option(
         Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
     ),
@@ -414,7 +499,7 @@ def apply(
     model: Path = typer.Argument(
         ..., metavar="MODEL.json", help="A model.json (from run, batch or run --save-model) or shared_model.json."
     ),
-    inputs: list[Path] = typer.Argument(..., help=_INPUTS_HELP),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help=_INPUTS_HELP),
     output: Path = typer.Option(
         Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
     ),
@@ -533,6 +618,11 @@ def evaluate(
         "0 scores the labels as they are (region maps from --regions are always scored as they are).",
     ),
     csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here."),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Score only the images that have a prediction; ground truth without one is counted, not an error.",
+    ),
     opts: Any = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -549,6 +639,11 @@ def evaluate(
     if csv is not None:
         from .outputs import check_writable
 
+        if csv.is_dir():
+            raise SegsoftError(f"--csv {csv}: is a folder; give a file name such as {csv / 'scores.csv'}")
+        if csv.exists() and csv.suffix.lower() != ".csv":
+            # it may be a prediction or a ground truth: never write over what is being read
+            raise SegsoftError(f"--csv {csv}: exists and is not a .csv file; not overwritten")
         check_writable(csv.parent)
     with _ProgressBar(quiet) as bar:
         report = evaluate_directory(
@@ -557,6 +652,7 @@ def evaluate(
             min_region=min_region or None,
             segment_kwargs=opts.segment_kwargs(),
             regions=opts.region_cut,
+            allow_missing=allow_missing,
             progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"),
         )
     if csv is not None:
@@ -580,8 +676,28 @@ def _changed_options(opts: Any, names: tuple[str, ...]) -> list[str]:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    app(prog_name="segsoft")
+    """Console-script entry point.
+
+    Usage errors (an unknown flag, a missing argument, a value of the wrong
+    type) are one ``segsoft: error:`` line like every other error, exit
+    code 2, instead of Typer's framed box.
+    """
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="segsoft", standalone_mode=False)
+    except Exception as exc:  # the click exception types differ between Typer versions
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        context = getattr(getattr(exc, "ctx", None), "command_path", None) or "segsoft"
+        message = " ".join(str(exc.format_message()).split())
+        if message:  # bare `segsoft` printed the help and has nothing to add
+            typer.echo(f"segsoft: error: {message} (see {context} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, EOFError):  # before or after a command's own handling
+        typer.echo("segsoft: error: interrupted", err=True)
+        sys.exit(130)
+    if isinstance(code, int):
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,14 +19,17 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io as _io
 import json
 import math
 import os
 import re
+import socket
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,14 +39,26 @@ from PIL import Image as PILImage
 from . import __version__, render
 from .errors import SegsoftError
 from .features import FeatureSpec
-from .io import atomic_path, atomic_write_bytes
-from .mixture import model_from_dict
+from .io import atomic_path, atomic_write_bytes, inside, safe_component
 from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 
 if TYPE_CHECKING:
     from .segment import SoftSegmentation
 
-__all__ = ["write", "check_writable", "model_record", "load_model", "save_model", "output_files", "PNG_COMPRESS_LEVEL"]
+__all__ = [
+    "LOCK_NAME",
+    "PNG_COMPRESS_LEVEL",
+    "FolderBusy",
+    "check_writable",
+    "file_identity",
+    "folder_lock",
+    "image_folder",
+    "load_model",
+    "model_record",
+    "output_files",
+    "save_model",
+    "write",
+]
 
 # zlib level 1: PNGs ~10 % larger than the default level 6, written ~4x faster
 PNG_COMPRESS_LEVEL = 1
@@ -116,7 +131,8 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
                 "weight": weights[j],
                 "pixel_fraction": counts[j] / max(seg.n_used, 1),
                 "mean_rgb": [int(round(c * 255)) for c in seg.mean_rgb[j]],
-                f"mean_{spec.color}": mean_color[j],
+                # for rgb, mean_rgb above already is the mean colour (and must stay 8-bit)
+                **({} if spec.color == "rgb" else {f"mean_{spec.color}": mean_color[j]}),
                 "mean_features": model.means_[j],
                 "collapsed": bool(collapsed[j]),
             }
@@ -133,6 +149,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
                 "mode": img.mode,
                 "bit_depth": img.bit_depth,
                 "pixels_used": seg.n_used,
+                "source": None if img.path is None else file_identity(img.path),  # what --skip-existing compares
             },
             "settings": seg.settings,
             "features": {**spec.to_dict(), "names": spec.feature_names},
@@ -173,23 +190,10 @@ def load_model(path: str | os.PathLike) -> tuple[Any, FeatureSpec, dict[str, Any
     >>> model, spec, record = load_model("outputs/coffee/model.json")  # doctest: +SKIP
     >>> segsoft.apply_model("images/chelsea.jpg", model, spec)  # doctest: +SKIP
     """
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SegsoftError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SegsoftError(f"{path}: is a directory, not a model.json") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SegsoftError(f"{path}: not a segsoft model.json ({exc.__class__.__name__})") from None
-    except OSError as exc:
-        raise SegsoftError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        model = model_from_dict(record["model"])
-        spec = FeatureSpec.from_dict({k: v for k, v in record["features"].items() if k != "names"})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SegsoftError(f"{path}: not a segsoft model.json (missing or bad field: {exc})") from None
-    return model, spec, record
+    # reading, the size and nesting limits and every field check: see segsoft.modelfile
+    from .modelfile import read_model
+
+    return read_model(path)
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -205,6 +209,175 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise SegsoftError(f"{folder}: cannot create the output folder ({probe} is a file)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SegsoftError(f"{folder}: output folder is not writable")
+
+
+def image_folder(output: str | os.PathLike, stem: str | os.PathLike) -> Path:
+    """The output folder of one image: ``output/<stem>``, every part of the stem made safe.
+
+    An input called ``...png`` has the stem ``..``; used as it is, its
+    outputs would land in (and its stale-file clean-up would delete from)
+    the output folder's parent. Each part goes through
+    :func:`segsoft.io.safe_component` and the result must resolve inside
+    ``output``.
+
+    Examples
+    --------
+    >>> image_folder("results", "..").as_posix(), image_folder("results", "2024/coffee").as_posix()
+    ('results/_..', 'results/2024/coffee')
+    """
+    parts = [safe_component(part) for part in Path(os.fsdecode(stem)).parts] or ["image"]
+    folder = Path(os.fsdecode(output)).joinpath(*parts)
+    inside(output, folder)
+    return folder
+
+
+#: Names in an image folder that :func:`write` creates, replaces or removes.
+_OWNED = re.compile(
+    r"^(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)\.(png|npy|json)$"
+)
+
+
+def check_targets(folder: str | os.PathLike, protect: Iterable[str | os.PathLike]) -> None:
+    """Refuse to write ``folder`` when it would replace or remove a ``protect`` file.
+
+    ``protect`` holds the files the command reads (its input image, the
+    model it applies). Links are followed, so a path that only leads to the
+    same file is caught too.
+
+    Raises
+    ------
+    SegsoftError
+        Naming the protected file and the folder.
+    """
+    real_folder = os.path.realpath(folder)
+    for p in protect:
+        if p is None:
+            continue
+        real = os.path.realpath(p)
+        if os.path.dirname(real) == real_folder and (_OWNED.match(os.path.basename(real)) or _FOLDER_TEMP.match(
+            os.path.basename(real)
+        )):
+            raise SegsoftError(
+                f"{os.fsdecode(p)}: is an input and writing the outputs to {os.fsdecode(folder)} would replace it; "
+                "choose another output folder (-o)"
+            )
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What identifies an input file: size, mtime_ns and a BLAKE2b hash of its content (None if unreadable).
+
+    ``--skip-existing`` compares it, so replacing ``p.jpg`` by another photo
+    of the same name does not keep the old photo's outputs.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     _ = f.write(b"abc"); f.flush()
+    ...     file_identity(f.name)["size"], file_identity(f.name)["blake2b"][:8]
+    (3, 'cf4ab791')
+    """
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": h.hexdigest()}
+
+
+LOCK_NAME = ".segsoft.lock"
+
+
+class FolderBusy(SegsoftError):
+    """Another live process is writing the output folder."""
+
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows
+    _fcntl = None
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder/.segsoft.lock`` (holding this process's pid) while the block writes the folder.
+
+    The lock is an OS file lock (``flock``): it is released when its holder
+    dies, however it dies, so the lock file a killed process leaves behind is
+    simply taken over. A folder locked by a live process raises
+    :class:`FolderBusy` at once: two processes never mix their files in one
+    folder. The lock file is removed when the block ends.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with folder_lock(tmp):
+    ...         try:
+    ...             with folder_lock(tmp):
+    ...                 pass
+    ...         except FolderBusy as exc:
+    ...             print("busy")
+    busy
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise SegsoftError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
+        try:
+            _lock_fd(fd)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise FolderBusy(
+                f"{folder}: being written by another segsoft process{owner}; left to it (use another -o)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # the previous holder removes the file on release: if it did after our
+        # open, we hold a lock on a file nobody else can see; start again
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield path
+    finally:
+        if _fcntl is not None:  # Windows cannot remove an open file; the next holder reuses it
+            with suppress(OSError):
+                os.unlink(path)
+        os.close(fd)
+
+
+def _lock_fd(fd: int) -> None:
+    if _fcntl is not None:
+        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        return
+    import msvcrt  # pragma: no cover - Windows
+
+    try:  # pragma: no cover
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as exc:  # pragma: no cover
+        raise BlockingIOError(str(exc)) from None
+
+
+def _lock_owner(fd: int) -> str:
+    with suppress(OSError, ValueError, IndexError):
+        fields = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        return f" (pid {int(fields[0])}{' on ' + fields[1] if len(fields) > 1 else ''})"
+    return ""
 
 
 _FOLDER_TEMP = re.compile(
@@ -260,6 +433,7 @@ def write(
     montage: bool = True,
     regions: bool = False,
     region_threshold: float = MERGE_THRESHOLD,
+    protect: Iterable[str | os.PathLike] = (),
 ) -> dict[str, Path]:
     """Write every output of ``seg`` into ``folder`` (created if needed).
 
@@ -269,6 +443,11 @@ def write(
     the threshold and the number of regions. Returns the written paths by
     file name. ``model.json`` is written last, so its presence marks a
     complete output folder.
+
+    The folder is locked while it is written (:func:`folder_lock`): a second
+    process writing the same folder gets :class:`FolderBusy` and writes
+    nothing. Nothing is written when an output would replace the image's
+    own file or one in ``protect`` (e.g. the model being applied).
 
     Examples
     --------
@@ -282,7 +461,23 @@ def write(
         region_threshold = check_threshold(region_threshold)
     except ValueError as exc:
         raise SegsoftError(f"{folder}: {exc}") from None
+    protect = [seg.image.path, *protect]
+    check_targets(folder, protect)
     _prepare_folder(folder)
+    with folder_lock(folder):
+        check_targets(folder, protect)  # again, now that no one else can change the folder
+        return _write_locked(seg, folder, alpha, cmap, montage, regions, region_threshold)
+
+
+def _write_locked(
+    seg: SoftSegmentation,
+    folder: Path,
+    alpha: float,
+    cmap: str,
+    montage: bool,
+    regions: bool,
+    region_threshold: float,
+) -> dict[str, Path]:
     _start_folder(folder)
     t0 = time.perf_counter()
     written: dict[str, Path] = {}

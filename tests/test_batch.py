@@ -175,7 +175,7 @@ def test_cli_exit_codes(tmp_path):
         (("batch", tmp_path / "empty"), "no images found"),
         (("batch", tmp_path / "missing"), "no such file"),
         (("batch", good, "--jobs", "0"), "--jobs"),
-        (("batch", good, "--model", "kmeans"), "unknown model"),
+        (("batch", good, "--model", "kmeans"), "--model must be one of"),
         (("batch", good, "--shared-model", "--smooth", "1"), "--smooth"),
     ]:
         result = segsoft_cli(*args, "-o", tmp_path / "out2")

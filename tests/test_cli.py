@@ -131,6 +131,6 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_bad_choices_are_one_line_errors(tmp_path):
-    assert_clean_error(segsoft("run", SAMPLE, "--model", "kmeans", "-o", tmp_path), "unknown model")
-    assert_clean_error(segsoft("run", SAMPLE, "--color", "cmyk", "-o", tmp_path), "colour space")
+    assert_clean_error(segsoft("run", SAMPLE, "--model", "kmeans", "-o", tmp_path), "--model must be one of")
+    assert_clean_error(segsoft("run", SAMPLE, "--color", "cmyk", "-o", tmp_path), "--color must be one of")
     assert_clean_error(segsoft("run", SAMPLE, "--cmap", "nope", "-o", tmp_path), "colormap")

@@ -88,7 +88,7 @@ def test_bad_region_threshold_is_a_one_line_error(tmp_path, value):
     result = segsoft("run", SAMPLE, "--regions", "--region-threshold", value, "-o", tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"segsoft: error: --region-threshold must be a finite number >= 0, got {float(value)!r}"
+        f"segsoft: error: --region-threshold must be a number >= 0 and <= 1e+06, got {float(value)!r}"
     ]
     assert not any(tmp_path.iterdir())  # refused before anything was written
 

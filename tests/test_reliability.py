@@ -225,14 +225,18 @@ def test_colours_that_are_one_grey_level(tmp_path):
 @pytest.mark.parametrize(
     "option,needle",
     [
-        (("--max-iter", "0"), "max_iter"),
+        (("--max-iter", "0"), "--max-iter must be"),
         (("--covariance", "xyz"), "covariance"),
         (("--seed", "-1"), "seed"),
         (("--tol", "nan"), "tol"),
-        (("--model", "fcm", "-m", "1"), "fuzzifier"),
-        (("--beta", "2"), "soft-kmeans option"),
+        (("--model", "fcm", "-m", "1"), "-m/--fuzzifier must be"),
+        (("-m", "1.5"), "-m/--fuzzifier only applies with --model fcm"),
+        (("--beta", "2"), "--beta only applies with --model soft-kmeans"),
+        (("--covariance", "diag", "--model", "fcm"), "--covariance only applies with --model gmm"),
+        (("--spatial-weight", "1e300"), "--spatial-weight must be"),
         (("--max-pixels", "0"), "max-pixels"),
-        (("--sample", "-5"), "sample_size"),
+        (("--sample", "-5"), "--sample must be"),
+        (("-k", "500"), "64 clusters"),
     ],
 )
 def test_bad_model_options_fail_before_reading(tmp_path, option, needle):

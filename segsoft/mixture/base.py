@@ -6,6 +6,7 @@ See the package docstring for how the passes work. The model classes live in
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import Callable
@@ -247,8 +248,6 @@ class _EMBase:
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as in scikit-learn."""
-        import inspect
-
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
 
@@ -274,6 +273,13 @@ class _EMBase:
             raise ValueError(f"seed must be a whole number >= 0 or None, got {self.seed!r}")
         if self.sample_size is not None and self.sample_size < 0:
             raise ValueError(f"sample_size must be >= 0 or None, got {self.sample_size!r}")
+        if not (isinstance(self.polish_iter, (int, np.integer)) and self.polish_iter >= 0):
+            raise ValueError(f"polish_iter must be a whole number >= 0, got {self.polish_iter!r}")
+        # every pass allocates a (P, chunk_size) buffer: 0 loops forever, a huge one exhausts memory
+        if not (isinstance(self.chunk_size, (int, np.integer)) and 1 <= self.chunk_size <= 1 << 20):
+            raise ValueError(f"chunk_size must be a whole number between 1 and {1 << 20}, got {self.chunk_size!r}")
+        if self.n_jobs is not None and not (isinstance(self.n_jobs, (int, np.integer)) and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a whole number >= 1 or None, got {self.n_jobs!r}")
 
     def _validate(self, X: np.ndarray) -> None:
         self.check_params()
@@ -656,9 +662,29 @@ class _EMBase:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        """Rebuild a fitted model from :meth:`to_dict` output."""
-        model = cls(**data["params"])
-        fitted = {k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v) for k, v in data["fitted"].items()}
+        """Rebuild a fitted model from :meth:`to_dict` output.
+
+        Raises ValueError for an unknown parameter, a bad parameter value, or a
+        fitted name that is not a public attribute name (``setattr`` would
+        otherwise let a file replace a method), TypeError when ``params`` or
+        ``fitted`` is not a dict. The fitted values themselves are checked by
+        :func:`segsoft.modelfile.check_record`.
+        """
+        params, fitted = data["params"], data["fitted"]
+        if not isinstance(params, dict) or not isinstance(fitted, dict):
+            raise TypeError("params and fitted must be objects")
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        for name in params:
+            if name not in known:
+                raise ValueError(f"{name!r} is not a {cls.__name__} parameter")
+        for name in fitted:
+            if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_")) or hasattr(cls, name):
+                raise ValueError(f"{name!r} is not a fitted attribute of {cls.__name__}")
+        if "means_" not in fitted:
+            raise ValueError("the fitted means_ are missing")
+        model = cls(**params)
+        model.check_params()
+        fitted = {k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v) for k, v in fitted.items()}
         model._restore(fitted)
         return model
 
