@@ -15,12 +15,31 @@ source (Pillow mode)      pixels                                       bit_depth
                           own conversion to RGB, no colour management)
 I;16, I;16B, ...          ``uint16 / 65535``                           16
 16-bit RGB(A) PNG/TIFF    ``uint16 / 65535`` (see below)               16
-I (32-bit integer)        values in 0..65535: ``/ 65535``; other        16 / 32
-                          non-negative values: ``/ max``; with
-                          negative values: ``(v - min) / (max - min)``
-F (32-bit float)          kept if the max is <= 1, else ``/ max``;      32
-                          negatives clipped to 0; NaN/inf rejected
+unsigned integer of n     ``v / (2**n - 1)``: the type's full range,   n
+bits (uint8 ... uint64)   so a dark picture stays dark whatever its
+                          container
+signed integer of n bits  ``(v - min) / (max - min)`` with the        n
+(int8 ... int64)          type's ``iinfo`` min and max (0 -> ~0.5)
+I (32-bit signed: 32-bit  values all in 0..65535: ``/ 65535`` (16-bit  16 / 32
+TIFF, 16-bit PPM, ...)    data in Pillow's 32-bit container); else as
+                          a signed 32-bit integer above
+F (32-bit float), float   kept if the max is <= 1, else ``/ max``;      32
+TIFF of any precision     negatives clipped to 0; NaN/inf rejected
 ========================  ===========================================  =========
+
+The integer rules apply to integer TIFFs (Pillow reads signed 8-bit and
+unsigned 32-bit grey samples with the wrong sign; they are reinterpreted
+from the TIFF tags, and what Pillow cannot open goes to tifffile) and to
+integer arrays given to :meth:`Image.from_array`. The 16-bit exception for
+32-bit data is made only for files (Pillow's mode ``I`` and int32 TIFFs),
+not for arrays, whose dtype is taken at its word. Every result is monotone
+in the source value and lies in [0, 1] (64-bit values are rounded to
+float64 on the way). Complex samples are refused.
+
+Only regular files (or links to them) are read: a FIFO, socket or device is
+refused before it is opened, so that it cannot block. Warnings and log
+messages of Pillow, libtiff and tifffile are kept off the terminal while a
+file is read; what goes wrong is in the one-line error.
 
 Pillow has no 16-bit RGB mode and hands 16-bit-per-channel RGB and RGBA
 PNG/TIFF files over as 8-bit (their high bytes). :func:`read_image` recovers
@@ -34,13 +53,15 @@ Multi-frame files (GIF, APNG, multi-page TIFF) give their first frame.
 from __future__ import annotations
 
 import errno
-import glob
+import fnmatch
+import logging
 import os
 import re
 import secrets
 import stat
 import struct
 import sys
+import tempfile
 import threading
 import warnings
 import zlib
@@ -49,6 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image as PILImage
@@ -111,8 +133,10 @@ class Image:
     path : Path or None
         The file it was read from.
     bit_depth : int
-        8 or 16 for integer sources, 32 for float (or 32-bit integer) ones.
-        For 8, ``np.round(pixels * 255)`` gives back the source bytes exactly.
+        Bits per sample of integer sources (8, 16, 32 or 64; 16 for 32-bit
+        data taken as 16-bit, see the module docstring), 32 for float ones.
+        For 8, ``np.round(pixels * 255)`` gives back the source bytes exactly
+        (offset by 128 for int8).
     mode : str
         The Pillow mode of the source, or ``"array"``.
     is_gray : bool
@@ -179,9 +203,11 @@ class Image:
         Parameters
         ----------
         arr : array, shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
-            uint8 (divided by 255), uint16 (by 65535), bool, or float
+            Any integer dtype (its full range maps to [0, 1]: uint8 is
+            divided by 255, uint16 by 65535, signed types are shifted by
+            their minimum first; see the module docstring), bool, or float
             (taken to be in [0, 1] and clipped to it). A fourth channel is
-            alpha: pixels where it is 0 are masked out.
+            alpha: pixels where it maps to 0 are masked out.
         mask : array of bool, shape (H, W), optional
             Pixels to use; combined with the alpha channel.
 
@@ -193,8 +219,8 @@ class Image:
         Raises
         ------
         SegsoftError
-            For an unsupported dtype or shape, NaN or infinite values, no
-            pixels, or no pixel left to use.
+            For an unsupported dtype (complex, object, ...) or shape, NaN or
+            infinite values, no pixels, or no pixel left to use.
 
         Examples
         --------
@@ -203,44 +229,98 @@ class Image:
         >>> img = Image.from_array(rgba)
         >>> img.bit_depth, img.n_used, img.mask.tolist()
         (8, 3, [[False, True], [True, True]])
+        >>> Image.from_array(np.array([[-128, 127]], np.int8)).pixels[0, :, 0].tolist()
+        [0.0, 1.0]
         """
-        a = np.asarray(arr)
-        if a.ndim == 3 and a.shape[2] in (1, 3, 4):
-            channels = a.shape[2]
-        elif a.ndim == 2:
-            channels = 1
-            a = a[:, :, None]
-        else:
-            raise SegsoftError(
-                f"array of shape {a.shape} is not an image (expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4))"
-            )
-        if a.shape[0] == 0 or a.shape[1] == 0:
-            raise SegsoftError(f"array of shape {a.shape} has no pixels")
-        if a.dtype == bool:
-            a = a.astype(np.uint8) * np.uint8(255)  # an 8-bit black-and-white image
-        if a.dtype.kind == "f":
-            if not np.isfinite(a).all():
-                raise SegsoftError("array contains NaN or infinite values")
-            bit_depth = 32
-        elif a.dtype in (np.uint8, np.uint16):
-            bit_depth = 8 * a.dtype.itemsize
-        else:
-            raise SegsoftError(f"unsupported array dtype {a.dtype} (use uint8, uint16, bool or float)")
+        return _array_image(arr, mask)
 
-        alpha = None
-        if channels == 4:
-            alpha = a[:, :, 3] > 0
-            a = a[:, :, :3]
-        elif channels == 1:
-            a = a[:, :, 0]
-        if mask is not None:
-            m = np.asarray(mask)
-            if m.shape != a.shape[:2]:
-                raise SegsoftError(f"mask of shape {m.shape} does not match the image's {a.shape[:2]}")
-            m = m.astype(bool)
-            alpha = m if alpha is None else alpha & m
-        pixels = _unit_rgb(a)
-        return cls(pixels, _finish_mask(alpha, "array"), None, bit_depth, "array", channels == 1)
+
+def _array_image(
+    arr: np.ndarray,
+    mask: np.ndarray | None = None,
+    name: str | None = None,
+    sixteen_in_32: bool = False,
+) -> Image:
+    """:meth:`Image.from_array`, with errors that start with ``name`` when the array comes from a file.
+
+    ``sixteen_in_32`` takes int32 data whose values all lie in 0..65535 as
+    16-bit (the rule for files, see the module docstring).
+    """
+    where = "array" if name is None else f"{name}:"
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
+        channels = a.shape[2]
+    elif a.ndim == 2:
+        channels = 1
+        a = a[:, :, None]
+    elif name is None:
+        raise SegsoftError(
+            f"array of shape {a.shape} is not an image (expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4))"
+        )
+    else:
+        raise SegsoftError(f"{name}: samples of shape {a.shape} are not an image segsoft can use")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise SegsoftError(f"{where} of shape {a.shape} has no pixels" if name is None else f"{name}: no pixels")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise SegsoftError(f"{where} contains NaN or infinite values")
+        bit_depth = 32
+    elif a.dtype.kind in "biu":
+        a, bit_depth = _int_unit(a, sixteen_in_32)
+    elif name is None:
+        raise SegsoftError(f"unsupported array dtype {a.dtype} (use an integer, bool or float dtype)")
+    else:
+        raise SegsoftError(f"{name}: unsupported sample type {a.dtype}")
+
+    alpha = None
+    if channels == 4:
+        # after the scaling, so that "transparent" is where alpha maps to 0 for every dtype
+        alpha = a[:, :, 3] > 0
+        a = a[:, :, :3]
+    elif channels == 1:
+        a = a[:, :, 0]
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != a.shape[:2]:
+            what = "mask" if name is None else f"{name}: mask"
+            raise SegsoftError(f"{what} of shape {m.shape} does not match the image's {a.shape[:2]}")
+        m = m.astype(bool)
+        alpha = m if alpha is None else alpha & m
+    pixels = _unit_rgb(a)
+    return Image(pixels, _finish_mask(alpha, name or "array"), None, bit_depth, "array", channels == 1)
+
+
+def _int_unit(a: np.ndarray, sixteen_in_32: bool = False) -> tuple[np.ndarray, int]:
+    """An integer or bool array mapped as the module docstring says, and its bit depth.
+
+    Returns uint8 or uint16 (which :func:`_unit_rgb` divides by 255 or 65535)
+    or float32 in [0, 1], same shape.
+    """
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8) * np.uint8(255), 8  # an 8-bit black-and-white image
+    bits = 8 * a.dtype.itemsize
+    a = a.astype(a.dtype.newbyteorder("="), copy=False)  # the views below need native byte order
+    if a.dtype.kind == "i":
+        if sixteen_in_32 and bits == 32 and a.size and int(a.min()) >= 0 and int(a.max()) <= 65535:
+            return a.astype(np.uint16), 16
+        # flipping the sign bit gives v - iinfo.min in the unsigned type of the
+        # same size: exact, and no overflow as in a plain subtraction
+        unsigned = np.dtype(f"u{a.dtype.itemsize}")
+        a = a.view(unsigned) ^ np.array(1 << (bits - 1), dtype=unsigned)
+    if bits <= 16:
+        return a, bits
+    # float64 holds every uint32 exactly and rounds uint64 monotonically; done
+    # in slices so that a large image needs no full-size float64 copy
+    top = float(2**bits - 1)
+    flat = a.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    step = 1 << 22
+    for start in range(0, flat.size, step):
+        v = flat[start : start + step].astype(np.float64)
+        v /= top
+        np.clip(v, 0.0, 1.0, out=v)
+        out[start : start + step] = v
+    return out.reshape(a.shape), bits
 
 
 # --------------------------------------------------------------------------
@@ -271,9 +351,12 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     ------
     SegsoftError
         With a one-line message starting with ``path``: no such file, a
-        directory, permission denied, empty file, not an image, truncated or
-        corrupt data, too many pixels, no pixels, NaN/inf values in a float
-        image, or every pixel transparent.
+        directory, not a regular file (a FIFO, socket or device, refused
+        before it is opened), permission denied, empty file, not an image
+        (naming the format when it is a known one segsoft cannot read, such
+        as HEIC, SVG or PDF, or a text file), truncated or corrupt data, too
+        many pixels, no pixels, NaN/inf values in a float image, or every
+        pixel transparent.
 
     Examples
     --------
@@ -300,66 +383,229 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise SegsoftError(f"{name}: cannot read ({_reason(e)})") from None
     if stat.S_ISDIR(st.st_mode):
         raise SegsoftError(f"{name}: is a directory, not an image")
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        # opening a FIFO blocks until a writer comes, reading /dev/zero never ends
+        raise SegsoftError(f"{name}: not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise SegsoftError(f"{name}: empty file")
 
-    with _pillow_limit_lifted():
+    handles = []
+
+    def reopen() -> PILImage.Image:
+        g = _open_regular(p, name)
+        handles.append(g)
+        return PILImage.open(g)
+
+    with _quiet(), _pillow_limit_lifted(), _open_regular(p, name) as f:
         try:
-            pil = PILImage.open(p)
+            head = f.read(_HEAD_BYTES)
+            f.seek(0)
+            pil = PILImage.open(f)
         except UnidentifiedImageError:
-            if _is_tiff(p):
-                return _read_tiff(p, name, max_pixels)
-            raise SegsoftError(f"{name}: not an image (Pillow cannot identify it)") from None
-        except (FileNotFoundError, NotADirectoryError):
-            raise SegsoftError(f"{name}: no such file") from None
-        except IsADirectoryError:
-            raise SegsoftError(f"{name}: is a directory, not an image") from None
+            if _is_tiff(head):
+                f.seek(0)
+                return _read_tiff(f, p, name, max_pixels)
+            raise SegsoftError(f"{name}: {_not_an_image(head, p.suffix)}") from None
         except PermissionError:
             raise SegsoftError(f"{name}: permission denied") from None
         except _DECODE_ERRORS as e:
             raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
-        with pil:
-            return _from_pil(pil, name, p, max_pixels, reopen=lambda: PILImage.open(p))
+        try:
+            with pil:
+                return _from_pil(pil, name, p, max_pixels, reopen=reopen)
+        finally:
+            for g in handles:
+                g.close()
 
 
-def _is_tiff(path: Path) -> bool:
-    with suppress(OSError), open(path, "rb") as f:
-        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-    return False
+_HEAD_BYTES = 4096
 
 
-def _read_tiff(path: Path, name: str, max_pixels: int | None) -> Image:
-    """TIFFs Pillow cannot open (float or 16-bit RGB, planar samples), read with
-    tifffile, which scikit-image already depends on."""
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "an unusual kind of file"
+
+
+def _open_regular(p: Path, name: str) -> BinaryIO:
+    """Open ``p`` for reading, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` makes the open itself return at once even if ``p`` was
+    swapped for a FIFO after the caller's stat; the fstat then refuses it.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(p, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SegsoftError(f"{name}: no such file") from None
+    except PermissionError:
+        raise SegsoftError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise SegsoftError(f"{name}: cannot read ({_reason(e)})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SegsoftError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise SegsoftError(f"{name}: not a regular file ({_file_kind(mode)})")
+        with suppress(OSError, AttributeError):
+            os.set_blocking(fd, True)  # no effect on a regular file; for tidiness
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _is_tiff(head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+# Formats Pillow cannot read, recognised by their first bytes so that the
+# error can say what the file is
+_SIGNATURES = (
+    (b"%PDF-", "PDF documents are not supported"),
+    (b"%!PS", "PostScript/EPS files are not supported"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript/EPS files are not supported"),
+    (b"\xff\x0a", "JPEG XL images are not supported"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL images are not supported"),
+    (b"v/1\x01", "OpenEXR images are not supported"),
+    (b"gimp xcf", "GIMP XCF images are not supported"),
+    (b"8BPS\x00\x02", "Photoshop PSB images are not supported"),
+)
+_FTYP_BRANDS = {
+    **dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"), "HEIC"),
+    **dict.fromkeys((b"mif1", b"msf1"), "HEIF"),
+    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
+    b"crx ": "Canon CR3 raw",
+    b"jxl ": "JPEG XL",
+}
+_VIDEO_BRANDS = frozenset({b"isom", b"iso2", b"mp41", b"mp42", b"M4V ", b"qt  ", b"3gp4", b"3gp5", b"3g2a", b"avc1"})
+_EXTENSION_KINDS = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".svg": "SVG",
+    ".svgz": "SVG",
+    ".pdf": "PDF",
+    ".eps": "PostScript/EPS",
+    ".ps": "PostScript/EPS",
+    ".jxl": "JPEG XL",
+    ".exr": "OpenEXR",
+    ".xcf": "GIMP XCF",
+    **dict.fromkeys((".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".dng", ".raw"), "camera raw"),
+}
+_CONVERT = " (convert to PNG or TIFF)"
+_NOT_IMAGE = "not an image (Pillow cannot identify it)"
+
+
+def _not_an_image(head: bytes, suffix: str) -> str:
+    """Why a file Pillow cannot identify is not an image, from its first bytes and extension."""
+    if head[4:8] == b"ftyp":
+        size = int.from_bytes(head[:4], "big")
+        brands = [head[8:12]] + [head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)]
+        for brand in brands:
+            if brand in _FTYP_BRANDS:
+                kind = _FTYP_BRANDS[brand]
+                if kind == "HEIF" and suffix.lower() == ".heic":
+                    kind = "HEIC"
+                return f"{kind} images are not supported{_CONVERT}"
+        if any(brand in _VIDEO_BRANDS for brand in brands):
+            return f"{_NOT_IMAGE}: it is a video"
+    for magic, message in _SIGNATURES:
+        if head.startswith(magic):
+            return message + _CONVERT
+    if head.startswith(b"PK\x03\x04"):
+        return f"{_NOT_IMAGE}: it is a ZIP archive (or a document in one)"
+    if head.startswith(b"\x1f\x8b"):
+        return f"{_NOT_IMAGE}: it is gzip-compressed"
+    text = _as_text(head)
+    if text is not None:
+        start = text.lstrip("\ufeff \t\r\n").lower()
+        if "<svg" in start[:2000] and (start.startswith("<?xml") or start.startswith("<svg") or start.startswith("<!")):
+            return f"SVG images are not supported{_CONVERT}"
+        if start.startswith(("<!doctype html", "<html")):
+            return f"{_NOT_IMAGE}: it is an HTML page"
+        if suffix.lower() not in _EXTENSION_KINDS:
+            return f"{_NOT_IMAGE}: it is a text file"
+    kind = _EXTENSION_KINDS.get(suffix.lower())
+    if kind is not None:
+        return f"{kind} files are not supported{_CONVERT}"
+    return _NOT_IMAGE
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` decoded if it looks like the start of a UTF-8 text file, else None."""
+    if b"\x00" in head:
+        return None
+    for cut in range(4):  # the read may have split a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    return text if all(c.isprintable() or c in "\t\n\r\f\v\ufeff" for c in text) else None
+
+
+def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None) -> Image:
+    """TIFFs Pillow cannot open (float64, 64-bit or multi-sample signed integers, planar
+    samples, ...), read from the open file ``f`` with tifffile, which scikit-image already
+    depends on."""
     try:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        # named, as tifffile takes the name of a file opened from a descriptor for a path
+        with tifffile.TiffFile(tifffile.FileHandle(f, name=path.name)) as tif:
+            if not len(tif.pages):
+                raise SegsoftError(f"{name}: truncated or corrupt TIFF (no image in it)")
             page = tif.pages[0]
-            planar = page.planarconfig == 2 and len(page.shape) == 3  # (samples, H, W)
-            h, w = page.shape[1:] if planar else page.shape[:2]
+            # asarray gives ([samples,] [depth,] H, W[, samples]): samples first when planar
+            planar = page.planarconfig == 2 and page.samplesperpixel > 1
+            depth = int(getattr(page, "imagedepth", 1) or 1)
+            h, w = int(page.imagelength), int(page.imagewidth)
             if max_pixels is not None and h * w > max_pixels:
                 raise SegsoftError(
                     f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
                 )
             arr = page.asarray()
+            extras = tuple(int(e) for e in (getattr(page, "extrasamples", None) or ()))
             if planar:
                 arr = np.moveaxis(arr, 0, -1)
+            if depth > 1 and arr.ndim >= 3:
+                arr = arr[0]  # the first slice of a volume, as the first page of a stack
     except SegsoftError:
+        raise
+    except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many kinds on bad data
         raise SegsoftError(f"{name}: not an image Pillow or tifffile can read ({_reason(e)})") from None
-    if arr.ndim == 3 and arr.shape[2] > 4:
+    if arr.dtype.kind == "c":
+        raise SegsoftError(f"{name}: complex-valued samples are not supported")
+    if arr.dtype.kind not in "biuf":
+        raise SegsoftError(f"{name}: unsupported sample type {arr.dtype}")
+    gray = arr.ndim == 2
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        # grey plus an extra sample: alpha (1 associated, 2 unassociated) or ignored
+        gray = True
+        arr = arr[..., [0, 0, 0, 1]] if extras[:1] in ((1,), (2,)) else arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[2] > 4:
         arr = arr[..., :3]
-    if np.issubdtype(arr.dtype, np.floating):
+    source = arr.dtype
+    if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise SegsoftError(f"{name}: image contains NaN or infinite values")
         top = float(arr.max()) if arr.size else 1.0
-        arr = arr.astype(np.float32) / (top if top > 1.0 else 1.0)  # as for Pillow's mode F
-    elif arr.dtype not in (np.uint8, np.uint16, np.bool_):
-        arr = arr.astype(np.float32) / max(float(arr.max()), 1.0)
-    image = Image.from_array(arr)
-    image.path, image.mode = path, f"tifffile:{arr.dtype}"
+        # as for Pillow's mode F; divided before the cast so that float64 beyond float32's range stays finite
+        arr = (arr / top if top > 1.0 else arr).astype(np.float32)
+    image = _array_image(arr, name=name, sixteen_in_32=True)
+    image.path, image.mode, image.is_gray = path, f"tifffile:{source}", image.is_gray or gray
     return image
 
 
@@ -433,6 +679,96 @@ def _pillow_limit_lifted() -> Iterator[None]:
                 PILImage.MAX_IMAGE_PIXELS = _limit_saved
 
 
+# While any read is in progress, warnings and the log records of Pillow and
+# tifffile are dropped ("Corrupt EXIF data", "invalid offset to first page",
+# "More samples per pixel than can be decoded"): a broken file is reported by
+# the one-line SegsoftError, a readable one needs no comment. Like the pixel
+# limit above, this is process-wide and counted, so overlapping reads in
+# threads restore it correctly; catch_warnings is not safe across threads.
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_filter: tuple | None = None
+_quiet_levels: dict[str, int] = {}
+_QUIET_LOGGERS = ("PIL", "tifffile")
+
+
+class _FiltersChanged(Warning):
+    """Never issued: adding a filter for it is the public way to make ``warnings`` see a changed filter list."""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    global _quiet_users, _quiet_filter
+    with _quiet_lock:
+        if _quiet_users == 0:
+            warnings.filterwarnings("ignore", message="(?s:.*)")
+            _quiet_filter = warnings.filters[0]
+            for logger_name in _QUIET_LOGGERS:
+                logger = logging.getLogger(logger_name)
+                _quiet_levels[logger_name] = logger.level
+                logger.setLevel(logging.CRITICAL + 1)
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                with suppress(ValueError):
+                    warnings.filters.remove(_quiet_filter)
+                # bumps the filters' version, so warnings ignored meanwhile are not remembered as ignored
+                warnings.filterwarnings("ignore", category=_FiltersChanged, append=True)
+                for logger_name, level in _quiet_levels.items():
+                    logging.getLogger(logger_name).setLevel(level)
+                _quiet_levels.clear()
+
+
+def _uses_libtiff(pil: PILImage.Image) -> bool:
+    return any(t[0] == "libtiff" for t in (getattr(pil, "tile", None) or []))
+
+
+# libtiff writes its complaints ("Using code not yet in table.", "Read error on
+# strip ...") straight to file descriptor 2, out of reach of Python. Around a
+# libtiff decode only, fd 2 goes to a temporary file; afterwards lines that
+# look like libtiff's ("module: message") are dropped and anything else
+# (another thread's output in that moment) is passed on. One decode at a time
+# does this, so the redirections never interleave.
+_stderr_lock = threading.Lock()
+_LIBTIFF_LINE = re.compile(rb"[^\s:]+: ")
+
+
+@contextmanager
+def _stderr_muted(active: bool) -> Iterator[None]:
+    if not active:
+        yield
+        return
+    with _stderr_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr: nothing to protect
+            saved = None
+        if saved is None:
+            yield
+            return
+        try:
+            with suppress(Exception):
+                sys.stderr.flush()
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    lines = sink.read(1 << 20).splitlines(keepends=True)
+                    kept = b"".join(line for line in lines if not _LIBTIFF_LINE.match(line))
+                    if kept:
+                        with suppress(OSError):
+                            os.write(2, kept)
+        finally:
+            os.close(saved)
+
+
 def _reason(e: BaseException) -> str:
     """A short single-line description of an exception."""
     text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -456,7 +792,7 @@ def _from_pil(
         raise SegsoftError(f"{name}: image has no pixels ({w}x{h})")
     mode = pil.mode
     wide = _wide_rawmode(pil) if reopen is not None else None
-    with _pillow_limit_lifted():
+    with _quiet(), _pillow_limit_lifted(), _stderr_muted(_uses_libtiff(pil)):
         try:
             pil.load()
             arr, alpha, bit_depth, is_gray = _native(pil, name)
@@ -467,6 +803,10 @@ def _from_pil(
         except SegsoftError:
             raise
         except _DECODE_ERRORS as e:
+            if pil.format == "EPS" and "ghostscript" in str(e).lower():
+                raise SegsoftError(
+                    f"{name}: PostScript/EPS needs Ghostscript, which is not installed{_CONVERT}"
+                ) from None
             raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
 
     # transparency given as one colour (tRNS in grey/RGB PNGs, GIF in mode L)
@@ -495,6 +835,8 @@ def _native(pil: PILImage.Image, name: str) -> tuple[np.ndarray, np.ndarray | No
     """Pixels of a loaded image as uint8/uint16 (H, W[, 3]) or float32 in [0, 1], plus alpha > 0."""
     mode = pil.mode
     is_gray = mode in _GRAY_MODES
+    if mode == "I" or (mode == "L" and _tiff_samples(pil) == np.int8):
+        return _native_int(pil)
     if mode in ("1", "L"):
         return np.asarray(pil.convert("L") if mode == "1" else pil), None, 8, True
     if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in pil.info):
@@ -503,8 +845,6 @@ def _native(pil: PILImage.Image, name: str) -> tuple[np.ndarray, np.ndarray | No
         return a[..., :-1] if target == "RGBA" else a[..., 0], a[..., -1] > 0, 8, is_gray
     if mode.startswith("I;16"):
         return np.asarray(pil).astype(np.uint16, copy=False), None, 16, True
-    if mode == "I":
-        return _scale_int32(np.asarray(pil))
     if mode == "F":
         a = np.asarray(pil, dtype=np.float32)
         if not np.isfinite(a).all():
@@ -521,15 +861,39 @@ def _native(pil: PILImage.Image, name: str) -> tuple[np.ndarray, np.ndarray | No
     return np.asarray(pil), None, 8, False
 
 
-def _scale_int32(a: np.ndarray) -> tuple[np.ndarray, None, int, bool]:
-    lo, hi = int(a.min()), int(a.max())
-    if lo >= 0 and hi <= 65535:
-        return a.astype(np.uint16), None, 16, True
-    if lo >= 0:
-        return (a / hi).astype(np.float32), None, 32, True
-    if lo == hi:
-        return np.zeros(a.shape, dtype=np.float32), None, 32, True
-    return ((a - lo) / (hi - lo)).astype(np.float32), None, 32, True
+def _tiff_samples(pil: PILImage.Image) -> np.dtype | None:
+    """The integer sample type a single-sample TIFF declares (SampleFormat, BitsPerSample), else None."""
+    if pil.format != "TIFF":
+        return None
+    tags = getattr(pil, "tag_v2", None)
+    if tags is None:
+        return None
+    fmt, bits = tags.get(339, 1), tags.get(258, 1)
+    fmt = fmt[0] if isinstance(fmt, tuple) and fmt else fmt
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if fmt not in (1, 2) or bits not in (8, 16, 32, 64):
+        return None
+    return np.dtype(f"{'i' if fmt == 2 else 'u'}{bits // 8}")
+
+
+def _native_int(pil: PILImage.Image) -> tuple[np.ndarray, None, int, bool]:
+    """Pillow's mode I (and L holding int8), mapped by the sample type the file declares.
+
+    Pillow reads a signed 8-bit TIFF as unsigned bytes and an unsigned
+    32-bit one as signed: the raw values are reinterpreted, not rescaled.
+    """
+    a = np.asarray(pil)
+    declared = _tiff_samples(pil)
+    if pil.mode == "L":
+        a = a.view(np.int8)
+    elif declared == np.int16:
+        a = a.astype(np.int16)
+    elif declared == np.uint32:
+        a = np.ascontiguousarray(a, dtype=np.int32).view(np.uint32)
+    else:
+        a = a.astype(np.int32, copy=False)
+    unit, bit_depth = _int_unit(a, sixteen_in_32=True)
+    return unit, None, bit_depth, True
 
 
 # Pillow decodes 16-bit-per-channel colour into 8-bit modes through these raw
@@ -670,10 +1034,16 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
         Each is a file (taken whatever its extension; it is checked when
         read), a folder (its non-hidden files with an extension in
         :data:`IMAGE_EXTENSIONS`, or whose content Pillow recognises), or a
-        glob pattern (``**`` allowed; matching files are filtered as in a
-        folder, matching folders are ignored).
+        glob pattern (``*``, ``?``, ``[...]`` and ``**`` as in
+        :func:`glob.glob` with ``recursive=True``; matching files are
+        filtered as in a folder, matching folders are ignored). Only regular
+        files (and links to them) are found in folders and by patterns; a
+        named FIFO or device is listed, and refused when it is read.
     recursive : bool
         Also look in the sub-folders (not hidden ones) of folder inputs.
+        Links to folders are not followed there; a ``**`` pattern follows
+        them, as :func:`glob.glob` does. Either way each folder is visited
+        once, so links that make a cycle cannot make the search endless.
 
     Returns
     -------
@@ -682,8 +1052,10 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
         stem is where the image's outputs go, relative to an output folder:
         the file name without its extension for a file, the path relative
         to the folder (or to the pattern's fixed leading folders) for a
-        folder (or a pattern), e.g. ``sub/img``. Stems that would collide
-        (compared case-insensitively) get the extension appended,
+        folder (or a pattern), e.g. ``sub/img``. Every part of a stem is
+        made safe with :func:`safe_component` (``...png`` gives ``_..``),
+        so ``OUTPUT / stem`` stays inside ``OUTPUT``. Stems that would
+        collide (compared case-insensitively) get the extension appended,
         ``img.png`` -> ``img_png``, and if that is not enough ``_2``,
         ``_3``, ... in path order.
 
@@ -716,10 +1088,10 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
             pairs.append((p, Path(p.stem)))
         elif _has_magic(text):
             root = _glob_root(text)
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            files = [m for m in matches if m.is_file() and _looks_like_image(m)]
+            matches = [Path(m) for m in _glob(text)]
             if not matches:
                 raise SegsoftError(f"{text}: no such file or folder")
+            files = [m for m in matches if _is_regular(m) and _looks_like_image(m)]
             pairs.extend((f, _relative_stem(f, root)) for f in files)
         else:
             raise SegsoftError(f"{text}: no such file or folder")
@@ -730,18 +1102,45 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
         key = os.path.normcase(os.path.realpath(f))
         if key not in seen:
             seen.add(key)
-            unique.append((f, stem))
+            unique.append((f, _safe_stem(stem)))
     unique.sort(key=lambda pair: (str(pair[0]), str(pair[1])))
     return _unique_stems(unique)
 
 
+def _safe_stem(stem: Path) -> Path:
+    # a file named "...png" has the stem ".."; "a\nb" would put a newline in a folder name
+    return Path(*(safe_component(part) for part in stem.parts or ("",)))
+
+
+def _is_regular(f: Path) -> bool:
+    """A regular file, or a link to one (a FIFO would block whoever opens it)."""
+    try:
+        return stat.S_ISREG(f.stat().st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _dir_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path or ".")
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
     for here, dirs, files in os.walk(folder):
+        key = _dir_key(here)
+        if key is None or key in visited:  # a bind mount can loop even without links
+            dirs[:] = []
+            continue
+        visited.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for name in sorted(files):
             f = Path(here) / name
-            if not name.startswith(".") and f.is_file() and _looks_like_image(f):
+            if not name.startswith(".") and _is_regular(f) and _looks_like_image(f):
                 found.append(f)
     return found
 
@@ -751,17 +1150,94 @@ def _looks_like_image(f: Path) -> bool:
         return True
     # Image.open only reads the header; a huge image must count as an image,
     # not trip Pillow's bomb check
-    with _pillow_limit_lifted(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet(), _pillow_limit_lifted():
         try:
-            with PILImage.open(f):
+            with _open_regular(f, str(f)) as fp, PILImage.open(fp):
                 return True
-        except (UnidentifiedImageError, *_DECODE_ERRORS):
+        except (SegsoftError, UnidentifiedImageError, *_DECODE_ERRORS):
             return False
 
 
 def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
+
+
+def _glob(pattern: str) -> list[str]:
+    """``sorted(glob.glob(pattern, recursive=True))``, visiting each folder once per ``**``.
+
+    :func:`glob.glob` follows links to folders under ``**`` as often as they
+    lead somewhere, so two links that form a cycle make it run for ever.
+    Here a folder reached again (same device and inode) is not listed again,
+    which leaves the matches of an ordinary tree unchanged. The rest follows
+    glob: hidden names match only a part that starts with a dot, ``**``
+    passes no hidden folder, and a pattern ending in a separator matches
+    folders only.
+    """
+    anchor = os.sep if pattern.startswith(os.sep) else ""
+    dir_only = pattern.endswith(os.sep)
+    parts: list[str] = []
+    for part in pattern[len(anchor) :].split(os.sep):
+        if part and not (part == "**" and parts and parts[-1] == "**"):
+            parts.append(part)
+    found: set[str] = set()
+    visited: dict[int, set[tuple[int, int]]] = {}  # per ** part: the folders it has expanded
+
+    def entries(folder: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder or ".") as it:
+                return sorted(it, key=lambda e: e.name)
+        except (OSError, ValueError):
+            return []
+
+    def is_dir(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_dir()  # follows links, as glob does
+        except OSError:
+            return False
+
+    def match(base: str, i: int) -> None:
+        if i == len(parts):
+            if base and (not dir_only or os.path.isdir(base)):
+                found.add(base)
+            return
+        part, last = parts[i], i == len(parts) - 1
+        if part == "**":
+            seen = visited.setdefault(i, set())
+            stack = [base]
+            while stack:
+                folder = stack.pop()
+                key = _dir_key(folder)
+                if key is None or key in seen:
+                    continue
+                seen.add(key)
+                match(folder, i + 1)  # ** matching no folder at all, or this one
+                subfolders = []
+                for entry in entries(folder):
+                    if entry.name.startswith("."):
+                        continue
+                    path = os.path.join(folder, entry.name)
+                    if is_dir(entry):
+                        subfolders.append(path)
+                    elif last and not dir_only:
+                        found.add(path)
+                stack.extend(reversed(subfolders))
+            return
+        if not _has_magic(part):
+            path = os.path.join(base, part)
+            if last:
+                if os.path.lexists(path):
+                    match(path, i + 1)
+            elif os.path.isdir(path):
+                match(path, i + 1)
+            return
+        hidden_ok = part.startswith(".")
+        for entry in entries(base):
+            if (hidden_ok or not entry.name.startswith(".")) and fnmatch.fnmatch(entry.name, part):
+                if last or is_dir(entry):
+                    match(os.path.join(base, entry.name), i + 1)
+
+    match(anchor, 0)
+    return sorted(found)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -878,7 +1354,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ------
     SegsoftError
         ``"<path>: cannot write (<reason>)"`` for an OSError while creating
-        the folder or file, inside the block, or when moving it into place.
+        the folder or file, inside the block, or when moving it into place;
+        a full disk or quota (ENOSPC, EDQUOT, or numpy's errno-less short
+        write) reads ``No space left on device``.
 
     Examples
     --------
@@ -949,7 +1427,16 @@ def _create_temp(target: Path) -> Path:
     raise FileExistsError(errno.EEXIST, "cannot create a temporary file", str(target.parent))
 
 
+# numpy's tofile (np.save) reports a short write as "262144 requested and
+# 17376 written", with no errno: on a local disk that is a full disk or quota
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def _write_reason(target: Path, e: OSError) -> str:
+    if e.errno == errno.ENOSPC or (e.errno is None and _SHORT_WRITE.search(str(e))):
+        return os.strerror(errno.ENOSPC)  # "No space left on device"
+    if e.errno == getattr(errno, "EDQUOT", None):
+        return f"{os.strerror(errno.ENOSPC)} ({os.strerror(e.errno).lower()})"
     # mkdir under a regular file says "File exists"; name the culprit instead
     for parent in target.parents:
         if parent.exists() or parent.is_symlink():
