@@ -4,9 +4,12 @@ Every function takes memberships as an (H, W, K) array whose rows sum to 1 on
 used pixels (unused pixels are NaN, or marked False in an optional ``mask``)
 and returns a C-contiguous uint8 RGB array of shape (H, W, 3).
 
-Work is done in row chunks of about a quarter of a megapixel, so a 12-megapixel
-image never needs a full-size float64 (or even float32 (H, W, K)) temporary;
-colormaps are applied through 256-entry lookup tables.
+Work is done in chunks of about a quarter of a megapixel (bands of rows, or
+pieces of a row when one row is wider than that), so a 12-megapixel image, or a
+100-megapixel single row, never needs a full-size float64 (or even float32
+(H, W, K)) temporary; colormaps are applied through 256-entry lookup tables.
+Montage tiles fit a box (256 x 512 by default, see :func:`fit_box`), so a
+picture of any shape, however thin, costs at most the box in the montage.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ __all__ = [
     "normalized_entropy",
     "uncertainty_image",
     "montage",
+    "fit_box",
     "shrink",
+    "shrink_factors",
+    "TILE_HEIGHT_RATIO",
     "selection_plot",
 ]
 
@@ -67,6 +73,9 @@ _CHUNK_PIXELS = 1 << 18
 # Montage layout, in pixels.
 _MARGIN = 8
 _TITLE_PAD = 3
+# Montage tiles fit a box this many times as tall as it is wide: portraits keep a useful size,
+# while tall strips are bounded instead of being scaled to the full tile width.
+TILE_HEIGHT_RATIO = 2
 
 
 # ----------------------------------------------------------------------------- colours
@@ -188,10 +197,21 @@ def _check_colors(colors: ArrayLike | None, k: int) -> np.ndarray:
     return c[:k]
 
 
-def _row_chunks(height: int, width: int) -> Iterator[slice]:
-    step = max(1, _CHUNK_PIXELS // max(width, 1))
-    for r0 in range(0, height, step):
-        yield slice(r0, min(r0 + step, height))
+def _blocks(height: int, width: int) -> Iterator[tuple[slice, slice]]:
+    """(rows, columns) slices covering an image in pieces of about ``_CHUNK_PIXELS``.
+
+    Bands of whole rows normally; rows wider than a chunk are cut into
+    pieces too, so a 100-megapixel single-row image still works in small
+    steps instead of one image-sized temporary.
+    """
+    if width <= _CHUNK_PIXELS:
+        step = max(1, _CHUNK_PIXELS // max(width, 1))
+        for r0 in range(0, height, step):
+            yield slice(r0, min(r0 + step, height)), slice(0, width)
+        return
+    for r in range(height):
+        for c0 in range(0, width, _CHUNK_PIXELS):
+            yield slice(r, r + 1), slice(c0, min(c0 + _CHUNK_PIXELS, width))
 
 
 def _entropy_rows(p: np.ndarray, inv_log_k: float) -> np.ndarray:
@@ -322,21 +342,21 @@ def soft_overlay(
     img_weight = np.float32((1.0 - alpha) * img_scale)
 
     out = np.empty((h, w, 3), np.uint8)
-    for rows in _row_chunks(h, w):
-        pc = p[rows].astype(np.float32, copy=False)
-        n = pc.shape[0]
-        blend = (pc.reshape(-1, k) @ cols).reshape(n, w, 3)
-        ic = img[rows].astype(np.float32, copy=False)
+    for rows, cs in _blocks(h, w):
+        pc = p[rows, cs].astype(np.float32, copy=False)
+        n, m = pc.shape[:2]
+        blend = (pc.reshape(-1, k) @ cols).reshape(n, m, 3)
+        ic = img[rows, cs].astype(np.float32, copy=False)
         blend += ic * img_weight
         # NaN memberships make the whole blended pixel NaN, so channel 0 flags them.
         bad = np.isnan(blend[..., 0])
         if keep is not None:
-            bad |= ~keep[rows]
+            bad |= ~keep[rows, cs]
         if bad.any():
             blend[bad] = ic[bad] * np.float32(img_scale)
         blend += 0.5
         np.clip(blend, 0.0, 255.0, out=blend)
-        np.copyto(out[rows], blend, casting="unsafe")  # truncation of x + 0.5 rounds
+        np.copyto(out[rows, cs], blend, casting="unsafe")  # truncation of x + 0.5 rounds
     return out
 
 
@@ -394,9 +414,9 @@ def heatmap_indexed(
     keep = _check_mask(mask, (h, w))
     palette, top = _indexed_levels(colormap_lut(cmap), _any_unused(p, keep))
     out = np.empty((h, w), np.uint8)
-    for rows in _row_chunks(h, w):
-        values = p[rows, :, j].astype(np.float32)  # a copy: _index_rows overwrites it
-        _index_rows(values, top, None if keep is None else keep[rows], out[rows])
+    for rows, cs in _blocks(h, w):
+        values = p[rows, cs, j].astype(np.float32)  # a copy: _index_rows overwrites it
+        _index_rows(values, top, None if keep is None else keep[rows, cs], out[rows, cs])
     return IndexedImage(out, palette)
 
 
@@ -552,8 +572,8 @@ def normalized_entropy(probabilities: ArrayLike) -> np.ndarray:
         out[np.isnan(p[..., 0])] = np.nan
         return out
     inv_log_k = 1.0 / math.log(k)
-    for rows in _row_chunks(h, w):
-        out[rows] = _entropy_rows(p[rows], inv_log_k)
+    for rows, cs in _blocks(h, w):
+        out[rows, cs] = _entropy_rows(p[rows, cs], inv_log_k)
     return out
 
 
@@ -605,20 +625,74 @@ def uncertainty_indexed(
     palette, top = _indexed_levels(colormap_lut(cmap), _any_unused(p, keep))
     out = np.empty((h, w), np.uint8)
     inv_log_k = 1.0 / math.log(k) if k > 1 else 0.0
-    for rows in _row_chunks(h, w):
+    for rows, cs in _blocks(h, w):
         if k > 1:
-            values = _entropy_rows(p[rows], inv_log_k)
+            values = _entropy_rows(p[rows, cs], inv_log_k)
         else:
-            values = np.where(np.isnan(p[rows, :, 0]), np.float32(np.nan), np.float32(0.0))
-        _index_rows(values, top, None if keep is None else keep[rows], out[rows])
+            values = np.where(np.isnan(p[rows, cs, 0]), np.float32(np.nan), np.float32(0.0))
+        _index_rows(values, top, None if keep is None else keep[rows, cs], out[rows, cs])
     return IndexedImage(out, palette)
 
 
 # ----------------------------------------------------------------------------- montage
 
 
-def _tile_image(pixels: np.ndarray, tile_width: int, title: str) -> Image.Image:
-    """One tile as a Pillow RGB image exactly ``tile_width`` wide."""
+def fit_box(width: int, height: int, box_width: int, box_height: int | None = None) -> tuple[int, int]:
+    """Size of a ``width`` x ``height`` picture scaled to fit a box, keeping its aspect ratio.
+
+    The picture is scaled by the largest factor that keeps it inside
+    ``box_width`` x ``box_height`` (shrunk or enlarged), but never below one
+    pixel a side: a 1 x 5000 strip stays a 1-pixel line rather than being
+    stretched, so no tile can cost more than the box however thin the image.
+
+    Parameters
+    ----------
+    width, height : int
+        Size of the picture, at least 1 each.
+    box_width : int
+        Largest tile width, at least 1.
+    box_height : int, optional
+        Largest tile height; default ``TILE_HEIGHT_RATIO * box_width``.
+
+    Returns
+    -------
+    (int, int)
+        Tile width and height, each between 1 and the box's.
+
+    Examples
+    --------
+    >>> fit_box(300, 200, 256), fit_box(1, 5000, 256), fit_box(5000, 1, 256), fit_box(2, 2, 256)
+    ((256, 171), (1, 512), (256, 1), (256, 256))
+    """
+    box_height = TILE_HEIGHT_RATIO * box_width if box_height is None else box_height
+    scale = min(box_width / width, box_height / height)
+    return (
+        min(box_width, max(1, round(width * scale))),
+        min(box_height, max(1, round(height * scale))),
+    )
+
+
+def shrink_factors(shape: Sequence[int], width: int, height: int | None = None) -> tuple[int, int]:
+    """Integer (row, column) factors by which a picture can be cheaply shrunk for a ``width`` x ``height`` tile.
+
+    Each factor is the largest that still leaves at least the tile's size
+    (see :func:`fit_box`) on its axis, so the exact final resize only ever
+    shrinks. Along a side that ends up 1 pixel long the factor is the whole
+    side: a 1 x 200000 strip shrinks by (390, 1), not by a square factor its
+    width cannot take.
+
+    Examples
+    --------
+    >>> shrink_factors((1000, 2000, 3), 256), shrink_factors((200000, 1), 256), shrink_factors((8, 8), 256)
+    ((7, 7), (390, 1), (1, 1))
+    """
+    h, w = int(shape[0]), int(shape[1])
+    tile_w, tile_h = fit_box(w, h, width, height)
+    return max(1, h // tile_h), max(1, w // tile_w)
+
+
+def _tile_image(pixels: np.ndarray, box: tuple[int, int], title: str) -> Image.Image:
+    """One tile as a Pillow RGB image scaled to fit ``box`` (width, height)."""
     a = np.asarray(pixels)
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise SegsoftError(f"montage tile {title!r}: expected uint8 (H, W, 3), got {a.dtype} {a.shape}")
@@ -628,12 +702,14 @@ def _tile_image(pixels: np.ndarray, tile_width: int, title: str) -> Image.Image:
         a = a[..., :3]
     img = Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
     w, h = img.size
-    size = (tile_width, max(1, round(h * tile_width / w)))
-    if w > tile_width:
+    size = fit_box(w, h, *box)
+    # fit_box scales both sides by one factor (a side clamped at 1 pixel was already 1 or less
+    # after scaling), so a tile is either shrunk on both axes or enlarged on both.
+    if size[0] * size[1] < w * h:
         # BOX averages whole source pixels: fast on 12-MP inputs and alias-free enough for a preview;
         # reducing_gap lets Pillow first shrink by an integer factor, which is faster still.
         return img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
-    if w < tile_width:
+    if size != (w, h):
         # Enlarge small tiles with crisp pixels so tiny test images stay legible.
         return img.resize(size, Image.Resampling.NEAREST)
     return img
@@ -654,39 +730,54 @@ def _title_band_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> in
     return int(bottom) + 2 * _TITLE_PAD
 
 
-def shrink(picture: np.ndarray | IndexedImage, width: int) -> np.ndarray:
-    """Cheaply shrink a picture by an integer factor to at least ``width`` wide.
+def shrink(picture: np.ndarray | IndexedImage, width: int, height: int | None = None) -> np.ndarray:
+    """Cheaply shrink a picture by integer factors towards a ``width`` x ``height`` tile.
 
-    Keeps memory low when many full-size pictures feed a montage; the
-    montage does the exact final resize. Returns uint8 RGB.
+    Keeps memory low when many full-size pictures feed a montage: the result
+    is at most about twice the tile (see :func:`shrink_factors`) whatever the
+    picture's size or aspect ratio, and never smaller than the tile, so the
+    montage's exact final resize only shrinks. Returns uint8 RGB.
+
+    Parameters
+    ----------
+    picture : ndarray uint8 (H, W, 3) or IndexedImage
+    width : int
+        Tile width.
+    height : int, optional
+        Tile height; default ``TILE_HEIGHT_RATIO * width``.
 
     Examples
     --------
     >>> shrink(np.zeros((1000, 2000, 3), np.uint8), 256).shape
     (143, 286, 3)
+    >>> shrink(np.zeros((100000, 1, 3), np.uint8), 256).shape
+    (513, 1, 3)
     """
-    factor = picture.shape[1] // max(width, 1)
+    fy, fx = shrink_factors(picture.shape, width, height)
     if isinstance(picture, IndexedImage):
-        # subsample the indices to twice the size, then average 2x2 in RGB
-        step = max(factor // 2, 1)
-        small = IndexedImage(picture.indices[::step, ::step], picture.palette).to_rgb()
-        factor = 2 if factor >= 4 else 1
-        picture = small
-    if factor < 2:
+        # subsample the indices to about twice the size, then average the last factor (2 or 3) in RGB
+        sy, sx = max(fy // 2, 1), max(fx // 2, 1)
+        picture = IndexedImage(picture.indices[::sy, ::sx], picture.palette).to_rgb()
+        fy, fx = fy // sy, fx // sx
+    if fy < 2 and fx < 2:
         return np.asarray(picture)
-    return np.asarray(Image.fromarray(picture).reduce(factor))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(picture)).reduce((fx, fy)))
 
 
 def montage(
     tiles: Sequence[tuple[str, np.ndarray]],
     tile_width: int = 256,
     columns: int | None = None,
+    tile_height: int | None = None,
 ) -> np.ndarray:
     """Lay titled pictures out on a white contact sheet.
 
-    Each picture is scaled to ``tile_width`` pixels wide, keeping its aspect
-    ratio (shrunk with a box filter, enlarged with nearest neighbour), and
-    placed under its title in a grid, left to right then top to bottom.
+    Each picture is scaled to fit a ``tile_width`` x ``tile_height`` box,
+    keeping its aspect ratio (shrunk with a box filter, enlarged with nearest
+    neighbour, see :func:`fit_box`), and placed, centred, under its title in
+    a grid, left to right then top to bottom. The box bounds the sheet
+    whatever the pictures' shapes: a 1 x 5000 strip is drawn as a thin line
+    512 pixels tall, not stretched to 256 x 1280000.
 
     Parameters
     ----------
@@ -694,9 +785,11 @@ def montage(
         Title and uint8 RGB picture (H, W, 3) of any size; grey (H, W) and
         RGBA are accepted.
     tile_width : int
-        Width of every tile in pixels.
+        Width of every grid cell, and the most a tile may be, in pixels.
     columns : int, optional
         Tiles per row; default ``min(4, len(tiles))``.
+    tile_height : int, optional
+        The most a tile may be tall; default ``TILE_HEIGHT_RATIO * tile_width``.
 
     Returns
     -------
@@ -714,6 +807,9 @@ def montage(
     tile_width = operator.index(tile_width)
     if tile_width < 1:
         raise SegsoftError(f"tile_width must be at least 1, got {tile_width}")
+    tile_height = TILE_HEIGHT_RATIO * tile_width if tile_height is None else operator.index(tile_height)
+    if tile_height < 1:
+        raise SegsoftError(f"tile_height must be at least 1, got {tile_height}")
     if len(tiles) == 0:
         raise SegsoftError("montage needs at least one tile")
     if columns is None:
@@ -724,7 +820,8 @@ def montage(
 
     font = ImageFont.load_default()
     band = _title_band_height(font)
-    images = [(str(title), _tile_image(pixels, tile_width, str(title))) for title, pixels in tiles]
+    box = (tile_width, tile_height)
+    images = [(str(title), _tile_image(pixels, box, str(title))) for title, pixels in tiles]
     grid = [images[i : i + columns] for i in range(0, len(images), columns)]
     row_heights = [max(img.height for _, img in row) for row in grid]
 
@@ -737,7 +834,7 @@ def montage(
         for col, (title, img) in enumerate(row):
             x = _MARGIN + col * (tile_width + _MARGIN)
             draw.text((x, y + _TITLE_PAD), _fit_title(draw, title, font, tile_width), fill=(0, 0, 0), font=font)
-            sheet.paste(img, (x, y + band))
+            sheet.paste(img, (x + (tile_width - img.width) // 2, y + band))  # narrow tiles: centred in the cell
         y += band + row_height + _MARGIN
     return np.array(sheet, dtype=np.uint8)  # np.array (not asarray): writable and C-contiguous
 

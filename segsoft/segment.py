@@ -24,10 +24,23 @@ from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
 from .regions import MERGE_THRESHOLD, RegionHierarchy, check_regions_flag, check_threshold, region_hierarchy
 from .spatial import PottsPrior
 
-__all__ = ["CRITERIA", "MODELS", "SoftSegmentation", "segment", "apply_model", "make_model", "select_k"]
+__all__ = [
+    "CRITERIA",
+    "MAX_K",
+    "MODELS",
+    "SoftSegmentation",
+    "segment",
+    "apply_model",
+    "make_model",
+    "select_k",
+]
 
 MODELS = ("gmm", "soft-kmeans", "fcm")
 DEFAULT_SAMPLE = 200_000
+# The most clusters the pipeline fits: every cluster adds an output picture, a montage tile and a
+# probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes of work, hundreds
+# of files and gigabytes; -k auto fits every k up to here. The mixture engines themselves allow any k.
+MAX_K = 64
 
 
 @dataclass
@@ -222,15 +235,47 @@ class SoftSegmentation:
         ]
         return pics
 
-    def original(self, width: int | None = None) -> np.ndarray:
-        """The input image as uint8 RGB; with ``width``, shrunk by block averaging
-        to at least that wide (cheap on big images)."""
+    def original(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """The input image as uint8 RGB, optionally shrunk for a montage tile.
+
+        Parameters
+        ----------
+        width : int, optional
+            Shrink by block averaging to at least the size of a montage tile
+            at most ``width`` wide and ``height`` tall (see
+            :func:`segsoft.render.shrink_factors`). Blocks need not be square
+            (a 200000 x 1 strip averages 390 x 1 blocks) and the work goes in
+            bands, so any image size or aspect ratio costs little memory.
+            None: full size.
+        height : int, optional
+            Tile height; default ``render.TILE_HEIGHT_RATIO * width``.
+
+        Returns
+        -------
+        ndarray, uint8 (h, w, 3)
+
+        Examples
+        --------
+        >>> seg = segment(np.tile(np.array([[0], [255]], np.uint8), (1, 2000)), k=2)
+        >>> seg.original().shape, seg.original(256).shape
+        ((2, 2000, 3), (1, 285, 3))
+        """
         pixels = self.image.pixels
-        f = 1 if width is None else max(1, min(pixels.shape[1] // max(width, 1), pixels.shape[0]))
-        if f > 1:
-            h, w = (pixels.shape[0] // f) * f, (pixels.shape[1] // f) * f
-            pixels = pixels[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
-        return np.rint(pixels * 255.0).astype(np.uint8)
+        fy, fx = (1, 1) if width is None else render.shrink_factors(pixels.shape, width, height)
+        h, w = pixels.shape[0] // fy, pixels.shape[1] // fx  # whole blocks only: at most f - 1 lines lost
+        out = np.empty((h, w, 3), np.uint8)
+        # bands of block rows, and of block columns for very wide images, of about a quarter megapixel
+        band_rows = max(1, (1 << 18) // max(fy * w * fx, 1))
+        band_cols = w if band_rows > 1 else max(1, (1 << 18) // (fy * fx))
+        for r0 in range(0, h, band_rows):
+            r1 = min(r0 + band_rows, h)
+            for c0 in range(0, w, band_cols):
+                c1 = min(c0 + band_cols, w)
+                block = pixels[r0 * fy : r1 * fy, c0 * fx : c1 * fx]
+                if fy > 1 or fx > 1:
+                    block = block.reshape(r1 - r0, fy, c1 - c0, fx, 3).mean(axis=(1, 3), dtype=np.float32)
+                out[r0:r1, c0:c1] = np.rint(block * np.float32(255.0))
+        return out
 
     def montage(
         self,
@@ -239,14 +284,18 @@ class SoftSegmentation:
         tile_width: int = 256,
         regions: bool = False,
         region_threshold: float = MERGE_THRESHOLD,
+        tile_height: int | None = None,
     ) -> np.ndarray:
-        """Original, overlay, labels, (regions,) uncertainty and every heatmap on one sheet."""
-        tiles = [("original", self.original(tile_width))]
+        """Original, overlay, labels, (regions,) uncertainty and every heatmap on one sheet.
+
+        Tiles fit a ``tile_width`` x ``tile_height`` box (see :func:`segsoft.render.montage`).
+        """
+        tiles = [("original", self.original(tile_width, tile_height))]
         tiles += [
-            (title, render.shrink(make(), tile_width))
+            (title, render.shrink(make(), tile_width, tile_height))
             for _, title, make in self.pictures(alpha, cmap, regions, region_threshold)
         ]
-        return render.montage(tiles, tile_width=tile_width)
+        return render.montage(tiles, tile_width=tile_width, tile_height=tile_height)
 
     def save(
         self,
@@ -289,6 +338,7 @@ def make_model(
     >>> make_model("fcm", 3, m=1.5)  # doctest: +ELLIPSIS
     FuzzyCMeans(n_components=3, m=1.5, ...)
     """
+    _check_k_cap(k)
     common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=sample or None)
     if beta is not None and model != "soft-kmeans":
         raise SegsoftError(f"beta (the stiffness) is a soft-kmeans option, not one of {model}")
@@ -307,17 +357,114 @@ def make_model(
     return engine
 
 
+def _check_k_cap(k: Any) -> None:
+    """Refuse a whole-number ``k`` above :data:`MAX_K` (other bad values are the engines' to report)."""
+    if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > MAX_K:
+        raise SegsoftError(f"k={k} is more than the most clusters segsoft supports ({MAX_K})")
+
+
 def _name(image: Image) -> str:
     return str(image.path) if image.path is not None else "image"
 
 
+_DISTINCT_SAMPLE = 50_000  # rows of the first, exact look at the colours
+_DISTINCT_CHUNK = 1 << 20  # rows per step of the full pass: bounds its temporaries to tens of MB
+_DIRECT_MATCH = 8  # up to this many known colours, compare with each directly rather than look up by hash
+_GOLDEN64 = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: odd multiples of it mix a row's words into one key
+
+
+def _row_keys(rows: np.ndarray) -> np.ndarray:
+    """A uint64 hash of each row's float bits: equal rows get equal keys.
+
+    Adding 0.0 turns -0.0 into 0.0 first, so rows equal as numbers hash alike.
+    Different rows may (very rarely) collide; callers compare the values.
+    """
+    words = np.ascontiguousarray(rows + rows.dtype.type(0.0)).view(np.uint32)
+    key = np.zeros(words.shape[0], np.uint64)
+    for j in range(words.shape[1]):
+        word = words[:, j].astype(np.uint64)
+        word *= np.uint64(((j + 1) * _GOLDEN64 | 1) % (1 << 64))
+        key += word  # uint64 arithmetic wraps: that is the hash
+    return key
+
+
+class _Palette:
+    """The distinct rows seen so far, with a sorted hash index to find a row's candidate match."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.keys: np.ndarray | None = None
+        if len(rows) > _DIRECT_MATCH:
+            keys = _row_keys(rows)
+            order = np.argsort(keys, kind="stable")
+            self.rows, self.keys = rows[order], keys[order]
+
+    def unseen(self, block: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows of ``block`` equal to none of the known rows."""
+        if self.keys is None:
+            return self.unseen_among(block, self.rows)
+        keys = _row_keys(block)
+        at = np.searchsorted(self.keys, keys)
+        np.minimum(at, len(self.keys) - 1, out=at)
+        # The hash only picks a candidate; the values decide, so a collision cannot hide a colour.
+        new = (block != self.rows[at]).any(axis=1)
+        clash = new & (self.keys[at] == keys)  # same key, other values: the row may match another known row
+        if clash.any():
+            idx = np.flatnonzero(clash)
+            new[idx] = self.unseen_among(block[idx], self.rows)
+        return new
+
+    @staticmethod
+    def unseen_among(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows of ``block`` equal to none of ``rows``, comparing with each in turn."""
+        new = np.ones(len(block), dtype=bool)
+        for row in rows:
+            new &= (block != row).any(axis=1)
+        return new
+
+
 def _count_distinct(colors: np.ndarray, at_least: int) -> int:
-    """Distinct rows of the colour features, counted exactly only when a
-    sample has fewer than ``at_least`` (full counts are slow on big images).
-    Features, not RGB: with ``color="gray"`` two RGB colours can be one grey."""
-    sample = colors[:: max(1, colors.shape[0] // 50_000)]
-    n = len(np.unique(sample, axis=0))
-    return n if n >= at_least else len(np.unique(colors, axis=0))
+    """Number of distinct rows of the colour features, exact when it is below ``at_least``.
+
+    Features, not RGB: with ``color="gray"`` two RGB colours can be one grey.
+    Callers only need to know whether there are ``at_least`` distinct rows
+    (``at_least`` is a k, so at most :data:`MAX_K`), so once that many are
+    found the answer is some number >= ``at_least``. A strided sample settles
+    most photographs at once; otherwise one pass over the rows in chunks
+    keeps the (fewer than ``at_least``) colours seen so far and looks each
+    row up among them: time linear in the pixels, memory a few chunk-sized
+    temporaries, never a sort or copy of the whole feature array (an
+    81-megapixel constant image used to take minutes and gigabytes here).
+
+    Examples
+    --------
+    >>> colors = np.repeat(np.eye(3, dtype=np.float32), 1000, axis=0)
+    >>> _count_distinct(colors, 5), _count_distinct(colors, 2) >= 2
+    (3, True)
+    """
+    n = colors.shape[0]
+    sample = colors[:: max(1, n // _DISTINCT_SAMPLE)]
+    found = np.unique(sample, axis=0)
+    if len(found) >= at_least or len(sample) == n:
+        return len(found)
+    known = _Palette(found)
+    for start in range(0, n, _DISTINCT_CHUNK):
+        block = colors[start : start + _DISTINCT_CHUNK]
+        new = known.unseen(block)
+        if not new.any():
+            continue
+        rest = block[new]
+        added = []
+        # Peel off one new colour at a time: each step costs a pass over the remaining new rows,
+        # and there are fewer than at_least steps in all, however the colours are spread.
+        while len(rest):
+            added.append(rest[0])
+            if len(found) + len(added) >= at_least:
+                return len(found) + len(added)
+            rest = rest[1:][(rest[1:] != rest[0]).any(axis=1)]  # rest[1:]: progress even on a NaN row
+        found = np.concatenate([found, np.asarray(added, dtype=found.dtype)])
+        known = _Palette(found)
+    return len(found)
 
 
 def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, float]:
@@ -479,6 +626,8 @@ def segment(
         settings.update(k_range=[k_lo, k_hi], criterion=criterion)
     elif isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
+    else:
+        _check_k_cap(k)  # before reading the image: the cap does not depend on it
     if not (smoothing >= 0 and np.isfinite(smoothing)):
         raise SegsoftError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
     if smoothing > 0 and model == "fcm":
@@ -549,7 +698,7 @@ def segment(
 
 
 CRITERIA = ("icl", "bic")
-MAX_AUTO_K = 64
+MAX_AUTO_K = MAX_K  # the old name of the cap on --k-range, kept for callers
 
 
 def _check_k_range(k_range: Any) -> tuple[int, int]:
@@ -559,8 +708,8 @@ def _check_k_range(k_range: Any) -> tuple[int, int]:
         raise SegsoftError(f"k range must be two whole numbers like (2, 10), got {k_range!r}") from None
     if not 1 <= lo <= hi:
         raise SegsoftError(f"k range must satisfy 1 <= low <= high, got {lo}..{hi}")
-    if hi > MAX_AUTO_K:
-        raise SegsoftError(f"k range goes up to {MAX_AUTO_K} (every k is a separate fit), got {lo}..{hi}")
+    if hi > MAX_K:
+        raise SegsoftError(f"k range goes up to {MAX_K} (the most clusters segsoft supports), got {lo}..{hi}")
     return lo, hi
 
 
