@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import SegsoftError
+from .limits import LIMITS, MAX_K
 from .features import COLOR_SPACES, FeatureSpec
 from .mixture import COVARIANCE_TYPES, model_from_dict
 
@@ -60,23 +61,6 @@ __all__ = [
 MAX_MODEL_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 32  # a real model.json nests 6 deep (record > model > fitted > covariances_ (k, d, d))
 MAX_TRACE = 100_000  # entries per log-likelihood trace (one per EM iteration)
-DEFAULT_MAX_K = 64  # used when neither segsoft.limits nor segsoft.segment defines MAX_K
-# The command line's ranges (low, high or None, whole number?, low excluded?) live in
-# segsoft.limits.LIMITS, so a value the command line refuses cannot come back through a model
-# file; these are the same ranges, for when this module is used without that table.
-_FALLBACK_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
-    "k": (1, DEFAULT_MAX_K, True, False),
-    "spatial_weight": (0.0, 100.0, False, False),
-    "smoothing": (0.0, 100.0, False, False),
-    "max_iter": (1, 100_000, True, False),
-    "tol": (0.0, 1e3, False, False),
-    "n_init": (1, 1000, True, False),
-    "sample": (0, None, True, False),
-    "seed": (0, None, True, False),
-    "beta": (0.0, 1e6, False, True),
-    "m": (1.0, 100.0, False, True),
-    "reg_covar": (0.0, 1.0, False, False),
-}
 MAX_ABS_VALUE = 1e6  # features, offsets and means: real ones are within a few hundred
 SCALE_RANGE = (1e-6, 1e6)  # standardisation scales (the fit's floors are 0.005 and more)
 # variances (and covariance eigenvalues): the fit floors diagonal ones at 1e-12; outside this range
@@ -129,36 +113,27 @@ _SPEC_FIELDS = ("color", "spatial_weight", "standardize", "offset", "scale", "na
 
 
 def max_k() -> int:
-    """The largest number of clusters a model may have (``segsoft.limits.MAX_K``, 64 today).
+    """The largest number of clusters a model may have (:data:`segsoft.limits.MAX_K`, 64).
 
     Examples
     --------
-    >>> max_k() >= 2
-    True
+    >>> max_k()
+    64
     """
-    try:
-        from .limits import MAX_K
-    except ImportError:
-        from . import segment  # lazily: segment is the heavier module
-
-        MAX_K = getattr(segment, "MAX_K", DEFAULT_MAX_K)
-    return int(MAX_K)
+    return MAX_K
 
 
 def setting_range(name: str) -> tuple[float, float | None, bool, bool]:
     """The command line's range of setting ``name``: (low, high or None, whole number?, low excluded?).
 
-    From :data:`segsoft.limits.LIMITS`; model files are held to the same ranges.
+    From :data:`segsoft.limits.LIMITS`: model files are held to the same ranges,
+    so a value the command line refuses cannot come back through a model file.
 
     Examples
     --------
     >>> setting_range("smoothing")
     (0.0, 100.0, False, False)
     """
-    try:
-        from .limits import LIMITS
-    except ImportError:
-        return _FALLBACK_RANGES[name]
     limit = LIMITS[name]
     return limit.low, limit.high, limit.integer, limit.low_open
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import render
 from .errors import SegsoftError
+from .limits import MAX_K
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, as_image
 from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
@@ -37,10 +38,9 @@ __all__ = [
 
 MODELS = ("gmm", "soft-kmeans", "fcm")
 DEFAULT_SAMPLE = 200_000
-# The most clusters the pipeline fits: every cluster adds an output picture, a montage tile and a
-# probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes of work, hundreds
-# of files and gigabytes; -k auto fits every k up to here. The mixture engines themselves allow any k.
-MAX_K = 64
+# MAX_K (segsoft.limits) is the most clusters the pipeline fits: every cluster adds an output picture,
+# a montage tile and a probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes
+# of work, hundreds of files and gigabytes; -k auto fits every k up to it. The engines allow any k.
 
 
 @dataclass
