@@ -49,12 +49,13 @@ from . import __version__, render
 from .errors import SegsoftError
 from .features import FeatureSpec, extract
 from .limits import CHOICES, LIMITS, MAX_K, check_choice, check_setting
-from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, find_images, read_image
+from .io import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, count_frames, find_images, read_image
 from .mixture import model_from_dict
 from .modelfile import read_json
 from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 from .outputs import (
     _FOLDER_TEMP,
+    probability_settings,
     _sweep,
     _write_json,
     check_writable,
@@ -121,7 +122,7 @@ class SegmentOptions:
     k: int | str = 4
     k_range: tuple[int, int] = (2, 10)
     criterion: str = "icl"
-    color: str = "lab"
+    color: str | None = None  # None: lab for colour images, bands for any other band count
     spatial_weight: float = 0.0
     smoothing: float = 0.0
     model: str = "gmm"
@@ -138,6 +139,10 @@ class SegmentOptions:
     cmap: str = "viridis"
     regions: bool = False
     region_threshold: float = MERGE_THRESHOLD
+    probabilities: str = "npy"
+    probabilities_dtype: str = "float32"
+    bands: tuple[int, ...] | None = None
+    display_bands: tuple[int, ...] | None = None
 
     def check(self) -> None:
         """Raise :class:`SegsoftError` for a bad option, naming its flag, before any slow work.
@@ -164,7 +169,8 @@ class SegmentOptions:
             if self.beta is not None:
                 check_setting("beta", self.beta)
             for name in CHOICES:
-                check_choice(name, getattr(self, name))
+                if getattr(self, name) is not None or name != "color":
+                    check_choice(name, getattr(self, name))
         except ValueError as exc:
             raise SegsoftError(str(exc)) from None
         if self.k == "auto":
@@ -186,7 +192,16 @@ class SegmentOptions:
         if self.beta is not None and self.model != "soft-kmeans":
             raise SegsoftError(f"--beta only applies with --model soft-kmeans, not {self.model}")
         check_render_options(self.alpha, self.cmap, self.region_threshold)
-        FeatureSpec(color=self.color, spatial_weight=float(self.spatial_weight))
+        probability_settings(self.probabilities, self.probabilities_dtype)
+        for flag, picked in (("--bands", self.bands), ("--display-bands", self.display_bands)):
+            if picked is not None and not (
+                picked and all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 0 for b in picked)
+            ):
+                raise SegsoftError(f"{flag} must be band numbers >= 0 like 0,2,3, got {picked!r}")
+        if self.display_bands is not None and len(self.display_bands) not in (1, 3):
+            raise SegsoftError(f"--display-bands takes 1 band (grey) or 3 (red, green, blue), got {len(self.display_bands)}")
+        if self.bands is not None and self.color not in (None, "bands"):
+            raise SegsoftError(f"--bands only applies with --color bands, not --color {self.color}")
         make_model(
             self.model,
             1,
@@ -218,6 +233,12 @@ class SegmentOptions:
             "beta": self.beta,
             "m": self.m,
         }
+        if self.color is None:
+            settings.pop("color")  # chosen per image: lab for colour, bands otherwise
+        if self.bands is not None:
+            settings["bands"] = list(self.bands)
+        if self.display_bands is not None:
+            settings["display_bands"] = list(self.display_bands)
         if auto:
             settings.update(k_range=list(_check_k_range(self.k_range)), criterion=self.criterion)
         return settings
@@ -226,6 +247,21 @@ class SegmentOptions:
     def region_cut(self) -> float | None:
         """The merge threshold for ``regions.png``/``regions.npy``, or None when regions are not asked for."""
         return float(self.region_threshold) if self.regions else None
+
+    def write_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`segsoft.outputs.write` (and ``SoftSegmentation.save``)."""
+        return {
+            "alpha": self.alpha,
+            "cmap": self.cmap,
+            "regions": self.regions,
+            "region_threshold": self.region_threshold,
+            "probabilities": self.probabilities,
+            "probabilities_dtype": self.probabilities_dtype,
+        }
+
+    def expect(self) -> dict[str, Any]:
+        """What a complete output folder's model.json must say about the pictures and files asked for."""
+        return {**_expect_regions(self.region_cut), **_expect_probabilities(self.probabilities, self.probabilities_dtype)}
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`segsoft.segment` (everything but ``alpha`` and ``cmap``)."""
@@ -330,6 +366,7 @@ def run_batch(
     options: SegmentOptions | None = None,
     *,
     recursive: bool = False,
+    frames: bool = False,
     jobs: int | None = None,
     skip_existing: bool = False,
     shared_model: bool = False,
@@ -348,6 +385,10 @@ def run_batch(
         Model and rendering options (defaults: those of ``segsoft run``).
     recursive : bool
         Also look in the sub-folders of folder inputs.
+    frames : bool
+        Segment every frame of a multi-frame file (GIF, APNG, WebP,
+        multi-page TIFF) into ``output/<stem>/frame_0000/`` ...; without it
+        such a file fails with a message that says how many frames it has.
     jobs : int, optional
         Worker processes (default: every core). 1 works in this process.
     skip_existing : bool
@@ -407,13 +448,11 @@ def run_batch(
             "--shared-model cannot be combined with --smooth (the shared model is fitted on a pixel sample, "
             "which has no grid for the spatial prior)"
         )
-    items, out = _prepare(inputs, output, recursive)
+    items, out = _prepare(inputs, output, recursive, frames, opts.max_pixels)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
     with batch.reporting():
         if not shared_model:
-            batch.process(
-                _segment_task, (opts,), {"settings": opts.model_settings(), **_expect_regions(opts.region_cut)}
-            )
+            batch.process(_segment_task, (opts,), {"settings": opts.model_settings(), **opts.expect()})
             return batch.report
         model_path = out / SHARED_MODEL_NAME
         shared = _reuse_shared(model_path, opts) if skip_existing else None
@@ -424,10 +463,8 @@ def run_batch(
         batch.report.shared_model = model_path
         model, spec, digest = shared
         settings = {**opts.model_settings(), "shared_model": digest}
-        job = _ApplyJob(
-            model.to_dict(), spec.to_dict(), settings, opts.alpha, opts.cmap, opts.max_pixels, opts.region_cut
-        )
-        batch.process(_apply_task, (job,), {"settings": {"shared_model": digest}, **_expect_regions(opts.region_cut)})
+        job = _ApplyJob(model.to_dict(), spec.to_dict(), settings, opts.max_pixels, opts.write_kwargs())
+        batch.process(_apply_task, (job,), {"settings": {"shared_model": digest}, **opts.expect()})
         return batch.report
 
 
@@ -441,7 +478,10 @@ def apply_batch(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     regions: bool = False,
     region_threshold: float = MERGE_THRESHOLD,
+    probabilities: str = "npy",
+    probabilities_dtype: str = "float32",
     recursive: bool = False,
+    frames: bool = False,
     jobs: int | None = None,
     skip_existing: bool = False,
     progress: ProgressFn | None = None,
@@ -473,20 +513,37 @@ def apply_batch(
     except ValueError as exc:
         raise SegsoftError(str(exc)) from None
     cut = float(region_threshold) if regions else None
+    probability_settings(probabilities, probabilities_dtype)
+    writing = {
+        "alpha": alpha,
+        "cmap": cmap,
+        "regions": regions,
+        "region_threshold": region_threshold,
+        "probabilities": probabilities,
+        "probabilities_dtype": probabilities_dtype,
+    }
     fitted, spec, record = load_model(model)
     if not spec.fitted:
         raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")
     digest = _model_digest(fitted)
-    items, out = _prepare(inputs, output, recursive)
+    items, out = _prepare(inputs, output, recursive, frames, max_pixels)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
-    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, alpha, cmap, max_pixels, cut, (os.fspath(model),))
+    job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    expect = {**_expect_regions(cut), **_expect_probabilities(probabilities, probabilities_dtype)}
     with batch.reporting():
-        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **_expect_regions(cut)})
+        batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **expect})
     return batch.report
 
 
-def _prepare(inputs: Iterable[str | os.PathLike], output: str | os.PathLike, recursive: bool) -> tuple[list, Path]:
+def _prepare(
+    inputs: Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    recursive: bool,
+    frames: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[list, Path]:
+    """The (image, stem, page) items of a batch and its output folder; every frame its own item with ``frames``."""
     inputs = list(inputs)
     out = Path(output)
     # outputs of an earlier run inside an input folder are not inputs
@@ -504,7 +561,19 @@ def _prepare(inputs: Iterable[str | os.PathLike], output: str | os.PathLike, rec
         hint = "" if recursive else " (use --recursive to look in sub-folders)"
         raise SegsoftError(f"no images found in {named or 'the inputs'}{hint}")
     check_writable(out)
-    return items, out
+    if not frames:
+        return [(p, stem, None) for p, stem in items], out
+    expanded = []
+    for p, stem in items:
+        try:
+            n = count_frames(p)
+        except SegsoftError:
+            n = 1  # unreadable: it fails as an item of its own, with its error
+        if n <= 1:
+            expanded.append((p, stem, None))
+        else:
+            expanded.extend((p, Path(stem) / f"frame_{i:04d}", i) for i in range(n))
+    return expanded, out
 
 
 def _jobs(jobs: int | None) -> int:
@@ -579,6 +648,9 @@ class _Batch:
 
     def record(self, i: int, row: BatchResult) -> None:
         row.output = str(self.folder(i))
+        page = self.items[i][2]
+        if page is not None and not row.path.endswith("]"):
+            row.path = f"{row.path} [frame {page}]"  # one row per frame of a multi-frame file
         self.rows[i] = row
         if row.status == "failed" and self.folder(i).is_dir():
             self.sweep(i)  # a worker that died leaves its temporary files
@@ -588,7 +660,7 @@ class _Batch:
     def process(self, task: Callable, extra: tuple, expect: dict[str, Any]) -> None:
         """Run ``task(path, folder, *extra)`` for each image not skipped and not failed already."""
         todo = []
-        for i, (path, _) in enumerate(self.items):
+        for i, (path, _, _) in enumerate(self.items):
             if i in self.unreadable:
                 self.record(i, self.unreadable[i])
                 continue
@@ -597,7 +669,7 @@ class _Batch:
                 self.record(i, _skipped_row(path, record))
             else:
                 todo.append(i)
-        calls = [(str(self.items[i][0]), str(self.folder(i)), *extra) for i in todo]
+        calls = [(str(self.items[i][0]), str(self.folder(i)), self.items[i][2], *extra) for i in todo]
         in_flight = _Mapped(self.in_flight, todo)
         with closing(_execute(task, calls, self.jobs, in_flight)) as results:
             for j, result in results:
@@ -609,8 +681,8 @@ class _Batch:
         n = len(self.items)
         per = None if not opts.sample else max(1, math.ceil(opts.sample / n))
         calls = [
-            (str(p), per, opts.seed, i, opts.color, float(opts.spatial_weight), opts.max_pixels)
-            for i, (p, _) in enumerate(self.items)
+            (str(p), page, per, opts.seed, i, float(opts.spatial_weight), opts.max_pixels)
+            for i, (p, _, page) in enumerate(self.items)
         ]
         samples: dict[int, _Sample] = {}
         with closing(_execute(_sample_task, calls, self.jobs, set())) as results:
@@ -684,7 +756,8 @@ def _complete_record(folder: Path, expect: dict[str, Any], source: Path | None =
         return None
     if source is not None and not _same_source(made_from, source):
         return None
-    if not all((folder / name).is_file() for name in output_files(k, auto, "regions" in expect)):
+    fmt = (expect.get("probabilities") or {}).get("format", "npy")
+    if not all((folder / name).is_file() for name in output_files(k, auto, "regions" in expect, probabilities=fmt)):
         return None
     return record
 
@@ -700,6 +773,15 @@ def _same_source(recorded: Any, path: Path) -> bool:
         return False
     now = file_identity(path)
     return now is not None and now["blake2b"] == recorded.get("blake2b")
+
+
+def _expect_probabilities(fmt: str, dtype: str) -> dict[str, Any]:
+    """What model.json must say about the memberships file; nothing for the default npy/float32,
+    so folders written before the option existed are still complete."""
+    settings = probability_settings(fmt, dtype)
+    if settings == probability_settings():
+        return {}
+    return {"probabilities": settings}
 
 
 def _expect_regions(threshold: float | None) -> dict[str, Any]:
@@ -743,18 +825,19 @@ class _ApplyJob:
     model: dict[str, Any]
     spec: dict[str, Any]
     settings: dict[str, Any]
-    alpha: float
-    cmap: str
     max_pixels: int
-    regions: float | None = None
+    writing: dict[str, Any]  # outputs.write keyword arguments
     protect: tuple[str, ...] = ()  # files no output may replace (the model file being applied)
 
 
 @dataclass
 class _Sample:
-    rgb: np.ndarray  # float32 (n, 3) sampled used pixels
+    rgb: np.ndarray  # float32 (n, C) the sampled used pixels' bands (RGB for a colour image)
     xy: np.ndarray | None  # float32 (n, 2) their position features, with a spatial weight
     eight_bit: bool
+    is_color: bool = True
+    is_gray: bool = False
+    band_names: tuple[str, ...] = ()
 
 
 def _one_line(text: str) -> str:
@@ -784,24 +867,9 @@ def _as_row(result: Any, path: str) -> BatchResult:
 
 
 def _finish(
-    seg: Any,
-    folder: Path,
-    path: str,
-    alpha: float,
-    cmap: str,
-    t0: float,
-    regions: float | None = None,
-    protect: Sequence[str] = (),
+    seg: Any, folder: Path, path: str, t0: float, writing: dict[str, Any], protect: Sequence[str] = ()
 ) -> BatchResult:
-    write(
-        seg,
-        folder,
-        alpha=alpha,
-        cmap=cmap,
-        regions=regions is not None,
-        region_threshold=MERGE_THRESHOLD if regions is None else regions,
-        protect=protect,
-    )
+    write(seg, folder, **writing, protect=protect)
     model = seg.model
     return BatchResult(
         path,
@@ -821,23 +889,27 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _segment_task(path: str, folder: str, opts: SegmentOptions) -> BatchResult:
+def _segment_task(path: str, folder: str, page: int | None, opts: SegmentOptions) -> BatchResult:
     t0 = time.perf_counter()
     try:
-        seg = segment(path, **opts.segment_kwargs())
-        return _finish(seg, Path(folder), path, opts.alpha, opts.cmap, t0, opts.region_cut)
+        seg = segment(path, **opts.segment_kwargs(), page=page)
+        return _finish(seg, Path(folder), path, t0, opts.write_kwargs())
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0
     return row
 
 
-def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
+def _apply_task(path: str, folder: str, page: int | None, job: _ApplyJob) -> BatchResult:
     t0 = time.perf_counter()
     try:
         model, spec = model_from_dict(job.model), FeatureSpec.from_dict(job.spec)
-        seg = apply_model(path, model, spec, max_pixels=job.max_pixels, settings=job.settings)
-        return _finish(seg, Path(folder), path, job.alpha, job.cmap, t0, job.regions, job.protect)
+        image = read_image(path, max_pixels=job.max_pixels, page=page)
+        display = job.settings.get("display_bands")
+        if display is not None:
+            image = image.with_display(display)
+        seg = apply_model(image, model, spec, max_pixels=job.max_pixels, settings=job.settings)
+        return _finish(seg, Path(folder), path, t0, job.writing, job.protect)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0
@@ -845,13 +917,19 @@ def _apply_task(path: str, folder: str, job: _ApplyJob) -> BatchResult:
 
 
 def _sample_task(
-    path: str, per: int | None, seed: int | None, index: int, color: str, spatial_weight: float, max_pixels: int
+    path: str,
+    page: int | None,
+    per: int | None,
+    seed: int | None,
+    index: int,
+    spatial_weight: float,
+    max_pixels: int,
 ) -> _Sample | BatchResult:
     """A seeded random sample of ``per`` used pixels of one image (all of them when None)."""
     t0 = time.perf_counter()
     try:
-        img = read_image(path, max_pixels=max_pixels)
-        rgb = img.pixels.reshape(-1, 3)
+        img = read_image(path, max_pixels=max_pixels, page=page)
+        rgb = img.bands.reshape(-1, img.n_bands)
         if img.mask is not None:
             rgb = rgb[img.mask.ravel()]
         n = rgb.shape[0]
@@ -866,7 +944,7 @@ def _sample_task(
             pos = extract(img, FeatureSpec(color="gray", spatial_weight=spatial_weight, standardize=False))[:, 1:]
             xy = np.ascontiguousarray(pos if rows is None else pos[rows])
         rgb = np.ascontiguousarray(rgb if rows is None else rgb[rows])
-        return _Sample(rgb, xy, img.bit_depth == 8)
+        return _Sample(rgb, xy, img.bit_depth == 8, bool(img.is_color), img.is_gray, img.band_names)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0
@@ -879,8 +957,12 @@ def _sample_task(
 
 def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, FeatureSpec, np.ndarray]:
     """Fit the feature standardisation and the model on the pooled samples."""
+    counts = {s.rgb.shape[1] for s in samples}
+    if len(counts) > 1:
+        raise SegsoftError(f"the images have different numbers of bands ({', '.join(map(str, sorted(counts)))})")
     rgb = np.concatenate([s.rgb for s in samples])
     eight_bit = all(s.eight_bit for s in samples)
+    first = samples[0]
     if opts.spatial_weight == 0 and opts.k > 1:
         distinct = len(np.unique(rgb, axis=0))
         if distinct < opts.k:
@@ -889,10 +971,25 @@ def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, Feat
         raise SegsoftError(f"k={opts.k} is more than the {rgb.shape[0]} usable pixels of the images")
     # the pooled pixels as a one-column image: extract fits the standardisation
     # exactly as it does for one image (8-bit sources keep their lookup table)
-    pool = Image(rgb[:, None, :], bit_depth=8 if eight_bit else 32)
-    X, color_spec = extract(pool, FeatureSpec(color=opts.color), return_spec=True)
+    column = rgb[:, None, :]
+    if first.is_color:
+        pool = Image(column, bit_depth=8 if eight_bit else 32)
+    else:
+        shown = column[:, :, :1].repeat(3, axis=2) if column.shape[2] < 3 else column[:, :, :3]
+        pool = Image(
+            np.ascontiguousarray(shown), bit_depth=8 if eight_bit else 32, is_gray=first.is_gray, bands=column,
+            band_names=first.band_names, is_color=False,
+        )
+    color = opts.color or ("lab" if first.is_color or first.is_gray else "bands")
+    bands = None if opts.bands is None else tuple(opts.bands)
+    X, color_spec = extract(pool, FeatureSpec(color=color, bands=bands), return_spec=True)
     spec = FeatureSpec(
-        color=opts.color, spatial_weight=float(opts.spatial_weight), offset=color_spec.offset, scale=color_spec.scale
+        color=color,
+        spatial_weight=float(opts.spatial_weight),
+        offset=color_spec.offset,
+        scale=color_spec.scale,
+        bands=color_spec.bands,
+        band_names=color_spec.band_names,
     )
     if opts.spatial_weight > 0:
         X = np.hstack([X, np.concatenate([s.xy for s in samples])]).astype(np.float32)

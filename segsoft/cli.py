@@ -105,6 +105,17 @@ def _parse_k(k: str) -> int | str:
     return value
 
 
+def _parse_bands(text: str, flag: str) -> tuple[int, ...]:
+    """'4,3,2' -> (4, 3, 2): band numbers from 0."""
+    try:
+        picked = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise SegsoftError(f"{flag} must be band numbers from 0 separated by commas, like 4,3,2; got {text!r}") from None
+    if any(b < 0 for b in picked):
+        raise SegsoftError(f"{flag} must be band numbers from 0 separated by commas, like 4,3,2; got {text!r}")
+    return picked
+
+
 def _parse_range(text: str) -> tuple[int, int]:
     """'2..10' (or '2-10', '2:10') -> (2, 10)."""
     parts = re.split(r"\.\.|-|:", text.strip())
@@ -226,7 +237,30 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
         typer.Option(None, "--criterion", help="With -k auto: icl (default) or bic (lower is better)."),
         "criterion",
     ),
-    "color": (str, typer.Option("lab", "--color", help="Colour space: lab, rgb, hsv or gray."), "color"),
+    "color": (
+        str | None,
+        typer.Option(
+            None,
+            "--color",
+            help="Features: a colour space (lab, the default for colour and grey images; rgb, hsv, gray) "
+            "or bands (the default for other band counts).",
+        ),
+        "color",
+    ),
+    "bands": (
+        str | None,
+        typer.Option(None, "--bands", help="With bands: the bands to use, e.g. 1,2,5 (default: all)."),
+        "bands",
+    ),
+    "display_bands": (
+        str | None,
+        typer.Option(
+            None,
+            "--display-bands",
+            help="Bands shown in the pictures, e.g. 4,3,2 (false colour) or 5 (grey); display only.",
+        ),
+        "display_bands",
+    ),
     "spatial_weight": (
         float,
         typer.Option(0.0, "--spatial-weight", help="Weight of x,y position features (0 = colour only)."),
@@ -255,6 +289,25 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
             help="Also write regions.png and regions.npy: connected segments merged along weak boundaries.",
         ),
         "regions",
+    ),
+    "probabilities": (
+        str,
+        typer.Option(
+            "npy",
+            "--probabilities",
+            help="Memberships file: npy (probabilities.npy), tiff (a k-band probabilities.tif and labels.tif) "
+            "or none (labels.tif only).",
+        ),
+        "probabilities",
+    ),
+    "probabilities_dtype": (
+        str,
+        typer.Option(
+            "float32",
+            "--probabilities-dtype",
+            help="float32 or float16 (NaN where transparent), or uint8 (membership x 254; 255 where transparent).",
+        ),
+        "probabilities_dtype",
     ),
     "region_threshold": (
         float | None,
@@ -294,8 +347,17 @@ _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
     "covariance": (lambda v: v.get("model", "gmm") == "gmm", "--covariance", "--model gmm"),
 }
 _CHOICE_FIELDS = ("color", "model", "covariance", "criterion")  # case-insensitive on the command line
-_EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in ("alpha", "cmap"))  # nothing is drawn
-_RENDER_OPTIONS = ("alpha", "cmap", "regions", "region_threshold", "max_pixels")
+_OUTPUT_ONLY = ("alpha", "cmap", "probabilities", "probabilities_dtype")
+_EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in _OUTPUT_ONLY)  # nothing is written
+_RENDER_OPTIONS = (
+    "alpha",
+    "cmap",
+    "regions",
+    "region_threshold",
+    "probabilities",
+    "probabilities_dtype",
+    "max_pixels",
+)
 
 
 def _given(ctx: Any, name: str) -> bool:
@@ -342,12 +404,15 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
                     values[field] = values[field].strip().lower()
             if "cmap" in values:
                 values["cmap"] = _colormap_name(values["cmap"])
+            for field, flag in (("bands", "--bands"), ("display_bands", "--display-bands")):
+                if values.get(field) is not None:
+                    values[field] = _parse_bands(values[field], flag)
             if "k" in values:
                 values["k"] = _parse_k(values["k"])
             if values.get("k_range") is not None:
                 values["k_range"] = _parse_range(values["k_range"])
             for field in _CHOICE_FIELDS:  # a misspelt --model must not read as "--beta only applies with ..."
-                if field in values:
+                if values.get(field) is not None:
                     try:
                         check_choice(field, values[field])
                     except ValueError as exc:
@@ -383,6 +448,12 @@ def run(
     save_model: Path | None = typer.Option(
         None, "--save-model", help="Also save the fitted model here, for segsoft apply."
     ),
+    page: int | None = typer.Option(
+        None,
+        "--page",
+        min=0,
+        help="The page or frame of a multi-frame file (from 0); its outputs go to OUTPUT/<name>/frame_NNNN/.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
@@ -394,7 +465,7 @@ def run(
     opts.check()
     if not image.exists() and not image.is_symlink():
         raise SegsoftError(f"{image}: no such file")
-    folder = image_folder(output, image.stem)
+    folder = image_folder(output, Path(image.stem) / f"frame_{page:04d}" if page is not None else image.stem)
     # fail before the slow work on what can be checked up front
     check_writable(folder)
     check_targets(folder, [image])
@@ -402,10 +473,8 @@ def run(
         _check_save_model(save_model, image, folder)
         check_writable(save_model.parent)
     with _sigterm_as_interrupt():
-        seg = segment(image, **opts.segment_kwargs())
-        seg.save(
-            folder, alpha=opts.alpha, cmap=opts.cmap, regions=opts.regions, region_threshold=opts.region_threshold
-        )
+        seg = segment(image, **opts.segment_kwargs(), page=page)
+        seg.save(folder, **opts.write_kwargs())
         if save_model is not None:
             write_model(seg, save_model)
     if not quiet:
@@ -449,6 +518,11 @@ def _is_segsoft_model(path: Path) -> bool:
 _INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
 _JOBS = typer.Option(None, "--jobs", "-j", help="Worker processes (default: one per CPU core).")
 _RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also look in the sub-folders of folder inputs.")
+_FRAMES = typer.Option(
+    False,
+    "--frames",
+    help="Segment every frame of multi-frame files (GIF, APNG, WebP, TIFF pages) into OUTPUT/<name>/frame_NNNN/.",
+)
 _SKIP = typer.Option(
     False, "--skip-existing", help="Skip images whose output folder is complete; resumes an interrupted batch."
 )
@@ -465,6 +539,7 @@ def batch(
     ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
+    frames: bool = _FRAMES,
     skip_existing: bool = _SKIP,
     shared_model: bool = typer.Option(
         False,
@@ -484,6 +559,7 @@ def batch(
             output,
             opts,
             recursive=recursive,
+            frames=frames,
             jobs=jobs,
             skip_existing=skip_existing,
             shared_model=shared_model,
@@ -505,6 +581,7 @@ def apply(
     ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
+    frames: bool = _FRAMES,
     skip_existing: bool = _SKIP,
     opts: Any = None,
     quiet: bool = _QUIET,
@@ -522,7 +599,10 @@ def apply(
             max_pixels=opts.max_pixels,
             regions=opts.regions,
             region_threshold=opts.region_threshold,
+            probabilities=opts.probabilities,
+            probabilities_dtype=opts.probabilities_dtype,
             recursive=recursive,
+            frames=frames,
             jobs=jobs,
             skip_existing=skip_existing,
             progress=bar.update,

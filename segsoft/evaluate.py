@@ -59,8 +59,10 @@ Ground truth, one file per image ``<id>``: ``<id>.npz`` holding ``segs``, an
 integer ``(n_humans, H, W)`` array (the layout of ``shared/data/bsds-dev``), or
 a single human as ``<id>.npy`` (``(H, W)``, or ``(n_humans, H, W)``) or
 ``<id>.png``. Predictions, by the same ``<id>``: a segsoft output folder
-``<id>/`` with ``labels.npy`` or ``probabilities.npy`` (labels = the argmax;
--1 where the memberships are NaN, i.e. transparent pixels), or a label map
+``<id>/`` with (first found) ``regions.npy``, ``labels.npy``, ``labels.tif``
+(its ``GDAL_NODATA`` value becomes -1), ``probabilities.npy`` or
+``probabilities.tif`` (labels = the argmax; -1 where the memberships are
+NaN, or all the nodata value, i.e. transparent pixels), or a label map
 ``<id>.npy`` or ``<id>.png``. A label PNG must be single-channel (palette
 indices, 8- or 16-bit grey): RGB PNGs are taken to be pictures, not labels.
 
@@ -439,10 +441,12 @@ def load_prediction(path: str | os.PathLike, *, shape: tuple[int, int] | None = 
     ----------
     path : str or os.PathLike
         A segsoft output folder (``regions.npy`` if it was written with
-        ``--regions``, else ``labels.npy``, else ``probabilities.npy``
-        whose argmax gives the labels and whose NaN pixels become -1), a
-        ``.npy`` label map ``(H, W)`` (or memberships ``(H, W, K)``), or a
-        single-channel ``.png`` label map.
+        ``--regions``, else ``labels.npy``, else ``labels.tif``, else
+        ``probabilities.npy`` or ``probabilities.tif`` whose argmax gives
+        the labels and whose transparent pixels become -1), a ``.npy``
+        label map ``(H, W)`` (or memberships ``(H, W, K)``), a
+        single-channel ``.png`` label map, or a ``.tif`` as segsoft writes
+        them (``(H, W)`` labels, ``(k, H, W)`` memberships).
     shape : (int, int), optional
         The ``(H, W)`` the prediction must have (its ground truth's): a
         file that declares another is refused before its data is read.
@@ -476,7 +480,9 @@ def _prediction_file(name: str) -> str:
         for f in _PRED_FILES:
             if (p / f).is_file():
                 return str(p / f)
-        raise SegsoftError(f"{name}: folder has no labels.npy or probabilities.npy")
+        raise SegsoftError(
+            f"{name}: folder has no labels.npy or probabilities.npy (nor regions.npy, labels.tif, probabilities.tif)"
+        )
     return name
 
 
@@ -501,9 +507,83 @@ def _load_prediction(name: str, shape: tuple[int, ...] | None, gt_name: str | No
             return _argmax_labels(arr, name)
     elif suffix == ".png":
         arr = _read_label_png(name, check)
+    elif suffix in (".tif", ".tiff"):
+        return _read_tiff_prediction(name, check)
     else:
-        raise SegsoftError(f"{name}: unknown prediction format (expected a folder, .npy or .png)")
+        raise SegsoftError(f"{name}: unknown prediction format (expected a folder, .npy, .png or .tif)")
     return _labels_of_file(arr, name)
+
+
+def _read_tiff_prediction(name: str, check: HeaderCheck) -> np.ndarray:
+    """Labels of a segsoft TIFF: ``labels.tif`` (H, W) or ``probabilities.tif`` (k, H, W), one page.
+
+    The ``GDAL_NODATA`` value marks transparent pixels (-1). The page's
+    shape and dtype are checked before its strips are decoded.
+    """
+    _check_regular(name)
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(name) as tif:
+            if len(tif.pages) != 1:
+                raise SegsoftError(
+                    f"{name}: has {len(tif.pages)} pages (expected one: (H, W) labels or (k, H, W) memberships)"
+                )
+            page = tif.pages[0]
+            axes, shape, dtype = page.axes, tuple(int(d) for d in page.shape), page.dtype
+            if dtype is None or dtype.kind not in "biuf":
+                raise SegsoftError(f"{name}: holds {dtype} samples, not integer labels or memberships")
+            if int(page.photometric) not in (0, 1, 3):  # grey (white or black is zero) and palette
+                raise SegsoftError(
+                    f"{name}: a {page.photometric.name} picture, not labels or memberships "
+                    "(expected grey or palette samples)"
+                )
+            nodata = _tiff_nodata(page)
+            # probabilities.tif of one cluster is a plain grey page: memberships all the same
+            memberships = len(axes) == 3 or (Path(name).stem == "probabilities" and dtype.kind == "f")
+            if axes not in ("YX", "SYX", "YXS"):
+                raise SegsoftError(
+                    f"{name}: TIFF of axes {axes} {shape} (expected (H, W) labels or (k, H, W) memberships)"
+                )
+            hw = shape[1:] if axes == "SYX" else shape[:2]
+            k = 1 if axes == "YX" else (shape[0] if axes == "SYX" else shape[2])
+            check((*hw, k) if memberships else hw, np.dtype(np.float32) if memberships else dtype)
+            memory = _physical_memory()
+            need = math.prod(shape) * (dtype.itemsize + 4 + 8)  # the data, float memberships, int64 labels
+            if memory is not None and need > memory:
+                raise SegsoftError(
+                    f"{name}: would need {_size(need)} of memory, more than this machine's {_size(memory)}"
+                )
+            arr = page.asarray()  # palette images give their indices, not colours
+    except SegsoftError:
+        raise
+    except MemoryError:
+        raise SegsoftError(f"{name}: not enough memory to decode it") from None
+    except OSError as e:
+        raise _open_error(name, e) from None
+    except Exception as e:  # noqa: BLE001 - tifffile raises many kinds on bad data
+        raise SegsoftError(f"{name}: not a TIFF tifffile can read ({_reason(e)})") from None
+    if memberships:
+        p = arr.reshape(*hw, 1) if axes == "YX" else (np.moveaxis(arr, 0, -1) if axes == "SYX" else arr)
+        p = p.astype(np.float32)
+        if nodata is not None and not math.isnan(nodata):
+            p[(p == nodata).all(axis=-1)] = np.nan  # a transparent pixel has the nodata value in every band
+        return _argmax_labels(p, name)
+    labels = _labels_of_file(arr, name)
+    if nodata is not None and not math.isnan(nodata):
+        labels[arr == nodata] = -1
+    return labels
+
+
+def _tiff_nodata(page: Any) -> float | None:
+    """The page's GDAL_NODATA (tag 42113) value, None without one (or one that is not a number)."""
+    tag = page.tags.get(42113)
+    if tag is None:
+        return None
+    try:
+        return float(str(tag.value).strip().rstrip("\x00"))
+    except ValueError:
+        return None
 
 
 def _argmax_labels(p: np.ndarray, name: str) -> np.ndarray:
@@ -809,8 +889,9 @@ def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
     Parameters
     ----------
     pred_dir : str or os.PathLike
-        A folder of segsoft output folders ``<id>/`` (with ``labels.npy`` or
-        ``probabilities.npy``) and/or label maps ``<id>.npy``, ``<id>.png``
+        A folder of segsoft output folders ``<id>/`` (with ``regions.npy``,
+        ``labels.npy``, ``labels.tif``, ``probabilities.npy`` or
+        ``probabilities.tif``) and/or label maps ``<id>.npy``, ``<id>.png``
         (single-channel PNGs only: RGB ones are pictures). For one id, a
         folder comes first, then ``.npy``, then ``.png``.
 
@@ -838,7 +919,9 @@ def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
     return _by_id(_as_folder(pred_dir, "predictions"), _PRED_SUFFIXES, folders=True)
 
 
-_PRED_FILES = ("regions.npy", "labels.npy", "probabilities.npy")  # what makes a folder a segsoft output
+# what makes a folder a segsoft output, in order of preference: labels.tif before the memberships,
+# as it is the argmax exactly (uint8 memberships can tie) and smaller to read
+_PRED_FILES = ("regions.npy", "labels.npy", "labels.tif", "probabilities.npy", "probabilities.tif")
 
 
 def _by_id(folder: Path, suffixes: tuple[str, ...], folders: bool) -> dict[str, Path]:

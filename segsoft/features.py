@@ -19,13 +19,16 @@ import numpy as np
 from .errors import SegsoftError
 from .io import Image
 
-__all__ = ["COLOR_SPACES", "FeatureSpec", "extract", "rgb_to_lab", "rgb_to_hsv_cone"]
+__all__ = ["COLOR_SPACES", "RGB_SPACES", "FeatureSpec", "extract", "rgb_to_hsv_cone", "rgb_to_lab"]
 
-COLOR_SPACES = ("lab", "rgb", "hsv", "gray")
+COLOR_SPACES = ("lab", "rgb", "hsv", "gray", "bands")
+#: the colour spaces proper: they need a colour (or grey) image; "bands" takes any number of bands
+RGB_SPACES = ("lab", "rgb", "hsv", "gray")
 _CHANNELS = {"lab": ("L", "a", "b"), "rgb": ("R", "G", "B"), "hsv": ("C*cos(H)", "C*sin(H)", "V"), "gray": ("Y",)}
 # smallest scale standardisation may use, in each channel's own units, so a
 # flat channel (a and b of a grey photo) is not blown up into noise
 _SCALE_FLOOR = {"lab": (0.5, 1.0, 1.0), "rgb": (0.005,) * 3, "hsv": (0.005,) * 3, "gray": (0.005,)}
+_BAND_FLOOR = 0.005  # the same floor for every band (bands are in [0, 1], like rgb)
 _CHUNK = 1 << 20  # pixels per conversion chunk: bounds the float32 temporaries
 
 # sRGB (D65) to CIE XYZ and the D65 white point, as in skimage.color
@@ -124,9 +127,18 @@ class FeatureSpec:
 
     Parameters
     ----------
-    color : {"lab", "rgb", "hsv", "gray"}
+    color : {"lab", "rgb", "hsv", "gray", "bands"}
         Colour space: CIE L*a*b* (perceptually even, the default), sRGB, the
-        HSV cone ``(C cos H, C sin H, V)``, or luminance alone.
+        HSV cone ``(C cos H, C sin H, V)``, or luminance alone; these need a
+        colour or grey image. ``"bands"``: the image's bands themselves
+        (``image.bands``), for any number of them (multispectral,
+        microscopy channels, feature stacks).
+    bands : tuple of int or None
+        With ``color="bands"``: which bands, 0-based (None: all of them;
+        a fitted spec lists them, so a model knows how many it needs).
+    band_names : tuple of str or None
+        Names of the chosen bands (from the image's metadata, else
+        ``b0..``), filled in when the spec is fitted; the feature names.
     spatial_weight : float
         0 leaves position out. Otherwise each pixel gets x, y columns
         scaled so that the long side of the image has standard deviation
@@ -147,6 +159,9 @@ class FeatureSpec:
     --------
     >>> FeatureSpec(color="lab", spatial_weight=0.5).n_features
     5
+    >>> spec = FeatureSpec(color="bands", bands=(1, 2, 5), band_names=("red", "nir", "swir"))
+    >>> spec.feature_names, FeatureSpec.from_dict(spec.to_dict()) == spec
+    (['red', 'nir', 'swir'], True)
     """
 
     color: str = "lab"
@@ -154,38 +169,85 @@ class FeatureSpec:
     standardize: bool = True
     offset: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
+    bands: tuple[int, ...] | None = None
+    band_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.color not in COLOR_SPACES:
             raise SegsoftError(f"unknown colour space {self.color!r} (choose from {', '.join(COLOR_SPACES)})")
         if not (self.spatial_weight >= 0 and math.isfinite(self.spatial_weight)):
             raise SegsoftError(f"spatial weight must be a finite number >= 0, got {self.spatial_weight!r}")
+        if self.bands is not None:
+            if self.color != "bands":
+                raise SegsoftError(f"--bands needs --color bands (--color {self.color} makes its own channels)")
+            try:
+                picked = tuple(int(b) for b in self.bands)
+            except (TypeError, ValueError):
+                raise SegsoftError(f"--bands must be whole band numbers, got {self.bands!r}") from None
+            if not picked:
+                raise SegsoftError("--bands must name at least one band")
+            if any(b < 0 for b in picked) or len(set(picked)) != len(picked):
+                raise SegsoftError(f"--bands must be distinct band numbers >= 0, got {','.join(map(str, picked))}")
+            object.__setattr__(self, "bands", picked)
+        if self.band_names is not None:
+            object.__setattr__(self, "band_names", tuple(str(n) for n in self.band_names))
 
     @property
     def n_color(self) -> int:
-        return len(_CHANNELS[self.color])
+        """Number of colour (or band) columns; for unfitted ``bands=None``, 0 until fitted to an image."""
+        if self.color != "bands":
+            return len(_CHANNELS[self.color])
+        if self.bands is not None:
+            return len(self.bands)
+        return 0 if self.offset is None else len(self.offset)
 
     @property
     def n_features(self) -> int:
         return self.n_color + (2 if self.spatial_weight > 0 else 0)
 
     @property
+    def channel_names(self) -> list[str]:
+        """Names of the colour (or band) columns."""
+        if self.color != "bands":
+            return list(_CHANNELS[self.color])
+        if self.band_names is not None and len(self.band_names) == self.n_color:
+            return list(self.band_names)
+        return [f"b{b}" for b in (self.bands or range(self.n_color))]
+
+    @property
     def feature_names(self) -> list[str]:
-        return list(_CHANNELS[self.color]) + (["x", "y"] if self.spatial_weight > 0 else [])
+        return self.channel_names + (["x", "y"] if self.spatial_weight > 0 else [])
 
     @property
     def fitted(self) -> bool:
         return not self.standardize or self.offset is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as JSON-ready values; band names travel as the feature ``names``.
+
+        Colour-space specs keep their old keys (no ``bands``), so their model.json is unchanged.
+        """
+        data = asdict(self)
+        names = data.pop("band_names")
+        if self.color != "bands":
+            data.pop("bands")
+        else:
+            data["bands"] = None if self.bands is None else list(self.bands)
+            if names is not None:
+                data["names"] = self.feature_names
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         data = dict(data)
+        names = data.pop("names", None)
         for key in ("offset", "scale"):
             if data.get(key) is not None:
                 data[key] = tuple(float(v) for v in data[key])
+        if data.get("bands") is not None:
+            data["bands"] = tuple(int(v) for v in data["bands"])
+        if data.get("color") == "bands" and names is not None and data.get("bands") is not None:
+            data["band_names"] = tuple(str(n) for n in names[: len(data["bands"])])
         return cls(**data)
 
     def color_to_features(self, color_values: np.ndarray) -> np.ndarray:
@@ -207,19 +269,83 @@ class FeatureSpec:
 _STATS_SAMPLE = 1 << 18  # pixels used to fit the standardisation
 
 
-def _fit_standardization(spec: FeatureSpec, rgb: np.ndarray, rows: np.ndarray | None, eight_bit: bool) -> FeatureSpec:
+def _image_name(image: Image) -> str:
+    return str(image.path) if image.path is not None else "image"
+
+
+def _resolve(image: Image, spec: FeatureSpec) -> tuple[FeatureSpec, np.ndarray, tuple[int, ...] | None]:
+    """The spec with its bands made explicit, the (n_pixels, C) source rows, and the columns to take.
+
+    Colour spaces read RGB: a colour image's bands, or a grey image's band
+    three times (a broadcast view, no copy), never ``pixels``, so that a
+    display composite cannot change the features.
+    """
+    name = _image_name(image)
+    c = image.n_bands
+    flat = image.bands.reshape(-1, c)
+    if spec.color != "bands":
+        if image.is_color:
+            return spec, flat, None
+        if image.is_gray:
+            return spec, np.broadcast_to(flat, (flat.shape[0], 3)), None
+        raise SegsoftError(
+            f"{name}: --color {spec.color} needs an RGB image; this one has {c} bands (use --color bands)"
+        )
+    bands = spec.bands if spec.bands is not None else tuple(range(c))
+    if max(bands) >= c:
+        if spec.fitted and spec.offset is not None:
+            raise SegsoftError(
+                f"{name}: the model uses {len(bands)} bands (up to band {max(bands)}) but this image has {c} bands"
+            )
+        bad = next(b for b in bands if b >= c)
+        raise SegsoftError(f"{name}: --bands {bad} is out of range: the image has {c} bands (0-{c - 1})")
+    names = spec.band_names if spec.band_names is not None else tuple(image.band_names[b] for b in bands)
+    spec = replace(spec, bands=bands, band_names=names)
+    return spec, flat, None if bands == tuple(range(c)) else bands
+
+
+def _columns(spec: FeatureSpec, block: np.ndarray, cols: tuple[int, ...] | None, eight_bit: bool) -> np.ndarray:
+    if spec.color == "bands":
+        return block if cols is None else block[:, list(cols)]
+    return _convert(block, spec.color, eight_bit)
+
+
+def _fit_standardization(
+    spec: FeatureSpec,
+    image: Image,
+    src: np.ndarray,
+    cols: tuple[int, ...] | None,
+    rows: np.ndarray | None,
+    eight_bit: bool,
+) -> FeatureSpec:
     """Offset and scale from an evenly strided sample of the used pixels.
 
     Any fixed affine map will do for standardising, so a quarter-megapixel
     sample is as good as all pixels and saves a pass over a large image;
-    images smaller than the sample use every pixel.
+    images smaller than the sample use every pixel. A band that is the same
+    in every used pixel is refused (it cannot separate clusters, and its
+    standard deviation is 0); a nearly flat one gets the floor scale.
     """
-    n = rgb.shape[0] if rows is None else rows.size
+    n = src.shape[0] if rows is None else rows.size
     step = max(1, n // _STATS_SAMPLE)
-    picked = rgb[::step] if rows is None else rgb[rows[::step]]
-    color = _convert(picked, spec.color, eight_bit).astype(np.float64)
+    picked = src[::step] if rows is None else src[rows[::step]]
+    color = _columns(spec, picked, cols, eight_bit).astype(np.float64)
     mean = color.mean(axis=0)
-    std = np.maximum(color.std(axis=0), _SCALE_FLOOR[spec.color])
+    std = color.std(axis=0)
+    if spec.color == "bands":
+        for j in np.flatnonzero(std == 0):
+            band = spec.bands[j]
+            full = src[:, band] if rows is None else src[rows, band]
+            if float(full.min()) == float(full.max()):
+                others = [b for b in spec.bands if b != band]
+                hint = f"; leave it out with --bands {','.join(map(str, others))}" if others else ""
+                raise SegsoftError(
+                    f"{_image_name(image)}: band {band} ({spec.channel_names[j]}) is constant "
+                    f"({float(full[0]):.6g} in every used pixel), so it cannot separate clusters{hint}"
+                )
+        std = np.maximum(std, _BAND_FLOOR)
+    else:
+        std = np.maximum(std, _SCALE_FLOOR[spec.color])
     return replace(spec, offset=tuple(map(float, mean)), scale=tuple(map(float, std)))
 
 
@@ -231,7 +357,8 @@ def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool 
     image : Image
     spec : FeatureSpec, optional
         Defaults to ``FeatureSpec()`` (standardised Lab, no position). An
-        unfitted spec is fitted to this image.
+        unfitted spec is fitted to this image (with ``color="bands"`` its
+        bands and band names are filled in too).
     return_spec : bool
         Also return the fitted spec (what to store to reuse the transform).
 
@@ -240,32 +367,46 @@ def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool 
     X : ndarray, float32, shape (n_used_pixels, spec.n_features)
     spec : FeatureSpec, only when ``return_spec`` is True
 
+    Raises
+    ------
+    SegsoftError
+        A colour space on an image that is neither colour nor grey, a band
+        index the image does not have, or a constant band.
+
     Examples
     --------
     >>> from segsoft.io import Image
     >>> img = Image.from_array(np.zeros((4, 6, 3), dtype=np.uint8))
     >>> extract(img, FeatureSpec(spatial_weight=1.0)).shape
     (24, 5)
+    >>> six = Image.from_array(np.random.default_rng(0).random((4, 6, 6)))
+    >>> X, spec = extract(six, FeatureSpec(color="bands", bands=(0, 5)), return_spec=True)
+    >>> X.shape, spec.feature_names
+    ((24, 2), ['b0', 'b5'])
     """
     spec = FeatureSpec() if spec is None else spec
     h, w = image.height, image.width
-    rgb = image.pixels.reshape(-1, 3)
+    spec, src, cols = _resolve(image, spec)
     rows = None if image.mask is None else np.flatnonzero(image.mask.ravel())
-    n = rgb.shape[0] if rows is None else rows.size
+    n = src.shape[0] if rows is None else rows.size
     nc = spec.n_color
     X = np.empty((n, spec.n_features), dtype=np.float32)
     eight_bit = image.bit_depth == 8
     if spec.standardize and spec.offset is None:
-        spec = _fit_standardization(spec, rgb, rows, eight_bit)
+        spec = _fit_standardization(spec, image, src, cols, rows, eight_bit)
     if spec.standardize:
+        if len(spec.offset) != nc:
+            raise SegsoftError(
+                f"{_image_name(image)}: the feature spec has {len(spec.offset)} offsets for {nc} channels"
+            )
         off = np.asarray(spec.offset, dtype=np.float32)
         inv = (1.0 / np.asarray(spec.scale)).astype(np.float32)
     for s in range(0, n, _CHUNK):
         e = min(s + _CHUNK, n)
-        block = rgb[s:e] if rows is None else rgb[rows[s:e]]
-        color = _convert(block, spec.color, eight_bit)
+        block = src[s:e] if rows is None else src[rows[s:e]]
+        color = _columns(spec, block, cols, eight_bit)
         if spec.standardize:
-            if color is block:  # rgb features are a view of the image: never modify it
+            if color is block or not color.flags.writeable:  # a view of the image: never modify it
                 color = color - off
             else:
                 color -= off

@@ -41,13 +41,23 @@ refused before it is opened, so that it cannot block. Warnings and log
 messages of Pillow, libtiff and tifffile are kept off the terminal while a
 file is read; what goes wrong is in the one-line error.
 
-Pillow has no 16-bit RGB mode and hands 16-bit-per-channel RGB and RGBA
-PNG/TIFF files over as 8-bit (their high bytes). :func:`read_image` recovers
-the full precision by decoding such a file a second time with the opposite
-byte order, which yields the low bytes. This covers PNG and uncompressed or
-libtiff-compressed TIFF; other 16-bit colour sources (16-bit PPM, or a
-``PIL.Image`` object passed to :func:`as_image`) arrive as 8-bit.
-Multi-frame files (GIF, APNG, multi-page TIFF) give their first frame.
+Pillow has no 16-bit RGB mode: 16-bit colour (and grey+alpha) PNGs are
+decoded by ``imagecodecs`` (libpng) and keep every value; 16-bit colour
+TIFFs are read with tifffile. A ``PIL.Image`` passed to :func:`as_image`
+arrives as Pillow gives it (8-bit colour).
+
+Bands, pages and frames
+-----------------------
+An :class:`Image` holds ``bands`` (float32 (H, W, C), what features are
+made of) and ``pixels`` (float32 (H, W, 3), what people see). TIFFs other
+than a plain grey/RGB(A) page are read with tifffile by the file's own axes
+(``series[0].axes``): ``S`` (contiguous or planar samples), ``C`` (ImageJ
+``channels=``, OME ``SizeC``) and the leading ``Q`` of a 3-D series are
+bands; any other axis (T, Z, pages of a Pillow-written stack, ...) counts
+frames. ``.npy``/``.npz`` arrays are images too. A file of several frames
+(also animated GIF, APNG, WebP) is never cut to its first one: without
+``page`` it is an error naming the count (a single-page TIFF volume gives its
+first slice, as before).
 """
 
 from __future__ import annotations
@@ -66,11 +76,11 @@ import threading
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image as PILImage
@@ -85,8 +95,11 @@ __all__ = [
     "as_image",
     "atomic_path",
     "atomic_write_bytes",
+    "count_frames",
+    "display_composite",
     "find_images",
     "inside",
+    "read_frames",
     "read_image",
     "safe_component",
 ]
@@ -122,12 +135,16 @@ _LUT8 = np.arange(256, dtype=np.float32) / np.float32(255)
 
 @dataclass(eq=False, repr=False)
 class Image:
-    """An image ready for segmentation.
+    """An image ready for segmentation: its bands, and a picture of it for people.
 
     Parameters
     ----------
     pixels : ndarray, float32, shape (H, W, 3)
-        RGB in [0, 1], C-contiguous. Grey sources have three equal channels.
+        What a person sees, RGB in [0, 1], C-contiguous: the colour itself
+        for colour sources, the grey band in three equal channels for grey
+        ones, and a display composite (see :func:`display_composite`) for
+        any other number of bands. Renderers and regions use it; features
+        never do (they use ``bands``).
     mask : ndarray of bool, shape (H, W), or None
         True where the pixel is used (not transparent); None when all are.
     path : Path or None
@@ -138,15 +155,31 @@ class Image:
         For 8, ``np.round(pixels * 255)`` gives back the source bytes exactly
         (offset by 128 for int8).
     mode : str
-        The Pillow mode of the source, or ``"array"``.
+        The Pillow mode of the source, ``"tifffile:<dtype>"``, ``"npy"`` or
+        ``"array"``.
     is_gray : bool
         The source had a single colour channel.
+    bands : ndarray, float32, shape (H, W, C), or None
+        The data the features are made of, each band mapped onto [0, 1] by
+        its dtype. None: derived from ``pixels`` (the same array for colour,
+        a (H, W, 1) view of it for grey), so a photo costs no extra memory.
+    band_names : tuple of str or None
+        One name per band (None: ``("R", "G", "B")``, ``("gray",)`` or
+        ``b0..b{C-1}``).
+    is_color : bool or None
+        The bands are a 3-channel colour image (None: ``bands`` is
+        ``pixels``). Colour spaces (lab, rgb, hsv, gray) need it or a grey image.
+    frame : int or None
+        Which page or frame of a multi-frame file this is (None: the only one).
 
     Examples
     --------
     >>> img = Image.from_array(np.zeros((2, 3), dtype=np.uint8))
-    >>> img.height, img.width, img.n_pixels, img.n_used, img.is_gray
-    (2, 3, 6, 6, True)
+    >>> img.height, img.width, img.n_pixels, img.n_used, img.is_gray, img.n_bands, img.band_names
+    (2, 3, 6, 6, True, 1, ('gray',))
+    >>> six = Image.from_array(np.zeros((2, 3, 6), dtype=np.uint16))
+    >>> six.n_bands, six.is_color, six.pixels.shape, six.band_names[-1]
+    (6, False, (2, 3, 3), 'b5')
     """
 
     pixels: np.ndarray
@@ -155,6 +188,10 @@ class Image:
     bit_depth: int = 8
     mode: str = "array"
     is_gray: bool = False
+    bands: np.ndarray | None = None
+    band_names: tuple[str, ...] | None = None
+    is_color: bool | None = None
+    frame: int | None = None
 
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
@@ -168,6 +205,28 @@ class Image:
             self.mask = np.ascontiguousarray(mask)
         if self.path is not None:
             self.path = Path(self.path)
+        if self.bands is None:
+            # no copy: a colour photo's bands are its pixels, a grey one's the first channel
+            self.bands = self.pixels[:, :, :1] if self.is_gray else self.pixels
+            if self.is_color is None:
+                self.is_color = not self.is_gray
+        else:
+            bands = np.asarray(self.bands)
+            if bands.ndim == 2:
+                bands = bands[:, :, None]
+            if bands.ndim != 3 or bands.shape[:2] != self.pixels.shape[:2] or bands.dtype != np.float32:
+                raise ValueError(
+                    f"bands must be a float32 {self.pixels.shape[:2]} + (C,) array, got {bands.dtype} {bands.shape}"
+                )
+            self.bands = bands
+            if self.is_color is None:
+                self.is_color = bands is self.pixels
+        if self.band_names is None:
+            self.band_names = _default_band_names(self.n_bands, bool(self.is_color), self.is_gray)
+        else:
+            self.band_names = tuple(str(b) for b in self.band_names)
+            if len(self.band_names) != self.n_bands:
+                raise ValueError(f"{len(self.band_names)} band names for {self.n_bands} bands")
 
     @property
     def height(self) -> int:
@@ -189,11 +248,41 @@ class Image:
         """Number of pixels the mask keeps (all of them without a mask)."""
         return self.n_pixels if self.mask is None else int(np.count_nonzero(self.mask))
 
+    @property
+    def n_bands(self) -> int:
+        """Number of bands C (3 for a colour photo, 1 for a grey one)."""
+        return int(self.bands.shape[2])
+
+    def with_display(self, display_bands: Sequence[int]) -> Image:
+        """A copy with another display composite in ``pixels``; the bands (and so the memberships) are unchanged.
+
+        Parameters
+        ----------
+        display_bands : sequence of int
+            One band (shown in grey) or three (red, green, blue), 0-based.
+
+        Raises
+        ------
+        SegsoftError
+            ``"--display-bands ..."`` for a wrong number of indices or one out of range.
+
+        Examples
+        --------
+        >>> img = Image.from_array(np.random.default_rng(0).random((4, 4, 5)))
+        >>> false = img.with_display([4, 3, 2])
+        >>> false.bands is img.bands, false.is_color
+        (True, False)
+        """
+        pixels = display_composite(self.bands, display_bands, self.mask)
+        return replace(self, pixels=pixels, bands=self.bands, is_color=self.is_color)
+
     def __repr__(self) -> str:
         used = "" if self.mask is None else f", n_used={self.n_used}"
+        bands = "" if self.is_color or self.is_gray else f", n_bands={self.n_bands}"
+        frame = "" if self.frame is None else f", frame={self.frame}"
         return (
             f"Image({self.width}x{self.height}, mode={self.mode!r}, bit_depth={self.bit_depth}, "
-            f"is_gray={self.is_gray}{used}, path={None if self.path is None else str(self.path)!r})"
+            f"is_gray={self.is_gray}{bands}{used}{frame}, path={None if self.path is None else str(self.path)!r})"
         )
 
     @classmethod
@@ -202,12 +291,14 @@ class Image:
 
         Parameters
         ----------
-        arr : array, shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+        arr : array, shape (H, W) or (H, W, C), C >= 1
             Any integer dtype (its full range maps to [0, 1]: uint8 is
             divided by 255, uint16 by 65535, signed types are shifted by
             their minimum first; see the module docstring), bool, or float
-            (taken to be in [0, 1] and clipped to it). A fourth channel is
-            alpha: pixels where it maps to 0 are masked out.
+            (taken to be in [0, 1] and clipped to it). C = 1 is grey, 3 is
+            RGB, 4 is RGBA (pixels where alpha maps to 0 are masked out);
+            any other C is a multiband image, shown through
+            :func:`display_composite`.
         mask : array of bool, shape (H, W), optional
             Pixels to use; combined with the alpha channel.
 
@@ -235,30 +326,121 @@ class Image:
         return _array_image(arr, mask)
 
 
+def _default_band_names(n: int, color: bool, gray: bool) -> tuple[str, ...]:
+    if color and n == 3:
+        return ("R", "G", "B")
+    if gray and n == 1:
+        return ("gray",)
+    return tuple(f"b{i}" for i in range(n))
+
+
+def _image_name(image: Image) -> str:
+    return "array" if image.path is None else str(image.path)
+
+
+_DISPLAY_SAMPLE = 1 << 18  # pixels the display percentiles are taken from
+
+
+def display_composite(
+    bands: np.ndarray,
+    display_bands: Sequence[int] | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """A picture of a multiband image for people: float32 (H, W, 3) in [0, 1].
+
+    Each chosen band is stretched linearly so that its 2 % and 98 %
+    percentiles (over the used pixels) go to 0 and 1, clipped; a band with
+    no spread there is shown as its own values. For display only: features
+    are made of the bands, never of this.
+
+    Parameters
+    ----------
+    bands : ndarray, shape (H, W, C)
+    display_bands : sequence of int, optional
+        One index (grey) or three (red, green, blue). Default: bands 0, 1, 2,
+        or band 0 in grey when C < 3.
+    mask : ndarray of bool, shape (H, W), optional
+        The used pixels, which alone set the percentiles.
+
+    Raises
+    ------
+    SegsoftError
+        ``--display-bands`` of the wrong length (not 1 or 3) or with an index
+        outside 0..C-1.
+
+    Examples
+    --------
+    >>> b = np.linspace(0, 1, 2 * 50 * 4, dtype=np.float32).reshape(2, 50, 4)
+    >>> display_composite(b, [3]).shape, float(display_composite(b).max())
+    ((2, 50, 3), 1.0)
+    """
+    bands = np.asarray(bands)
+    if bands.ndim == 2:
+        bands = bands[:, :, None]
+    c = bands.shape[2]
+    if display_bands is None:
+        chosen = [0, 1, 2] if c >= 3 else [0]
+    else:
+        try:
+            chosen = [int(i) for i in display_bands]
+        except (TypeError, ValueError):
+            raise SegsoftError(f"--display-bands must be whole band numbers, got {display_bands!r}") from None
+        if len(chosen) not in (1, 3):
+            raise SegsoftError(
+                f"--display-bands needs 1 band (grey) or 3 (red, green, blue), got {len(chosen)}: "
+                + ",".join(map(str, chosen))
+            )
+        bad = [i for i in chosen if not 0 <= i < c]
+        if bad:
+            raise SegsoftError(f"--display-bands {bad[0]} is out of range: the image has {c} bands (0-{c - 1})")
+    h, w = bands.shape[:2]
+    flat = bands.reshape(-1, c)
+    rows = None if mask is None else np.flatnonzero(np.asarray(mask).ravel())
+    n = flat.shape[0] if rows is None else rows.size
+    step = max(1, n // _DISPLAY_SAMPLE)  # percentiles of a strided sample: a quarter megapixel is plenty
+    out = np.empty((h, w, 3), dtype=np.float32)
+    planes = []
+    for i in dict.fromkeys(chosen):
+        col = flat[:, i]
+        sample = col[::step] if rows is None else col[rows[::step]]
+        lo, hi = np.percentile(sample, (2, 98)) if sample.size else (0.0, 1.0)
+        plane = bands[:, :, i].astype(np.float32)
+        if hi > lo:
+            plane = (plane - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        planes.append((i, np.clip(plane, 0.0, 1.0)))
+    lookup = dict(planes)
+    for j, i in enumerate(chosen * 3 if len(chosen) == 1 else chosen):
+        out[:, :, j] = lookup[i]
+    return out
+
+
 def _array_image(
     arr: np.ndarray,
     mask: np.ndarray | None = None,
     name: str | None = None,
     sixteen_in_32: bool = False,
+    kind: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> Image:
     """:meth:`Image.from_array`, with errors that start with ``name`` when the array comes from a file.
 
     ``sixteen_in_32`` takes int32 data whose values all lie in 0..65535 as
-    16-bit (the rule for files, see the module docstring).
+    16-bit (the rule for files, see the module docstring). ``kind`` says what
+    the last axis is when the caller knows better than its length: "gray",
+    "gray+alpha", "rgb", "rgba" or "bands" (a 3-channel fluorescence TIFF is
+    bands, not colour); None goes by C as :meth:`Image.from_array` says.
     """
     where = "array" if name is None else f"{name}:"
     a = np.asarray(arr)
-    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
-        channels = a.shape[2]
-    elif a.ndim == 2:
-        channels = 1
+    if a.ndim == 2:
         a = a[:, :, None]
-    elif name is None:
-        raise SegsoftError(
-            f"array of shape {a.shape} is not an image (expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4))"
-        )
-    else:
+    elif a.ndim != 3 or a.shape[2] < 1:
+        if name is None:
+            raise SegsoftError(f"array of shape {a.shape} is not an image (expected (H, W) or (H, W, C))")
         raise SegsoftError(f"{name}: samples of shape {a.shape} are not an image segsoft can use")
+    channels = a.shape[2]
+    if kind is None:
+        kind = {1: "gray", 3: "rgb", 4: "rgba"}.get(channels, "bands")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise SegsoftError(f"{where} of shape {a.shape} has no pixels" if name is None else f"{name}: no pixels")
     if a.dtype.kind == "f":
@@ -273,11 +455,11 @@ def _array_image(
         raise SegsoftError(f"{name}: unsupported sample type {a.dtype}")
 
     alpha = None
-    if channels == 4:
+    if kind in ("rgba", "gray+alpha"):
         # after the scaling, so that "transparent" is where alpha maps to 0 for every dtype
-        alpha = a[:, :, 3] > 0
-        a = a[:, :, :3]
-    elif channels == 1:
+        alpha = a[:, :, -1] > 0
+        a = a[:, :, :-1]
+    if kind in ("gray", "gray+alpha"):
         a = a[:, :, 0]
     if mask is not None:
         m = np.asarray(mask)
@@ -286,8 +468,25 @@ def _array_image(
             raise SegsoftError(f"{what} of shape {m.shape} does not match the image's {a.shape[:2]}")
         m = m.astype(bool)
         alpha = m if alpha is None else alpha & m
-    pixels = _unit_rgb(a)
-    return Image(pixels, _finish_mask(alpha, name or "array"), None, bit_depth, "array", channels == 1)
+    used = _finish_mask(alpha, name or "array")
+    gray = kind in ("gray", "gray+alpha")
+    names = None if band_names is None else tuple(band_names)
+    if kind == "bands":
+        bands = _unit_bands(a)
+        pixels = display_composite(bands, None, used)
+        return Image(pixels, used, None, bit_depth, "array", False, bands, names, False)
+    return Image(_unit_rgb(a), used, None, bit_depth, "array", gray, None, names)
+
+
+def _unit_bands(a: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8/uint16/float array -> C-contiguous float32 (H, W, C) in [0, 1]."""
+    if a.dtype == np.uint8:
+        return np.divide(a, np.float32(255.0), dtype=np.float32)  # correctly rounded, as _unit_rgb
+    if a.dtype == np.uint16:
+        out = a.astype(np.float32)
+        out /= np.float32(65535)
+        return out
+    return np.ascontiguousarray(np.clip(a, 0.0, 1.0), dtype=np.float32)
 
 
 def _int_unit(a: np.ndarray, sixteen_in_32: bool = False) -> tuple[np.ndarray, int]:
@@ -327,7 +526,7 @@ def _int_unit(a: np.ndarray, sixteen_in_32: bool = False) -> tuple[np.ndarray, i
 # reading
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, page: int | None = None) -> Image:
     """Read an image file with Pillow.
 
     The EXIF orientation is applied, transparency (an alpha channel or a
@@ -337,7 +536,16 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     Parameters
     ----------
     path : str or os.PathLike
-        The file. Only the first frame of a multi-frame file is read.
+        The file: anything Pillow reads, a TIFF of any number of bands
+        (read with tifffile by its axes metadata: ``YXS``, ``SYX``, ``CYX``,
+        ``QYX``, ImageJ hyperstacks, OME-TIFF), or a ``.npy``/``.npz`` array
+        of shape (H, W) or (H, W, C).
+    page : int or None
+        Which page or frame of a multi-frame file to read (0-based). A file
+        with several (an animated GIF/APNG/WebP, a TIFF stack whose pages
+        are not channels) is never cut to its first one: without ``page``
+        it is an error that says how many there are. Pages the metadata
+        calls channels are bands, not frames.
     max_pixels : int or None
         Refuse images with more pixels than this before decoding them
         (None: no limit). Pillow's own decompression-bomb limit is replaced
@@ -389,33 +597,133 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     if st.st_size == 0:
         raise SegsoftError(f"{name}: empty file")
 
-    handles = []
-
-    def reopen() -> PILImage.Image:
-        g = _open_regular(p, name)
-        handles.append(g)
-        return PILImage.open(g)
-
     with _quiet(), _pillow_limit_lifted(), _open_regular(p, name) as f:
-        try:
-            head = f.read(_HEAD_BYTES)
+        head = f.read(_HEAD_BYTES)
+        f.seek(0)
+        if head.startswith(b"\x93NUMPY") or (head.startswith(b"PK\x03\x04") and p.suffix.lower() == ".npz"):
+            return _read_numpy(f, head, p, name, max_pixels, page)
+        if _is_tiff(head):
+            plan = _tiff_plan(f, name)
             f.seek(0)
+            if plan != "pillow":
+                return _read_tiff(f, p, name, max_pixels, page)
+        try:
             pil = PILImage.open(f)
         except UnidentifiedImageError:
             if _is_tiff(head):
                 f.seek(0)
-                return _read_tiff(f, p, name, max_pixels)
+                return _read_tiff(f, p, name, max_pixels, page)
             raise SegsoftError(f"{name}: {_not_an_image(head, p.suffix)}") from None
         except PermissionError:
             raise SegsoftError(f"{name}: permission denied") from None
         except _DECODE_ERRORS as e:
             raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
-        try:
-            with pil:
-                return _from_pil(pil, name, p, max_pixels, reopen=reopen)
-        finally:
-            for g in handles:
-                g.close()
+        with pil:
+            frames = _pil_frames(pil)
+            index = _choose_frame(name, frames, page)
+            if index:
+                try:
+                    pil.seek(index)
+                except _DECODE_ERRORS as e:
+                    raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
+            wide = None
+            if index == 0 and _png16_colour(head):
+                f.seek(0)
+                wide = f.read()  # the file again, for a decoder that keeps 16 bits per channel
+            image = _from_pil(pil, name, p, max_pixels, wide=wide)
+            if frames > 1:
+                image.frame = index
+            return image
+
+
+def _pil_frames(pil: PILImage.Image) -> int:
+    try:
+        return max(1, int(getattr(pil, "n_frames", 1) or 1))
+    except _DECODE_ERRORS:
+        return 1
+
+
+def _choose_frame(name: str, frames: int, page: int | None) -> int:
+    """The frame to read: ``page``, or the only one; an error names the count and ``--page``."""
+    if page is None:
+        if frames > 1:
+            raise SegsoftError(
+                f"{name}: has {frames} frames; choose one with --page N (0-{frames - 1}), "
+                "or segment every frame with segsoft batch --frames"
+            )
+        return 0
+    if isinstance(page, bool) or not isinstance(page, (int, np.integer)) or page < 0:
+        raise SegsoftError(f"--page must be a whole number >= 0, got {page!r}")
+    if page >= frames:
+        last = "it has only 1 frame (--page 0)" if frames == 1 else f"it has {frames} frames (--page 0-{frames - 1})"
+        raise SegsoftError(f"{name}: --page {page} is past the last page: {last}")
+    return int(page)
+
+
+def _png16_colour(head: bytes) -> bool:
+    """A PNG of 16-bit colour, grey+alpha or colour+alpha, which Pillow would cut to 8 bits."""
+    return (
+        head[:8] == b"\x89PNG\r\n\x1a\n"
+        and head[12:16] == b"IHDR"
+        and len(head) > 25
+        and head[24] == 16
+        and head[25] in (2, 4, 6)
+    )
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of pages or frames :func:`read_image` can be asked for with ``page``.
+
+    Channels are not frames: a 6-channel OME-TIFF counts 1, a 5-frame GIF 5.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image as PILImage
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     name = os.path.join(folder, "a.gif")
+    ...     frames = [PILImage.new("L", (4, 4), v) for v in (0, 100, 200)]
+    ...     frames[0].save(name, save_all=True, append_images=frames[1:])
+    ...     count_frames(name)
+    3
+    """
+    name = os.fsdecode(path)
+    try:
+        read_image(name, max_pixels=1, page=1 << 62)
+    except SegsoftError as e:
+        found = _FRAMES_IN_ERROR.search(str(e))
+        if found:
+            return int(found.group(1) or 1)
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# _choose_frame's message, and the only way a page that large can end; read_image checks the page
+# before the pixel limit and before decoding, so counting costs a header read
+_FRAMES_IN_ERROR = re.compile(r"is past the last page: it has (?:only 1 frame|(\d+) frames)")
+
+
+def read_frames(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image]:
+    """Every page or frame of a file, in order, as :class:`Image` objects with ``frame`` set.
+
+    For ``segsoft batch --frames``. A single-frame file yields one image
+    (``frame`` 0).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image as PILImage
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     name = os.path.join(folder, "a.gif")
+    ...     frames = [PILImage.new("L", (4, 4), v) for v in (0, 100, 200)]
+    ...     frames[0].save(name, save_all=True, append_images=frames[1:])
+    ...     [(img.frame, round(float(img.pixels[0, 0, 0]), 2)) for img in read_frames(name)]
+    [(0, 0.0), (1, 0.39), (2, 0.78)]
+    """
+    for i in range(count_frames(path)):
+        image = read_image(path, max_pixels=max_pixels, page=i)
+        image.frame = i
+        yield image
 
 
 _HEAD_BYTES = 4096
@@ -554,32 +862,112 @@ def _as_text(head: bytes) -> str | None:
     return text if all(c.isprintable() or c in "\t\n\r\f\v\ufeff" for c in text) else None
 
 
-def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None) -> Image:
-    """TIFFs Pillow cannot open (float64, 64-bit or multi-sample signed integers, planar
-    samples, ...), read from the open file ``f`` with tifffile, which scikit-image already
-    depends on."""
+def _tiff_plan(f: BinaryIO, name: str) -> str:
+    """ "pillow" for the TIFFs Pillow reads right (one plain grey, grey+alpha, RGB or RGBA page of
+    at most 8 bits per colour sample, or a single-page volume), else "tifffile".
+
+    Pillow reads the first page and at most 4 samples, so stacks, channels, planar multiband
+    and 16-bit colour go to tifffile, which knows the file's axes. A file tifffile cannot parse
+    goes to Pillow, whose errors name the damage as before.
+    """
     try:
         import tifffile
 
-        # named, as tifffile takes the name of a file opened from a descriptor for a path
+        with tifffile.TiffFile(tifffile.FileHandle(f, name=Path(name).name)) as tif:
+            if len(tif.series) != 1 or len(tif.pages) != 1:
+                return "tifffile"
+            page = tif.pages[0]
+            axes = tif.series[0].axes
+            samples = int(page.samplesperpixel)
+            bits = int(page.bitspersample)
+            if tif.is_ome or tif.is_imagej and axes not in ("YX", "YXS"):
+                return "tifffile"
+            if axes not in ("YX", "YXS") and int(getattr(page, "imagedepth", 1) or 1) <= 1:
+                return "tifffile"
+            if samples > 4 or (samples >= 3 and bits > 8):
+                return "tifffile"
+            return "pillow"
+    except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: let Pillow say what is wrong
+        return "pillow"
+
+
+_CHANNEL_AXES = ("C", "S")
+
+
+def _tiff_channel_names(tif: Any, count: int, axis: str) -> tuple[str, ...] | None:
+    """Channel names from OME-XML (``Channel Name=``) or ImageJ ``Labels``, when there is one per band."""
+    if axis != "C":
+        return None
+    names: list[str] = []
+    if tif.is_ome and tif.ome_metadata:
+        names = re.findall(r'<Channel\b[^>]*?\bName="([^"]*)"', tif.ome_metadata)
+    elif tif.is_imagej and tif.imagej_metadata:
+        labels = tif.imagej_metadata.get("Labels")
+        if isinstance(labels, (list, tuple)):
+            names = [str(v) for v in labels]
+    names = [n.strip() for n in names]
+    if len(names) == count and all(names) and len(set(names)) == count:
+        return tuple(names)
+    return None
+
+
+_MAX_SHAPED_BANDS = 64  # a last axis smaller than the first and at most this: bands, not columns
+
+
+def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page: int | None = None) -> Image:
+    """A TIFF read with tifffile by its own axes metadata (tifffile's ``series[0].axes``).
+
+    ``Y`` and ``X`` are the rows and columns; ``S`` (samples, contiguous or
+    planar alike), ``C`` (channels: ImageJ ``channels=``, OME ``SizeC``)
+    and a leading ``Q`` of a 3-D series (a stack tifffile itself wrote from
+    a (C, H, W) array) are bands; every other axis (T, Z, I, ...) counts
+    frames, chosen with ``page``. A single-page volume gives its first
+    slice, as before. Each further series of the file is more frames.
+    """
+    try:
+        import tifffile
+
         with tifffile.TiffFile(tifffile.FileHandle(f, name=path.name)) as tif:
             if not len(tif.pages):
                 raise SegsoftError(f"{name}: truncated or corrupt TIFF (no image in it)")
-            page = tif.pages[0]
-            # asarray gives ([samples,] [depth,] H, W[, samples]): samples first when planar
-            planar = page.planarconfig == 2 and page.samplesperpixel > 1
-            depth = int(getattr(page, "imagedepth", 1) or 1)
-            h, w = int(page.imagelength), int(page.imagewidth)
+            plans = []
+            for s in tif.series:
+                axes, shape = s.axes, tuple(int(n) for n in s.shape)
+                if "Y" not in axes or "X" not in axes:
+                    raise SegsoftError(f"{name}: a TIFF series with axes {axes} has no rows and columns")
+                if tif.is_shaped and axes == "QYX" and shape[2] < shape[0] and shape[2] <= _MAX_SHAPED_BANDS:
+                    # tifffile.imwrite(path, (H, W, C) array) stores H pages of W x C and says only "QYX";
+                    # its shape is the numpy array's own, (rows, columns, bands), as a .npy would be read
+                    axes = "YXS"
+                band = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
+                if len(axes) == 3 and axes[0] == "Q" and not band:
+                    band = [0]
+                frame = [i for i, a in enumerate(axes) if a not in "YX" and i not in band]
+                plans.append((s, axes, shape, band, frame, int(np.prod([shape[i] for i in frame], dtype=np.int64))))
+            first = plans[0]
+            volume = len(tif.pages) == 1 and len(plans) == 1 and first[5] > 1
+            frames = 1 if volume else sum(p[5] for p in plans)
+            index = _choose_frame(name, frames, page)
+            for plan in plans:
+                if index < plan[5]:
+                    break
+                index -= plan[5]
+            s, axes, shape, band, frame, _ = plan
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
             if max_pixels is not None and h * w > max_pixels:
                 raise SegsoftError(
                     f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
                 )
-            arr = page.asarray()
-            extras = tuple(int(e) for e in (getattr(page, "extrasamples", None) or ()))
-            if planar:
-                arr = np.moveaxis(arr, 0, -1)
-            if depth > 1 and arr.ndim >= 3:
-                arr = arr[0]  # the first slice of a volume, as the first page of a stack
+            p0 = s.pages[0] if s.pages and s.pages[0] is not None else tif.pages[0]
+            arr = s.asarray()
+            # frames first, then rows, columns and the bands (C before S: channels of RGB samples)
+            order = frame + [axes.index("Y"), axes.index("X")] + band
+            arr = np.transpose(arr, order).reshape(-1, h, w, int(np.prod([shape[i] for i in band], dtype=np.int64)))
+            arr = arr[index]
+            photometric = int(getattr(p0, "photometric", 1))
+            extras = tuple(int(e) for e in (getattr(p0, "extrasamples", None) or ()))
+            band_axes = "".join(axes[i] for i in band)
+            names = _tiff_channel_names(tif, arr.shape[2], band_axes) if band_axes == "C" else None
     except SegsoftError:
         raise
     except MemoryError:
@@ -590,13 +978,19 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None) -> Im
         raise SegsoftError(f"{name}: complex-valued samples are not supported")
     if arr.dtype.kind not in "biuf":
         raise SegsoftError(f"{name}: unsupported sample type {arr.dtype}")
-    gray = arr.ndim == 2
-    if arr.ndim == 3 and arr.shape[2] == 2:
-        # grey plus an extra sample: alpha (1 associated, 2 unassociated) or ignored
-        gray = True
-        arr = arr[..., [0, 0, 0, 1]] if extras[:1] in ((1,), (2,)) else arr[..., 0]
-    elif arr.ndim == 3 and arr.shape[2] > 4:
-        arr = arr[..., :3]
+    c = arr.shape[2]
+    alpha_extra = extras[:1] in ((1,), (2,))
+    if band_axes != "S" or c == 1:
+        kind = "gray" if c == 1 else "bands"
+    elif c == 2:
+        # grey plus an extra sample: alpha (1 associated, 2 unassociated), or ignored
+        kind = "gray+alpha" if alpha_extra else "gray"
+        arr = arr if alpha_extra else arr[..., :1]
+    elif c in (3, 4) and photometric == 2:  # RGB
+        kind = "rgba" if c == 4 and alpha_extra else "rgb"
+        arr = arr if kind == "rgba" or c == 3 else arr[..., :3]
+    else:
+        kind = "bands"
     source = arr.dtype
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -604,14 +998,82 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None) -> Im
         top = float(arr.max()) if arr.size else 1.0
         # as for Pillow's mode F; divided before the cast so that float64 beyond float32's range stays finite
         arr = (arr / top if top > 1.0 else arr).astype(np.float32)
-    image = _array_image(arr, name=name, sixteen_in_32=True)
-    image.path, image.mode, image.is_gray = path, f"tifffile:{source}", image.is_gray or gray
+    image = _array_image(arr, name=name, sixteen_in_32=True, kind=kind, band_names=names)
+    image.path = path
+    # colour keeps Pillow's name for it (16-bit RGB TIFFs are read here, not by Pillow)
+    image.mode = (
+        {"rgb": "RGB", "rgba": "RGBA"}.get(kind, f"tifffile:{source}") if source.itemsize == 2 else f"tifffile:{source}"
+    )
+    if frames > 1:
+        image.frame = int(page or 0)
     return image
+
+
+def _read_numpy(f: BinaryIO, head: bytes, path: Path, name: str, max_pixels: int | None, page: int | None) -> Image:
+    """A ``.npy`` array, or the one array (or the ``image`` array) of a ``.npz``, of shape (H, W) or (H, W, C).
+
+    The header is checked before any data is read: no pickles (object
+    arrays), an image shape, the pixel limit, and exactly as many bytes as
+    the header declares (a truncated file or a lying header is refused, not
+    allocated).
+    """
+    import zipfile
+
+    _choose_frame(name, 1, page)
+    try:
+        if head.startswith(b"\x93NUMPY"):
+            size = os.fstat(f.fileno()).st_size
+            arr = _load_npy(f, size, name, max_pixels)
+        else:
+            with zipfile.ZipFile(f) as z:
+                members = [m for m in z.infolist() if m.filename.endswith(".npy")]
+                chosen = [m for m in members if m.filename == "image.npy"] or members
+                if len(chosen) != 1:
+                    keys = ", ".join(m.filename[:-4] for m in members) or "none"
+                    raise SegsoftError(f"{name}: holds {len(members)} arrays ({keys}); name the image one 'image'")
+                with z.open(chosen[0]) as member:
+                    arr = _load_npy(member, chosen[0].file_size, name, max_pixels)
+    except SegsoftError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many kinds on bad data
+        raise SegsoftError(f"{name}: truncated or corrupt array file ({_reason(e)})") from None
+    image = _array_image(arr, name=name)
+    image.path, image.mode = path, "npy"
+    return image
+
+
+def _load_npy(fp: BinaryIO, size: int, name: str, max_pixels: int | None) -> np.ndarray:
+    fmt = np.lib.format
+    version = fmt.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+    else:
+        shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+    if dtype.hasobject:
+        raise SegsoftError(f"{name}: holds Python objects, not numbers (it is not loaded)")
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise SegsoftError(f"{name}: unsupported sample type {dtype}")
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] < 1):
+        raise SegsoftError(f"{name}: an array of shape {shape} is not an image (expected (H, W) or (H, W, C))")
+    h, w = shape[0], shape[1]
+    if max_pixels is not None and h * w > max_pixels:
+        raise SegsoftError(
+            f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
+        )
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = size - fp.tell()
+    if have != need:
+        raise SegsoftError(f"{name}: the header declares {need} bytes of data but the file holds {have}")
+    arr = np.frombuffer(fp.read(need), dtype=dtype)
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def as_image(
     obj: Image | str | os.PathLike | np.ndarray | PILImage.Image,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    page: int | None = None,
 ) -> Image:
     """Turn whatever the caller has into an :class:`Image`.
 
@@ -624,6 +1086,8 @@ def as_image(
         16-bit colour recovery, which needs the file).
     max_pixels : int or None
         Limit for paths and Pillow images, see :func:`read_image`.
+    page : int or None
+        For a path: the page or frame of a multi-frame file (see :func:`read_image`).
 
     Returns
     -------
@@ -645,11 +1109,13 @@ def as_image(
     if isinstance(obj, Image):
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return read_image(obj, max_pixels=max_pixels)
+        return read_image(obj, max_pixels=max_pixels, page=page)
+    if page is not None:
+        raise SegsoftError("page applies only to a file: pass the frame itself instead")
     if isinstance(obj, np.ndarray):
         return Image.from_array(obj)
     if isinstance(obj, PILImage.Image):
-        return _from_pil(obj, "image", None, max_pixels, reopen=None)
+        return _from_pil(obj, "image", None, max_pixels)
     raise TypeError(f"cannot make an image from a {type(obj).__name__}")
 
 
@@ -781,7 +1247,7 @@ def _from_pil(
     name: str,
     path: Path | None,
     max_pixels: int | None,
-    reopen: Callable[[], PILImage.Image] | None,
+    wide: bytes | None = None,
 ) -> Image:
     w, h = pil.size
     if max_pixels is not None and w * h > max_pixels:
@@ -791,15 +1257,19 @@ def _from_pil(
     if w <= 0 or h <= 0:
         raise SegsoftError(f"{name}: image has no pixels ({w}x{h})")
     mode = pil.mode
-    wide = _wide_rawmode(pil) if reopen is not None else None
     with _quiet(), _pillow_limit_lifted(), _stderr_muted(_uses_libtiff(pil)):
         try:
             pil.load()
             arr, alpha, bit_depth, is_gray = _native(pil, name)
-            if wide is not None and reopen is not None:
-                arr, alpha = _widen(pil, reopen, wide, arr, alpha)
-                bit_depth = 16
-                is_gray = wide == "LA;16B"
+            if wide is not None:
+                full = _decode_png16(wide, name)
+                if full.shape[:2] != arr.shape[:2]:
+                    raise ValueError("file changed while reading")
+                if full.shape[2] in (2, 4):
+                    alpha = full[..., -1] > 0
+                    full = full[..., :-1]
+                arr = full[..., 0] if full.shape[2] == 1 else full
+                bit_depth, is_gray = 16, full.shape[2] == 1
         except SegsoftError:
             raise
         except _DECODE_ERRORS as e:
@@ -896,74 +1366,17 @@ def _native_int(pil: PILImage.Image) -> tuple[np.ndarray, None, int, bool]:
     return unit, None, bit_depth, True
 
 
-# Pillow decodes 16-bit-per-channel colour into 8-bit modes through these raw
-# modes, keeping the high byte. Decoding with the opposite byte order keeps the
-# low byte instead (the row length and bytes per pixel the PNG unfilter uses
-# are unchanged); "RGBA" reads the four bytes of a 16-bit grey+alpha pixel.
-_NATIVE_16 = "RGB;16B" if sys.byteorder == "little" else "RGB;16L"
-_LOW_BYTES = {
-    "RGB;16B": "RGB;16L",
-    "RGB;16L": "RGB;16B",
-    "RGB;16N": _NATIVE_16,
-    "RGBA;16B": "RGBA;16L",
-    "RGBA;16L": "RGBA;16B",
-    "RGBA;16N": "RGBA" + _NATIVE_16[3:],
-    "LA;16B": "RGBA",
-}
-_WIDE_CODECS = frozenset({"zip", "raw", "libtiff"})
+def _decode_png16(data: bytes, name: str) -> np.ndarray:
+    """16-bit colour (or grey+alpha) PNG samples, exact, from imagecodecs' libpng decoder.
 
+    Pillow has no 16-bit colour mode and would keep only the high bytes.
+    """
+    import imagecodecs
 
-def _tile_rawmode(tile: tuple) -> str | None:
-    args = tile[3]
-    if isinstance(args, str):
-        return args
-    if isinstance(args, tuple) and args and isinstance(args[0], str):
-        return args[0]
-    return None
-
-
-def _with_rawmode(tile: tuple, rawmode: str) -> tuple:
-    args = tile[3]
-    args = rawmode if isinstance(args, str) else (rawmode, *args[1:])
-    if hasattr(tile, "_replace"):  # Pillow >= 11 uses a NamedTuple
-        return tile._replace(args=args)
-    return (*tile[:3], args)
-
-
-def _wide_rawmode(pil: PILImage.Image) -> str | None:
-    """The raw mode when ``pil`` (not yet loaded) holds 16-bit colour Pillow will cut to 8 bits."""
-    tiles = list(getattr(pil, "tile", None) or [])
-    if not tiles or pil.mode not in ("RGB", "RGBA"):
-        return None
-    modes = {_tile_rawmode(t) for t in tiles}
-    codecs = {t[0] for t in tiles}
-    if len(modes) != 1 or not codecs <= _WIDE_CODECS:
-        return None
-    rawmode = modes.pop()
-    return rawmode if rawmode in _LOW_BYTES else None
-
-
-def _widen(
-    pil: PILImage.Image,
-    reopen: Callable[[], PILImage.Image],
-    rawmode: str,
-    high: np.ndarray,
-    alpha: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode the file again for the low bytes and return the uint16 colour and alpha > 0."""
-    with reopen() as other:
-        if other.size != pil.size or other.mode != pil.mode or _wide_rawmode(other) != rawmode:
-            raise ValueError("file changed while reading")
-        other.tile = [_with_rawmode(t, _LOW_BYTES[rawmode]) for t in other.tile]
-        other.load()
-        low = np.asarray(other)
-    if rawmode == "LA;16B":  # low holds (L high, L low, A high, A low)
-        lum = (low[..., 0].astype(np.uint16) << 8) | low[..., 1]
-        return lum, ((low[..., 2] | low[..., 3]) > 0)
-    wide = (high.astype(np.uint16) << 8) | low[..., :3]
-    if alpha is not None:
-        alpha = alpha | (low[..., 3] > 0)  # 16-bit alpha 1..255 has a zero high byte
-    return wide, alpha
+    arr = imagecodecs.png_decode(data)
+    if arr.dtype != np.uint16 or arr.ndim != 3:
+        raise ValueError(f"unexpected decoded PNG {arr.dtype} {arr.shape}")
+    return arr
 
 
 def _orientation(pil: PILImage.Image) -> int:

@@ -76,7 +76,7 @@ LIMITS: dict[str, Limit] = {
 
 #: Settings with a fixed set of values (compared case-insensitively on the command line).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "color": ("lab", "rgb", "hsv", "gray"),
+    "color": ("lab", "rgb", "hsv", "gray", "bands"),
     "model": ("gmm", "soft-kmeans", "fcm"),
     "covariance": ("full", "diag", "spherical", "tied"),
     "criterion": ("icl", "bic"),

@@ -109,7 +109,8 @@ _PARAMS = {
     "SoftKMeans": _COMMON_PARAMS | {"beta", "reg_covar"},
     "FuzzyCMeans": _COMMON_PARAMS | {"m"},
 }
-_SPEC_FIELDS = ("color", "spatial_weight", "standardize", "offset", "scale", "names")
+_SPEC_FIELDS = ("color", "spatial_weight", "standardize", "offset", "scale", "names", "bands")
+MAX_BANDS = 256  # feature bands a model may name: far more than any multispectral sensor or stack here
 
 
 def max_k() -> int:
@@ -545,7 +546,21 @@ class _Checker:
         color = self.choice(self.get(f, "color", w), w + "color", COLOR_SPACES)
         weight = self.setting("spatial_weight", f.get("spatial_weight", 0.0), w + "spatial_weight")
         standardize = self.boolean(f.get("standardize", True), w + "standardize")
-        n_color = FeatureSpec(color=color).n_color
+        bands = None
+        if color == "bands":
+            raw = f.get("bands")
+            if raw is not None:
+                if not (isinstance(raw, list) and 1 <= len(raw) <= MAX_BANDS):
+                    self.fail(w + "bands", f"must be a list of 1 to {MAX_BANDS} band numbers or null, got {_show(raw)}")
+                bands = tuple(self.integer(b, f"{w}bands[{i}]", 0, 1 << 20) or 0 for i, b in enumerate(raw))
+            given = f.get("offset")
+            n_color = len(bands) if bands is not None else (len(given) if isinstance(given, list) else 0)
+            if not 1 <= n_color <= MAX_BANDS:
+                self.fail(w + "offset", f"must give one value per band (1 to {MAX_BANDS}), got {_show(given)}")
+        elif f.get("bands") is not None:
+            self.fail(w + "bands", f"applies only with color bands, not {color}")
+        else:
+            n_color = FeatureSpec(color=color).n_color
         offset = scale = None
         if standardize or f.get("offset") is not None or f.get("scale") is not None:
             # a spec without its standardisation cannot turn a new image into features
@@ -555,7 +570,22 @@ class _Checker:
             for i, v in enumerate(scale_arr):
                 self.number(float(v), f"{w}scale[{i}]", *SCALE_RANGE)
             scale = tuple(scale_arr.tolist())
-        spec = FeatureSpec(color=color, spatial_weight=weight, standardize=standardize, offset=offset, scale=scale)
+        names = f.get("names")
+        band_names = None
+        if color == "bands" and names is not None:
+            n_pos = 2 if weight > 0 else 0
+            if not (isinstance(names, list) and len(names) == n_color + n_pos and all(isinstance(n, str) for n in names)):
+                self.fail(w + "names", f"must be {n_color + n_pos} feature names, got {_show(names)}")
+            band_names = tuple(names[:n_color])
+        spec = FeatureSpec(
+            color=color,
+            spatial_weight=weight,
+            standardize=standardize,
+            offset=offset,
+            scale=scale,
+            bands=bands,
+            band_names=band_names,
+        )
         if "names" in f and f["names"] != spec.feature_names:
             self.fail(w + "names", f"must be {spec.feature_names} for these features, got {_show(f['names'])}")
         return spec

@@ -1,4 +1,4 @@
-"""The output folder: pictures, ``probabilities.npy`` and ``model.json``.
+"""The output folder: pictures, the memberships (``probabilities.npy`` or ``.tif``) and ``model.json``.
 
 Layout of ``write(seg, folder)``::
 
@@ -11,6 +11,27 @@ Layout of ``write(seg, folder)``::
       k_selection.png    with k="auto": BIC and ICL against k, the chosen k marked
       probabilities.npy  float32 (H, W, k), NaN where the image is transparent
       model.json         settings, features, parameters, trace, BIC, timings
+
+``probabilities=`` chooses how the memberships are stored (see
+:func:`probability_settings`):
+
+* ``"npy"`` (the default): ``probabilities.npy``, ``(H, W, k)``.
+* ``"tiff"``: ``probabilities.tif``, one page of ``k`` planar ("separate")
+  grey samples, i.e. ``(k, H, W)``, zlib (Adobe deflate) compressed, no
+  predictor: GDAL/QGIS open it as ``k`` bands, tifffile and napari as a
+  ``(k, H, W)`` array, Fiji through Bio-Formats as ``k`` channels. Plus
+  ``labels.tif``, the hard labels as uint8 palette indices in the cluster
+  colours (uint16 grey beyond 254 clusters), 255 (65535) where transparent.
+  A GeoTIFF input's georeferencing is copied to both (:func:`geotiff_tags`).
+* ``"none"``: no memberships file, only ``labels.tif`` (about one byte per
+  pixel), so the folder can still be scored and opened in a GIS.
+
+``probabilities_dtype=`` is ``"float32"`` or ``"float16"`` (NaN where
+transparent) or ``"uint8"``: ``round(p * 254)``, so 254 is a membership of
+exactly 1, and 255 marks a transparent pixel (it cannot be mistaken for a
+membership; 255 would be ``p = 1``). TIFFs carry the transparent value in
+the ``GDAL_NODATA`` tag (42113), and for uint8 a ``GDAL_METADATA`` scale of
+1/254 per band, so GDAL's unscaled values are memberships in [0, 1].
 
 Every file is written to a temporary name and renamed into place, so an
 interrupted run never leaves a half-written file behind.
@@ -46,16 +67,25 @@ if TYPE_CHECKING:
     from .segment import SoftSegmentation
 
 __all__ = [
+    "GEOTIFF_TAGS",
     "LOCK_NAME",
     "PNG_COMPRESS_LEVEL",
+    "PROBABILITY_DTYPES",
+    "PROBABILITY_FORMATS",
+    "UINT8_NODATA",
+    "UINT8_SCALE",
     "FolderBusy",
     "check_writable",
+    "encode_probabilities",
     "file_identity",
     "folder_lock",
+    "geotiff_tags",
     "image_folder",
     "load_model",
     "model_record",
     "output_files",
+    "probability_files",
+    "probability_settings",
     "save_model",
     "write",
 ]
@@ -65,12 +95,84 @@ PNG_COMPRESS_LEVEL = 1
 MONTAGE_TILE_WIDTH = 256
 
 
-def output_files(k: int, auto: bool = False, regions: bool = False) -> list[str]:
-    """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen; ``regions``: asked for)."""
+#: How the memberships can be stored (``--probabilities``) and in which dtype (``--probabilities-dtype``).
+PROBABILITY_FORMATS = ("npy", "tiff", "none")
+PROBABILITY_DTYPES = ("float32", "float16", "uint8")
+#: uint8 memberships are ``round(p * UINT8_SCALE)``; ``UINT8_NODATA`` marks a transparent pixel.
+#: 254, not 255: with 255 a certain pixel (p = 1) would read as "no data" in a GIS.
+UINT8_SCALE = 254
+UINT8_NODATA = 255
+# zlib level 1, as for the PNGs: memberships compress little more at higher levels, and much slower
+TIFF_COMPRESS_LEVEL = 1
+#: The GeoTIFF tags copied from a georeferenced input: ModelPixelScale, ModelTiepoint,
+#: ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams. Not the input's
+#: GDAL_NODATA or GDAL_METADATA: they describe the input's values, not memberships.
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+_GDAL_METADATA, _GDAL_NODATA, _ORIENTATION = 42112, 42113, 274
+
+
+def probability_settings(probabilities: str = "npy", probabilities_dtype: Any = "float32") -> dict[str, Any]:
+    """Check ``--probabilities`` and ``--probabilities-dtype``; the normalised pair as model.json records it.
+
+    ``"tif"`` is taken for ``"tiff"``, and a numpy dtype for its name. With
+    ``"none"`` nothing holds memberships, so the dtype is recorded as None
+    (whatever was asked): compare this dict with ``model.json``'s
+    ``"probabilities"`` to tell whether a folder was written this way.
+
+    Raises
+    ------
+    SegsoftError
+        Naming the option and the allowed values.
+
+    Examples
+    --------
+    >>> probability_settings("tif", "uint8")
+    {'format': 'tiff', 'dtype': 'uint8'}
+    >>> probability_settings("none", "float16")
+    {'format': 'none', 'dtype': None}
+    >>> probability_settings("png")
+    Traceback (most recent call last):
+    ...
+    segsoft.errors.SegsoftError: --probabilities must be npy, tiff or none, got 'png'
+    """
+    fmt = probabilities.lower() if isinstance(probabilities, str) else probabilities
+    fmt = "tiff" if fmt == "tif" else fmt
+    if fmt not in PROBABILITY_FORMATS:
+        raise SegsoftError(f"--probabilities must be npy, tiff or none, got {probabilities!r}")
+    try:
+        dtype = np.dtype(probabilities_dtype).name if not isinstance(probabilities_dtype, str) else probabilities_dtype
+    except TypeError:
+        dtype = probabilities_dtype
+    if dtype not in PROBABILITY_DTYPES:
+        raise SegsoftError(f"--probabilities-dtype must be float32, float16 or uint8, got {probabilities_dtype!r}")
+    return {"format": fmt, "dtype": None if fmt == "none" else dtype}
+
+
+def probability_files(probabilities: str = "npy") -> list[str]:
+    """The files that hold the memberships (or, without them, the labels) for a ``--probabilities`` format.
+
+    Examples
+    --------
+    >>> probability_files("npy"), probability_files("tiff"), probability_files("none")
+    (['probabilities.npy'], ['probabilities.tif', 'labels.tif'], ['labels.tif'])
+    """
+    fmt = probability_settings(probabilities)["format"]
+    return {"npy": ["probabilities.npy"], "tiff": ["probabilities.tif", "labels.tif"], "none": ["labels.tif"]}[fmt]
+
+
+def output_files(k: int, auto: bool = False, regions: bool = False, probabilities: str = "npy") -> list[str]:
+    """Names of the files :func:`write` creates for ``k`` clusters (``auto``: k was chosen; ``regions``: asked for;
+    ``probabilities``: the format, see :func:`probability_files`).
+
+    Examples
+    --------
+    >>> [f for f in output_files(2, probabilities="tiff") if f.endswith(".tif")]
+    ['probabilities.tif', 'labels.tif']
+    """
     return (
         ["overlay.png", "labels.png", "uncertainty.png"]
         + [f"prob_{j}.png" for j in range(k)]
-        + ["montage.png", "probabilities.npy", "model.json"]
+        + ["montage.png", *probability_files(probabilities), "model.json"]
         + (["k_selection.png"] if auto else [])
         + (["regions.png", "regions.npy"] if regions else [])
     )
@@ -233,7 +335,7 @@ def image_folder(output: str | os.PathLike, stem: str | os.PathLike) -> Path:
 
 #: Names in an image folder that :func:`write` creates, replaces or removes.
 _OWNED = re.compile(
-    r"^(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)\.(png|npy|json)$"
+    r"^(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)\.(png|npy|json|tif)$"
 )
 
 
@@ -382,7 +484,7 @@ def _lock_owner(fd: int) -> str:
 
 _FOLDER_TEMP = re.compile(
     r"^\.(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
-    r"\.[0-9a-f]{8}\.tmp\.(png|npy|json)$"
+    r"\.[0-9a-f]{8}\.tmp\.(png|npy|json|tif)$"
 )
 
 
@@ -402,14 +504,17 @@ def _start_folder(folder: Path) -> None:
     _sweep(folder, _FOLDER_TEMP)
 
 
-def _remove_stale(folder: Path, k: int, auto: bool, regions: bool = False) -> None:
-    """Files of an earlier run with more clusters (or k="auto", or regions) would be mistaken for this one's."""
+def _remove_stale(folder: Path, k: int, auto: bool, regions: bool = False, probabilities: str = "npy") -> None:
+    """Files of an earlier run with more clusters (or k="auto", or regions, or
+    another ``probabilities`` format) would be mistaken for this one's."""
+    kept = set(probability_files(probabilities))
     for entry in os.scandir(folder):
         m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
         if (
             (m and int(m.group(1)) >= k)
             or (entry.name == "k_selection.png" and not auto)
             or (entry.name in ("regions.png", "regions.npy") and not regions)
+            or (entry.name in ("probabilities.npy", "probabilities.tif", "labels.tif") and entry.name not in kept)
         ):
             with suppress(OSError):
                 os.unlink(entry.path)
@@ -434,6 +539,8 @@ def write(
     regions: bool = False,
     region_threshold: float = MERGE_THRESHOLD,
     protect: Iterable[str | os.PathLike] = (),
+    probabilities: str = "npy",
+    probabilities_dtype: str = "float32",
 ) -> dict[str, Path]:
     """Write every output of ``seg`` into ``folder`` (created if needed).
 
@@ -443,6 +550,12 @@ def write(
     the threshold and the number of regions. Returns the written paths by
     file name. ``model.json`` is written last, so its presence marks a
     complete output folder.
+
+    ``probabilities`` (``"npy"``, ``"tiff"`` or ``"none"``) and
+    ``probabilities_dtype`` (``"float32"``, ``"float16"``, ``"uint8"``)
+    choose the memberships file (see the module docstring); ``model.json``
+    records them under ``"probabilities"``, and the file of another format
+    left by an earlier run is removed.
 
     The folder is locked while it is written (:func:`folder_lock`): a second
     process writing the same folder gets :class:`FolderBusy` and writes
@@ -454,6 +567,9 @@ def write(
     >>> paths = write(segsoft.segment("images/coffee.jpg", k=3), "outputs/coffee")  # doctest: +SKIP
     >>> sorted(paths)[:2]  # doctest: +SKIP
     ['labels.png', 'model.json']
+    >>> paths = write(seg, "outputs/coffee", probabilities="tiff", probabilities_dtype="uint8")  # doctest: +SKIP
+    >>> paths["probabilities.tif"].name, paths["labels.tif"].name  # doctest: +SKIP
+    ('probabilities.tif', 'labels.tif')
     """
     folder = Path(folder)
     try:  # before anything is touched: a bad argument must not leave the folder half rewritten
@@ -461,12 +577,13 @@ def write(
         region_threshold = check_threshold(region_threshold)
     except ValueError as exc:
         raise SegsoftError(f"{folder}: {exc}") from None
+    stored = probability_settings(probabilities, probabilities_dtype)
     protect = [seg.image.path, *protect]
     check_targets(folder, protect)
     _prepare_folder(folder)
     with folder_lock(folder):
         check_targets(folder, protect)  # again, now that no one else can change the folder
-        return _write_locked(seg, folder, alpha, cmap, montage, regions, region_threshold)
+        return _write_locked(seg, folder, alpha, cmap, montage, regions, region_threshold, stored)
 
 
 def _write_locked(
@@ -477,7 +594,10 @@ def _write_locked(
     montage: bool,
     regions: bool,
     region_threshold: float,
+    stored: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
+    stored = stored or probability_settings()
+    fmt, dtype = stored["format"], stored["dtype"]
     _start_folder(folder)
     t0 = time.perf_counter()
     written: dict[str, Path] = {}
@@ -497,12 +617,33 @@ def _write_locked(
             written[name] = folder / name
             submit(lambda: atomic_write_bytes(written[name], _png_bytes(picture)))
 
-        def put_npy() -> None:
-            with atomic_path(folder / "probabilities.npy") as tmp:
-                np.save(tmp, seg.probabilities)
+        record_probabilities: dict[str, Any] = {**stored, "file": None, "labels_file": None}
+        if fmt == "npy":
 
-        written["probabilities.npy"] = folder / "probabilities.npy"
-        submit(put_npy)
+            def put_npy() -> None:
+                with atomic_path(folder / "probabilities.npy") as tmp:
+                    np.save(tmp, encode_probabilities(seg.probabilities, dtype))
+
+            written["probabilities.npy"] = folder / "probabilities.npy"
+            submit(put_npy)
+        else:
+            geo, note = geotiff_tags(seg)
+            if fmt == "tiff":
+                written["probabilities.tif"] = folder / "probabilities.tif"
+                submit(_put_probability_tiff, written["probabilities.tif"], seg, dtype, geo)
+            written["labels.tif"] = folder / "labels.tif"
+            submit(_put_label_tiff, written["labels.tif"], seg, seg.labels, geo)  # labels made here, not twice
+            record_probabilities.update(
+                labels_file="labels.tif", georeferenced=bool(geo), **({"georeference_note": note} if note else {})
+            )
+        if fmt != "none":
+            h, w = seg.image.height, seg.image.width
+            record_probabilities.update(
+                file=f"probabilities.{'npy' if fmt == 'npy' else 'tif'}",
+                shape=[h, w, seg.k] if fmt == "npy" else [seg.k, h, w],
+                transparent="NaN" if dtype != "uint8" else UINT8_NODATA,
+                scale=UINT8_SCALE if dtype == "uint8" else None,
+            )
         if regions:
             region_map = seg.regions(region_threshold)
 
@@ -524,10 +665,147 @@ def _write_locked(
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
             job.result()  # re-raises the first write error
-    _remove_stale(folder, seg.k, seg.selection is not None, regions)
+    _remove_stale(folder, seg.k, seg.selection is not None, regions, fmt)
     record = model_record(seg)
     if regions:
         record["regions"] = {"threshold": region_threshold, "count": int(region_map.max()) + 1}
+    record["probabilities"] = _jsonable(record_probabilities)
     seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
     written["model.json"] = _write_json(record, folder / "model.json")
     return written
+
+
+# --------------------------------------------------------------------------
+# memberships in other formats and dtypes
+
+
+def encode_probabilities(p: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Memberships ``p`` (float, NaN where transparent) in a stored dtype.
+
+    float32 and float16 keep NaN. uint8 is ``round(p * 254)`` with 255
+    (:data:`UINT8_NODATA`) on transparent pixels; ``value / 254`` gives the
+    membership back to within 1/508.
+
+    Examples
+    --------
+    >>> encode_probabilities(np.array([0.0, 0.5, 1.0, np.nan]), "uint8").tolist()
+    [0, 127, 254, 255]
+    >>> encode_probabilities(np.array([0.25, np.nan]), "float16").tolist()
+    [0.25, nan]
+    """
+    if dtype in ("float32", "float16"):
+        return np.asarray(p, dtype=dtype)
+    if dtype != "uint8":
+        raise SegsoftError(f"--probabilities-dtype must be float32, float16 or uint8, got {dtype!r}")
+    scaled = np.asarray(p, dtype=np.float32) * np.float32(UINT8_SCALE)
+    nan = np.isnan(scaled)
+    # clipped: sums of memberships may overshoot 1 by a rounding error
+    np.clip(np.rint(scaled, out=scaled), 0, UINT8_SCALE, out=scaled)
+    scaled[nan] = UINT8_NODATA
+    return scaled.astype(np.uint8)
+
+
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
+def geotiff_tags(seg: SoftSegmentation) -> tuple[list[tuple[int, int, int, Any, bool]], str | None]:
+    """The input's georeferencing as tifffile ``extratags``, and why it was not copied (None when it was, or when
+    there is none).
+
+    Read from the page of the input that was segmented (``seg.image.page``
+    when the reader records one, else the first). The tags are copied only
+    when the segmented pixels are that page's pixels as they lie in the file:
+    same height and width, and no TIFF Orientation tag other than 1 (an
+    image turned upright on reading no longer matches the map transform).
+
+    Examples
+    --------
+    >>> import segsoft
+    >>> rgb = np.zeros((4, 4, 3), np.uint8); rgb[:, 2:] = 255
+    >>> geotiff_tags(segsoft.segment(rgb, k=2))  # an array: no file, no map
+    ([], None)
+    """
+    path = seg.image.path
+    if path is None:
+        return [], None
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) not in _TIFF_MAGIC:
+                return [], None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            index = int(getattr(seg.image, "page", None) or 0)
+            if index >= len(tif.pages):
+                return [], None
+            page = tif.pages[index]
+            tags = page.tags
+            geo = [
+                (code, int(tags[code].dtype), int(tags[code].count), tags[code].value, True)
+                for code in GEOTIFF_TAGS
+                if code in tags
+            ]
+            if not geo:
+                return [], None
+            orientation = tags[_ORIENTATION].value if _ORIENTATION in tags else 1
+            size = (int(page.imagelength), int(page.imagewidth))
+    except Exception:  # noqa: BLE001 - the input was read already: a tag tifffile cannot parse only costs the map
+        return [], None
+    if int(orientation) != 1:
+        return [], f"not copied: the image was turned by its Orientation tag ({int(orientation)})"
+    if size != (seg.image.height, seg.image.width):
+        shown = f"{seg.image.height}x{seg.image.width}"
+        return [], f"not copied: the image segmented is {shown}, its page {size[0]}x{size[1]}"
+    return geo, None
+
+
+def _gdal_metadata(k: int, scale: float | None) -> str:
+    """GDAL_METADATA XML: each band's description, and its scale (uint8) so GDAL unscales to memberships."""
+    items = []
+    for j in range(k):
+        items.append(f'<Item name="DESCRIPTION" sample="{j}" role="description">cluster {j}</Item>')
+        if scale is not None:
+            items.append(f'<Item name="SCALE" sample="{j}" role="scale">{scale!r}</Item>')
+            items.append(f'<Item name="OFFSET" sample="{j}" role="offset">0</Item>')
+    return "<GDALMetadata>" + "".join(items) + "</GDALMetadata>"
+
+
+def _write_tiff(path: Path, data: np.ndarray, nodata: str, extratags: list, **kwargs: Any) -> None:
+    import tifffile
+
+    tags = [*extratags, (_GDAL_NODATA, 2, 0, nodata, True)]
+    with atomic_path(path) as tmp:  # the temporary name keeps .tif
+        tifffile.imwrite(
+            tmp,
+            data,
+            compression="zlib",  # Adobe deflate (8) with Python's zlib: no codec package needed, Fiji reads it
+            compressionargs={"level": TIFF_COMPRESS_LEVEL},
+            metadata=None,  # no tifffile JSON description: GDAL and Fiji would show it as the image's description
+            software=f"segsoft {__version__}",
+            extratags=tags,
+            **kwargs,
+        )
+
+
+def _put_probability_tiff(path: Path, seg: SoftSegmentation, dtype: str, geo: list) -> None:
+    """``probabilities.tif``: (k, H, W), one page with k planar samples, which GDAL opens as k bands."""
+    data = np.ascontiguousarray(np.moveaxis(encode_probabilities(seg.probabilities, dtype), -1, 0))
+    scale = 1 / UINT8_SCALE if dtype == "uint8" else None
+    tags = [*geo, (_GDAL_METADATA, 2, 0, _gdal_metadata(seg.k, scale), True)]
+    nodata = str(UINT8_NODATA) if dtype == "uint8" else "nan"
+    if seg.k == 1:  # one sample: a plain grey page
+        _write_tiff(path, data[0], nodata, tags, photometric="minisblack")
+    else:
+        _write_tiff(path, data, nodata, tags, photometric="minisblack", planarconfig="separate")
+
+
+def _put_label_tiff(path: Path, seg: SoftSegmentation, labels: np.ndarray, geo: list) -> None:
+    """``labels.tif``: the hard labels, 255 (65535) where transparent; a palette of the cluster colours for uint8."""
+    if seg.k < UINT8_NODATA:
+        data = np.where(labels < 0, UINT8_NODATA, labels).astype(np.uint8)
+        cmap = np.zeros((3, 256), np.uint16)
+        cmap[:, : seg.k] = np.asarray(seg.colors, np.uint16)[: seg.k].T * 257  # TIFF colour maps are 16-bit
+        _write_tiff(path, data, str(UINT8_NODATA), geo, photometric="palette", colormap=cmap)
+    else:  # pragma: no cover - k is at most 64 today
+        data = np.where(labels < 0, 65535, labels).astype(np.uint16)
+        _write_tiff(path, data, "65535", geo, photometric="minisblack")

@@ -77,6 +77,7 @@ CONTRAST_FLOOR = 0.05  # contrast added to every boundary, so smooth ramps betwe
 _BLUR = 1.0  # Gaussian sigma (pixels) before the Sobel filter: denoises without moving edges
 _COMPACTNESS = 10.0  # SLIC's balance of colour against position (its default for Lab)
 _FRAGMENT = 0.25  # superpixel pieces under this share of SUPERPIXEL_SIZE join a neighbour
+_TILE_PIXELS = 1 << 18  # input pixels block-averaged per step (a quarter megapixel)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,8 +132,8 @@ class RegionHierarchy:
         if n == 0:  # nothing used
             return np.full(self.shape, -1, dtype=np.int32)
         parent = np.arange(n)
-        for a, b, _ in self.merges[: self._n_merges(threshold)]:
-            parent[int(b)] = int(a)
+        done = self.merges[: self._n_merges(threshold)].astype(np.int64)
+        parent[done[:, 1]] = done[:, 0]  # each superpixel is absorbed at most once, so order does not matter
         for _ in range(n):  # point every superpixel at its root
             nxt = parent[parent]
             if np.array_equal(nxt, parent):
@@ -232,8 +233,8 @@ def region_hierarchy(
 
     from .features import rgb_to_lab
 
-    rgb = np.asarray(rgb, dtype=np.float32)
-    probabilities = np.asarray(probabilities, dtype=np.float32)
+    # no float32 copies here: the working copy converts a tile at a time (a full-size copy of (H, W, K) is big)
+    rgb, probabilities = np.asarray(rgb), np.asarray(probabilities)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
     if probabilities.ndim != 3 or probabilities.shape[:2] != rgb.shape[:2]:
@@ -263,7 +264,8 @@ def region_hierarchy(
     n = int(sp.max()) + 1
     flat = sp[used_w]
     counts = np.bincount(flat, minlength=n).astype(np.float64)
-    sums = np.stack([np.bincount(flat, p_w[used_w][:, j], minlength=n) for j in range(p_w.shape[2])], axis=1)
+    p_used = p_w[used_w]
+    sums = np.stack([np.bincount(flat, p_used[:, j], minlength=n) for j in range(p_w.shape[2])], axis=1)
     merges = _greedy_merges(sp, sums, counts, contrast)
     return RegionHierarchy(sp, merges, shape, full_mask, factor)
 
@@ -274,37 +276,63 @@ def _working_copy(
     """Image and memberships averaged over the used pixels of f x f blocks.
 
     Returns (rgb, memberships, share of used pixels) at the working
-    resolution and the used pixels at full resolution (finite memberships,
-    inside ``mask``). Works through bands of f rows, so a large image costs
-    no full-size temporary.
+    resolution (float32) and the used pixels at full resolution (finite
+    memberships, inside ``mask``). Works through tiles of whole blocks, about
+    :data:`_TILE_PIXELS` each (many bands of f rows at once, or part of a
+    band when the image is very wide), so a large image of any shape costs no
+    full-size temporary and a number of steps proportional to its size.
     """
     H, W = p.shape[:2]
     K = p.shape[2]
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
     if f == 1:
+        rgb, p = np.asarray(rgb, dtype=np.float32), np.asarray(p, dtype=np.float32)
         used = np.isfinite(p).all(axis=-1)
         if mask is not None:
-            used &= np.asarray(mask, dtype=bool)
+            used &= mask
         keep = used[..., None]
         rgb_w, p_w = np.where(keep, rgb, 0.0).astype(np.float32), np.where(keep, p, 0.0).astype(np.float32)
         return rgb_w, p_w, used.astype(np.float32), used
-    starts = np.arange(0, W, f)
-    widths = np.diff(np.append(starts, W))
-    h = -(-H // f)
-    rgb_w = np.zeros((h, len(starts), 3), np.float32)
-    p_w = np.zeros((h, len(starts), K), np.float32)
-    share = np.zeros((h, len(starts)), np.float32)
+    h, w = -(-H // f), -(-W // f)
+    rgb_w = np.zeros((h, w, 3), np.float32)
+    p_w = np.zeros((h, w, K), np.float32)
+    share = np.zeros((h, w), np.float32)
     used = np.empty((H, W), bool)
-    for i, r0 in enumerate(range(0, H, f)):
-        band = p[r0 : r0 + f]
-        u = np.isfinite(band).all(axis=-1)
-        if mask is not None:
-            u &= np.asarray(mask[r0 : r0 + f], dtype=bool)
-        used[r0 : r0 + f] = u
-        weight = np.add.reduceat(u.sum(axis=0), starts)
-        safe = np.maximum(weight, 1)[:, None]
-        p_w[i] = np.add.reduceat(np.where(u[..., None], band, 0.0).sum(axis=0, dtype=np.float64), starts) / safe
-        rgb_w[i] = np.add.reduceat(np.where(u[..., None], rgb[r0 : r0 + f], 0.0).sum(axis=0), starts) / safe
-        share[i] = weight / (widths * band.shape[0])
+    # a tile: whole bands of f rows across the image, or (very wide images) one band cut into runs of blocks
+    g = min(f, H)  # rows in a band (fewer when the whole image is thinner than a block)
+    cols = W if g * W <= _TILE_PIXELS else max(1, _TILE_PIXELS // (f * g)) * f
+    rows = max(1, _TILE_PIXELS // (f * cols)) * f
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        for c0 in range(0, W, cols):
+            c1 = min(W, c0 + cols)
+            pt = np.asarray(p[r0:r1, c0:c1], dtype=np.float32)
+            u = np.isfinite(pt).all(axis=-1)
+            if mask is not None:
+                u &= mask[r0:r1, c0:c1]
+            used[r0:r1, c0:c1] = u
+            keep = u[..., None]
+            pt = np.where(keep, pt, 0.0)
+            rt = np.where(keep, np.asarray(rgb[r0:r1, c0:c1], dtype=np.float32), 0.0)
+            starts = np.arange(0, c1 - c0, f)
+            widths = np.diff(np.append(starts, c1 - c0))
+            full = (r1 - r0) // f * f  # rows in whole bands; the image's last band may be shorter
+            for b0, b1 in ((0, full), (full, r1 - r0)):
+                if b1 == b0:
+                    continue
+                n = min(f, b1 - b0)  # rows per band here
+                i0 = (r0 + b0) // f
+                i1 = i0 + (b1 - b0) // n
+                j0, j1 = c0 // f, c0 // f + len(starts)
+                # sum each band's rows (one after another, as numpy sums a leading axis), then each block's columns
+                weight = np.add.reduceat(u[b0:b1].reshape(-1, n, c1 - c0).sum(axis=1), starts, axis=1)
+                safe = np.maximum(weight, 1)[..., None]
+                band_p = pt[b0:b1].reshape(-1, n, c1 - c0, K).sum(axis=1, dtype=np.float64)
+                p_w[i0:i1, j0:j1] = np.add.reduceat(band_p, starts, axis=1) / safe
+                band_rgb = rt[b0:b1].reshape(-1, n, c1 - c0, 3).sum(axis=1)
+                rgb_w[i0:i1, j0:j1] = np.add.reduceat(band_rgb, starts, axis=1) / safe
+                share[i0:i1, j0:j1] = weight / (widths * n)
     return rgb_w, p_w, share, used
 
 
@@ -327,7 +355,10 @@ def _upscale(small: np.ndarray, f: int, shape: tuple[int, int], mask: np.ndarray
 
         _, (iy, ix) = ndimage.distance_transform_edt(small < 0, return_indices=True)
         small = small[iy, ix]
-    out = np.ascontiguousarray(np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: shape[0], : shape[1]], np.int32)
+    # each block repeated to its size (the last row and column of blocks may be smaller), so nothing is made
+    # bigger than the image: repeating by f then cropping would make f times the pixels of a one-pixel-wide image
+    rows, cols = (np.minimum(f, n - f * np.arange(m)) for n, m in zip(shape, small.shape))
+    out = np.ascontiguousarray(np.repeat(np.repeat(small, rows, axis=0), cols, axis=1), np.int32)
     if mask is None:
         return out
     out[~mask] = -1

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import render
 from .errors import SegsoftError
-from .limits import MAX_K
 from .features import FeatureSpec, extract
 from .io import DEFAULT_MAX_PIXELS, Image, as_image
+from .limits import MAX_K
 from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans
 from .regions import MERGE_THRESHOLD, RegionHierarchy, check_regions_flag, check_threshold, region_hierarchy
 from .spatial import PottsPrior
@@ -30,9 +31,9 @@ __all__ = [
     "MAX_K",
     "MODELS",
     "SoftSegmentation",
-    "segment",
     "apply_model",
     "make_model",
+    "segment",
     "select_k",
 ]
 
@@ -305,16 +306,30 @@ class SoftSegmentation:
         cmap: str = "viridis",
         regions: bool = False,
         region_threshold: float = MERGE_THRESHOLD,
+        probabilities: str = "npy",
+        probabilities_dtype: str = "float32",
     ) -> dict[str, Path]:
-        """Write every output (pictures, probabilities.npy, model.json) into ``folder``.
+        """Write every output (pictures, probabilities, model.json) into ``folder``.
 
         With ``regions`` also ``regions.png`` and ``regions.npy``, cut at
-        ``region_threshold`` (see :meth:`regions`). Returns the written paths by
-        name. See :func:`segsoft.outputs.write`.
+        ``region_threshold`` (see :meth:`regions`). ``probabilities`` is the
+        memberships file's format (``npy``, ``tiff`` or ``none``) and
+        ``probabilities_dtype`` its type (``float32``, ``float16`` or
+        ``uint8``). Returns the written paths by name. See
+        :func:`segsoft.outputs.write`.
         """
         from .outputs import write
 
-        return write(self, folder, alpha=alpha, cmap=cmap, regions=regions, region_threshold=region_threshold)
+        return write(
+            self,
+            folder,
+            alpha=alpha,
+            cmap=cmap,
+            regions=regions,
+            region_threshold=region_threshold,
+            probabilities=probabilities,
+            probabilities_dtype=probabilities_dtype,
+        )
 
 
 def make_model(
@@ -526,7 +541,9 @@ def segment(
     image: str | os.PathLike | np.ndarray | Image,
     k: int = 4,
     *,
-    color: str = "lab",
+    color: str | None = None,
+    bands: Sequence[int] | None = None,
+    display_bands: Sequence[int] | None = None,
     spatial_weight: float = 0.0,
     smoothing: float = 0.0,
     k_range: tuple[int, int] = (2, 10),
@@ -542,6 +559,7 @@ def segment(
     beta: float | None = None,
     m: float = 2.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    page: int | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> SoftSegmentation:
     """Soft-segment one image into ``k`` clusters.
@@ -549,7 +567,8 @@ def segment(
     Parameters
     ----------
     image : path, array or Image
-        A file Pillow can read, an (H, W[, 3|4]) array, or an :class:`Image`.
+        A file :func:`~segsoft.io.read_image` reads (any number of bands),
+        an (H, W) or (H, W, C) array, or an :class:`Image`.
     k : int or "auto"
         Number of clusters; "auto" picks it in ``k_range`` by ``criterion``.
     k_range : (int, int)
@@ -558,8 +577,17 @@ def segment(
         How ``k="auto"`` chooses (lower is better): ICL, which also
         penalises uncertain memberships, or BIC. See :func:`select_k`.
         With ``smoothing``, k is chosen with the plain mixture first.
-    color : {"lab", "rgb", "hsv", "gray"}
-        Colour space of the features (see :class:`FeatureSpec`).
+    color : {"lab", "rgb", "hsv", "gray", "bands"} or None
+        Colour space of the features (see :class:`FeatureSpec`). None: "lab"
+        for colour (RGB/RGBA) and grey images, as before, and "bands" for
+        any other number of bands. Colour spaces need a colour or grey image.
+    bands : sequence of int, optional
+        With ``color="bands"`` (implied when ``color`` is None): the bands
+        to use, 0-based (default all).
+    display_bands : sequence of int, optional
+        One or three bands for the pictures (see
+        :meth:`~segsoft.io.Image.with_display`); the memberships do not
+        depend on it.
     spatial_weight : float
         Weight of the x, y position features; 0 leaves them out.
     smoothing : float
@@ -584,6 +612,9 @@ def segment(
         Fuzzy c-means fuzzifier.
     max_pixels : int
         Refuse larger images (decompression-bomb guard).
+    page : int or None
+        The page or frame of a multi-frame file (a file with several is an
+        error without it).
     progress : callable(iteration, log_likelihood), optional
         Called after every EM iteration.
 
@@ -600,11 +631,17 @@ def segment(
     >>> seg.save("outputs/coffee")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    bands = None if bands is None else tuple(int(b) for b in bands)
+    display_bands = None if display_bands is None else tuple(int(b) for b in display_bands)
+    if color is not None and color != "bands" and bands is not None:
+        raise SegsoftError(f"--bands needs --color bands (--color {color} makes its own channels)")
     settings = dict(
         k=k,
         model=model,
         covariance=covariance,
         color=color,
+        bands=None if bands is None else list(bands),
+        display_bands=None if display_bands is None else list(display_bands),
         spatial_weight=spatial_weight,
         smoothing=smoothing,
         max_iter=max_iter,
@@ -632,7 +669,8 @@ def segment(
         raise SegsoftError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
     if smoothing > 0 and model == "fcm":
         raise SegsoftError("smoothing needs a likelihood model: use --model gmm or soft-kmeans")
-    spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight))
+    if color is not None:
+        FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=bands)  # check before reading
 
     def new_model(n_clusters: int) -> Any:
         return make_model(
@@ -650,8 +688,15 @@ def segment(
         )
 
     new_model(1)  # make_model checks the options: fail before the slow work
-    img = as_image(image, max_pixels=max_pixels)
+    img = as_image(image, max_pixels=max_pixels, page=page)
+    if display_bands is not None:
+        img = img.with_display(display_bands)
     name = _name(img)
+    if color is None:
+        # grey stays on lab (three equal channels) so existing grey results do not change
+        color = "lab" if (img.is_color or img.is_gray) and bands is None else "bands"
+    spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=bands)
+    settings["color"] = color
     t_read = time.perf_counter()
     k_min = k_lo if auto else k
     if img.n_used < k_min:
@@ -661,7 +706,7 @@ def segment(
     if spatial_weight == 0 and (auto or k > 1):
         distinct = _count_distinct(X[:, : spec.n_color], k_hi if auto else k)
         if distinct < k_min:
-            what = "grey levels" if color == "gray" else "distinct colours"
+            what = {"gray": "grey levels", "bands": "distinct values"}.get(color, "distinct colours")
             raise SegsoftError(f"{name}: k={k_min} is more than the {distinct} {what} in the image")
         if auto:
             k_hi = min(k_hi, distinct)
@@ -799,7 +844,7 @@ def apply_model(
     t0 = time.perf_counter()
     img = as_image(image, max_pixels=max_pixels)
     t_read = time.perf_counter()
-    X = extract(img, spec)
+    X = extract(img, spec)  # the spec names its colour space or bands: a mismatch is an error there
     t_feat = time.perf_counter()
     if smoothing is None:
         smoothing = float((settings or {}).get("smoothing") or 0.0)

@@ -456,7 +456,6 @@ def test_from_array_alpha_and_mask():
     [
         (np.array([[0.5, np.nan]]), "array contains NaN or infinite values"),
         (np.array([[0.5, -np.inf]], np.float32), "array contains NaN or infinite values"),
-        (np.zeros((2, 2, 2), np.uint8), "not an image"),
         (np.zeros((2, 2, 3, 1), np.uint8), "not an image"),
         (np.zeros((2, 2), np.complex64), "unsupported array dtype complex64"),
     ],
