@@ -328,6 +328,7 @@ class BatchReport:
     shared_model: Path | None = None
     seconds: float = 0.0
     interrupted: bool = False
+    excluded: int = 0  # images found under the output folder, never taken as inputs
 
     def count(self, status: str) -> int:
         return sum(row.status == status for row in self.rows)
@@ -448,8 +449,9 @@ def run_batch(
             "--shared-model cannot be combined with --smooth (the shared model is fitted on a pixel sample, "
             "which has no grid for the spatial prior)"
         )
-    items, out = _prepare(inputs, output, recursive, frames, opts.max_pixels)
+    items, out, excluded = _prepare(inputs, output, recursive, frames, opts.max_pixels)
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    batch.report.excluded = excluded
     with batch.reporting():
         if not shared_model:
             batch.process(_segment_task, (opts,), {"settings": opts.model_settings(), **opts.expect()})
@@ -526,10 +528,11 @@ def apply_batch(
     if not spec.fitted:
         raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")
     digest = _model_digest(fitted)
-    items, out = _prepare(inputs, output, recursive, frames, max_pixels)
+    items, out, excluded = _prepare(inputs, output, recursive, frames, max_pixels)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
     job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    batch.report.excluded = excluded
     expect = {**_expect_regions(cut), **_expect_probabilities(probabilities, probabilities_dtype)}
     with batch.reporting():
         batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **expect})
@@ -542,8 +545,9 @@ def _prepare(
     recursive: bool,
     frames: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> tuple[list, Path]:
-    """The (image, stem, page) items of a batch and its output folder; every frame its own item with ``frames``."""
+) -> tuple[list, Path, int]:
+    """The (image, stem, page) items of a batch, its output folder and how many images found
+    under that folder were left out; every frame its own item with ``frames``."""
     inputs = list(inputs)
     out = Path(output)
     # outputs of an earlier run inside an input folder are not inputs
@@ -555,14 +559,16 @@ def _prepare(
         named = ", ".join(os.fsdecode(i) for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
         if found:
             raise SegsoftError(
-                f"{named}: the {len(found)} image{'s' * (len(found) != 1)} found lie under the output folder "
+                f"{named}: the {len(found)} image{'s' * (len(found) != 1)} found "
+                f"{'lie' if len(found) != 1 else 'lies'} under the output folder "
                 f"{out}, whose files are never inputs; choose another -o (e.g. -o {out.name or 'out'}_segsoft)"
             )
         hint = "" if recursive else " (use --recursive to look in sub-folders)"
         raise SegsoftError(f"no images found in {named or 'the inputs'}{hint}")
     check_writable(out)
+    excluded = len(found) - len(items)
     if not frames:
-        return [(p, stem, None) for p, stem in items], out
+        return [(p, stem, None) for p, stem in items], out, excluded
     expanded = []
     for p, stem in items:
         try:
@@ -573,7 +579,7 @@ def _prepare(
             expanded.append((p, stem, None))
         else:
             expanded.extend((p, Path(stem) / f"frame_{i:04d}", i) for i in range(n))
-    return expanded, out
+    return expanded, out, excluded
 
 
 def _jobs(jobs: int | None) -> int:
@@ -652,8 +658,9 @@ class _Batch:
         if page is not None and not row.path.endswith("]"):
             row.path = f"{row.path} [frame {page}]"  # one row per frame of a multi-frame file
         self.rows[i] = row
-        if row.status == "failed" and self.folder(i).is_dir():
-            self.sweep(i)  # a worker that died leaves its temporary files
+        with suppress(OSError):  # a name the file system refuses (too long) has no folder to sweep
+            if row.status == "failed" and self.folder(i).is_dir():
+                self.sweep(i)  # a worker that died leaves its temporary files
         if self.progress is not None:
             self.progress(len(self.rows), len(self.items), row)
 
@@ -734,7 +741,8 @@ def write_summary(rows: Sequence[BatchResult], path: str | os.PathLike) -> Path:
     writer.writerow(SUMMARY_COLUMNS)
     writer.writerows(row.csv_row() for row in rows)
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    # surrogateescape: a file name that is not UTF-8 goes back as its own bytes
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
     return path
 
 

@@ -7,8 +7,10 @@ and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import math
 import os
 import re
 import signal
@@ -167,10 +169,12 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
         )
     collapsed = getattr(model, "collapsed_", None)
     if collapsed is not None and collapsed.any():
+        which = collapsed.nonzero()[0].tolist()
+        named = ", ".join(map(str, which[:8])) + (f", ... ({len(which)} of {seg.k})" if len(which) > 8 else "")
         rows.append(
             (
                 "warning",
-                f"clusters {', '.join(map(str, collapsed.nonzero()[0]))} collapsed: too little "
+                f"cluster{'s' * (len(which) > 1)} {named} collapsed: too little "
                 "membership to estimate their own shape (more clusters than the image supports?)",
             )
         )
@@ -488,10 +492,12 @@ def _check_save_model(path: Path, image: Path, folder: Path) -> None:
 
     from .outputs import LOCK_NAME, check_targets
 
+    import stat
+
     real = os.path.realpath(path)
     if real == os.path.realpath(image):
         raise SegsoftError(f"--save-model {path}: is the input image; choose another path")
-    if os.path.isdir(real):
+    if real == os.path.realpath(folder) or os.path.isdir(real):
         raise SegsoftError(f"--save-model {path}: is a folder; give a file name such as {path / 'model.json'}")
     if os.path.dirname(real) == os.path.realpath(folder):
         try:
@@ -502,6 +508,12 @@ def _check_save_model(path: Path, image: Path, folder: Path) -> None:
             ) from None
         if os.path.basename(real) == LOCK_NAME:
             raise SegsoftError(f"--save-model {path}: is this run's lock file; choose another path")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise SegsoftError(f"--save-model {path}: is not a regular file (a FIFO, socket or device); not written")
     if os.path.lexists(path) and not _is_segsoft_model(path):
         raise SegsoftError(f"--save-model {path}: exists and is not a segsoft model.json; not overwritten")
 
@@ -670,6 +682,11 @@ def _batch_report(report: Any, quiet: bool) -> None:
     failed = report.failed
     if not quiet:
         extra = f"; shared model {report.shared_model}" if report.shared_model is not None else ""
+        if report.excluded:
+            extra += (
+                f"; {report.excluded} image{'s' * (report.excluded != 1)} under the output folder "
+                f"{report.output} not taken as input{'s' * (report.excluded != 1)}"
+            )
         typer.echo(
             f"{report.total} image{'s' * (report.total != 1)}: {report.count('ok')} ok, {report.count('skipped')} skipped, "
             f"{len(failed)} failed in {report.seconds:.1f} s; summary {report.summary}{extra}"
@@ -710,6 +727,8 @@ def evaluate(
     from .evaluate import evaluate_directory, find_predictions
 
     opts.check()
+    if not (math.isfinite(min_region) and 0.0 <= min_region < 1.0):
+        raise SegsoftError(f"--min-region must be a number >= 0 and < 1 (a share of the image), got {min_region!r}")
     if find_predictions(path):
         changed = _changed_options(opts, _EVALUATE_OPTIONS)
         if changed:
@@ -762,6 +781,10 @@ def entry() -> None:
     type) are one ``segsoft: error:`` line like every other error, exit
     code 2, instead of Typer's framed box.
     """
+    # a file name that is not valid UTF-8 must not turn a report into a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="segsoft", standalone_mode=False)

@@ -40,6 +40,7 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import io as _io
 import json
@@ -47,6 +48,7 @@ import math
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -251,7 +253,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
                 "mode": img.mode,
                 "bit_depth": img.bit_depth,
                 "pixels_used": seg.n_used,
-                "source": None if img.path is None else file_identity(img.path),  # what --skip-existing compares
+                "source": _source_identity(img),  # what --skip-existing compares
             },
             "settings": seg.settings,
             "features": {**spec.to_dict(), "names": spec.feature_names},
@@ -381,13 +383,33 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any] | None:
     """
     h = hashlib.blake2b(digest_size=16)
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO put in its place must not block
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except OSError:
         return None
+    finally:
+        os.close(fd)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": h.hexdigest()}
+
+
+def _source_identity(image: Any) -> dict[str, Any] | None:
+    """The input's identity for ``model.json``, or None when the file changed since it was read
+    (then ``--skip-existing`` redoes the image instead of trusting outputs of other bytes)."""
+    if image.path is None:
+        return None
+    now = file_identity(image.path)
+    seen = getattr(image, "source_stat", None)
+    if now is None or (seen is not None and (seen["size"], seen["mtime_ns"]) != (now["size"], now["mtime_ns"])):
+        return None
+    return now
 
 
 LOCK_NAME = ".segsoft.lock"
@@ -427,11 +449,23 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """
     folder = Path(folder)
     path = folder / LOCK_NAME
+    # never follow a link planted as the lock file, never block on a FIFO: the lock
+    # must not become a way to empty a file elsewhere (or the input itself)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(path, flags, 0o666)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SegsoftError(
+                    f"{path}: is a symbolic link, not segsoft's lock file; remove it and run again"
+                ) from None
             raise SegsoftError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise SegsoftError(f"{path}: is {what}, not segsoft's lock file; remove it and run again")
         try:
             _lock_fd(fd)
         except BlockingIOError:
@@ -446,15 +480,18 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         # the previous holder removes the file on release: if it did after our
         # open, we hold a lock on a file nobody else can see; start again
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            same = os.path.samestat(os.fstat(fd), os.lstat(path))
         except OSError:
             same = False
         if same:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except OSError as exc:
+            raise SegsoftError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
         yield path
     finally:
         if _fcntl is not None:  # Windows cannot remove an open file; the next holder reuses it

@@ -275,7 +275,7 @@ def test_skip_existing_redoes_an_image_whose_file_was_replaced(tmp_path):
 
 def test_batch_into_its_own_input_folder_says_why_nothing_is_found(tmp_path):
     save(tmp_path / "photos" / "a.png", photo(30))
-    one_line_error(cli("batch", tmp_path / "photos", "-o", tmp_path / "photos"), "lie under the output folder", "-o")
+    one_line_error(cli("batch", tmp_path / "photos", "-o", tmp_path / "photos"), "under the output folder", "-o")
 
 
 def test_sigterm_on_run_exits_143_and_leaves_no_temporary_file(tmp_path):
@@ -362,3 +362,61 @@ def test_evaluate_allow_missing_scores_a_subset(tmp_path):
     subset = cli("evaluate", pred, "--gt", gt, "--min-region", "0", "--allow-missing")
     assert subset.returncode == 0, subset.stderr
     assert "scored 1 of 5" in subset.stdout and "PRI       1.0000" in subset.stdout
+
+
+# ----------------------------------------------------------------------------- found again by a second adversarial pass
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_a_planted_lock_file_never_becomes_a_way_to_write_elsewhere(tmp_path, kind):
+    image = save(tmp_path / "photo.png", photo(50))
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(image.read_bytes())
+    before = precious.read_bytes(), image.read_bytes()
+    folder = tmp_path / "out" / "photo"
+    folder.mkdir(parents=True)
+    lock = folder / LOCK_NAME
+    if kind == "symlink":
+        lock.symlink_to(precious)
+    elif kind == "hardlink":
+        os.link(image, lock)
+    else:
+        os.mkfifo(lock)
+    result = cli("run", image, "-k", "2", "-o", tmp_path / "out", timeout=60)
+    one_line_error(result, LOCK_NAME, "not segsoft's lock file")
+    assert (precious.read_bytes(), image.read_bytes()) == before
+    assert os.path.lexists(lock)  # left for the user to look at, not silently deleted
+
+
+def test_save_model_on_a_fifo_or_the_runs_own_folder_is_refused_up_front(tmp_path):
+    image = save(tmp_path / "photo.png", photo(51))
+    os.mkfifo(tmp_path / "sm.json")
+    one_line_error(cli("run", image, "-k", "2", "--save-model", tmp_path / "sm.json", timeout=30), "not a regular file")
+    out = tmp_path / "out"
+    one_line_error(cli("run", image, "-k", "2", "-o", out, "--save-model", out / "photo"), "--save-model", "folder")
+    assert not out.exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(tmp_path):
+    inputs = tmp_path / "in"
+    save(inputs / "good.png", photo(52))
+    os.link(inputs / "good.png", os.fsencode(inputs) + b"/bad\xffname.png")
+    result = cli("batch", inputs, "-k", "2", "-o", tmp_path / "r", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 images: 2 ok" in result.stdout
+    assert (tmp_path / "r" / "summary.csv").read_bytes().count(b"\n") == 3
+
+
+def test_images_under_the_output_folder_are_counted_out_loud(tmp_path):
+    photos = tmp_path / "photos"
+    save(photos / "a.png", photo(53))
+    save(photos / "raw" / "b.png", photo(54))
+    result = cli("batch", photos, "-r", "-k", "2", "-o", photos / "raw")
+    assert result.returncode == 0, result.stderr
+    assert "1 image under the output folder" in result.stdout and "not taken as input" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1.5"])
+def test_evaluate_min_region_has_a_range(tmp_path, value):
+    (tmp_path / "gt").mkdir(), (tmp_path / "pred").mkdir()
+    one_line_error(cli("evaluate", tmp_path / "pred", "--gt", tmp_path / "gt", "--min-region", value), "--min-region")
