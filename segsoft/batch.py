@@ -758,7 +758,7 @@ def _complete_record(folder: Path, expect: dict[str, Any], source: Path | None =
         k = int(record["result"]["k"])
         auto = record.get("k_selection") is not None
         made_from = record["image"].get("source") if source is not None else None
-    except (SegsoftError, OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (SegsoftError, OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError):
         return None
     if not _matches(_plain(expect), record):
         return None

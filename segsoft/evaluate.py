@@ -149,8 +149,9 @@ def probabilistic_rand_index(seg: np.ndarray, gts: LabelMaps) -> float:
     Raises
     ------
     SegsoftError
-        Non-integer labels, mismatched shapes, no ground truth, or no pixel
-        labelled in both ``seg`` and a ground truth.
+        Labels that are not integers (float labels must be whole numbers in
+        the int32 range; NaN is unlabelled), mismatched shapes, no ground
+        truth, or no pixel labelled in both ``seg`` and a ground truth.
 
     Examples
     --------
@@ -330,23 +331,60 @@ def _dense(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _as_labels(arr: object, what: str) -> np.ndarray:
-    """An int64 label map; floats must hold whole numbers (NaN becomes -1)."""
+    """An int64 label map; floats must hold whole numbers in the int32 range (NaN becomes -1).
+
+    ``what`` starts every message (a file name, or "segmentation").
+    """
     a = np.asarray(arr)
     if a.dtype == bool:
         return a.astype(np.int64)
     if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) > np.iinfo(np.int64).max:
-        raise SegsoftError(f"{what} has labels too large for int64")
+        raise SegsoftError(f"{what}: labels too large for int64 (at most {np.iinfo(np.int64).max})")
     if a.dtype.kind in "iu":
         return a.astype(np.int64, copy=False)
     if a.dtype.kind == "f":
-        nan = np.isnan(a)
-        finite = np.where(nan, 0.0, a)
-        if not np.isfinite(finite).all() or (finite != np.round(finite)).any():
-            raise SegsoftError(f"{what} holds non-integer values (expected integer region labels)")
-        if np.abs(finite).max(initial=0) >= 2.0**53:
-            raise SegsoftError(f"{what} has labels too large to be exact in float")
-        return np.where(nan, -1, finite).astype(np.int64)
-    raise SegsoftError(f"{what} has dtype {a.dtype}, not integer region labels")
+        return _float_labels(a, what)
+    raise SegsoftError(f"{what}: has dtype {a.dtype}, not integer region labels")
+
+
+#: The labels a float label map may hold: whole numbers in the int32 range, all
+#: exact in float32 and float64 alike (float16 stops at 65504, well inside it).
+_FLOAT_LABEL_RANGE = (float(np.iinfo(np.int32).min), float(np.iinfo(np.int32).max))
+
+
+def _float_labels(a: np.ndarray, what: str) -> np.ndarray:
+    """Whole-number float labels as int64, -1 where NaN; every check before the cast.
+
+    The checks run in the array's own dtype and compare with Python floats
+    only after ``min``/``max`` (a float16 map compared with 2**53 would
+    overflow the scalar and print numpy's RuntimeWarning), so no value can
+    reach the int64 cast that the cast would not represent exactly.
+    """
+    nan = np.isnan(a)
+    finite = np.where(nan, a.dtype.type(0), a)
+    infinite = np.isinf(finite)
+    if infinite.any():
+        raise SegsoftError(f"{what}: float labels must be whole numbers, not infinite ({_first(infinite)})")
+    fraction = finite != np.round(finite)
+    if fraction.any():
+        at = tuple(np.argwhere(fraction)[0])
+        raise SegsoftError(
+            f"{what}: float labels must be whole numbers (non-integer {float(finite[at])!r} {_first(fraction)})"
+        )
+    lo, hi = _FLOAT_LABEL_RANGE
+    small, large = float(finite.min(initial=0)), float(finite.max(initial=0))
+    if small < lo or large > hi:
+        bad = small if small < lo else large
+        raise SegsoftError(f"{what}: float labels must be within the int32 range {lo:.0f} to {hi:.0f}, got {bad:.10g}")
+    return np.where(nan, -1, finite.astype(np.int64))
+
+
+def _first(mask: np.ndarray) -> str:
+    """Where a bad value is: "at N pixels, first at row r, column c" (or its index for other shapes)."""
+    at = tuple(int(i) for i in np.argwhere(mask)[0])
+    where = f"row {at[-2]}, column {at[-1]}" if len(at) >= 2 else f"index {at}"
+    count = int(mask.sum())
+    return f"at {_pixels(count)}, first at {where}" if count > 1 else f"at {where}"
 
 
 def _ground_truth_list(gts: LabelMaps, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -565,14 +603,42 @@ def _read_tiff_prediction(name: str, check: HeaderCheck) -> np.ndarray:
         raise SegsoftError(f"{name}: not a TIFF tifffile can read ({_reason(e)})") from None
     if memberships:
         p = arr.reshape(*hw, 1) if axes == "YX" else (np.moveaxis(arr, 0, -1) if axes == "SYX" else arr)
-        p = p.astype(np.float32)
+        # float32 or float64 kept as they are: float64 memberships above float32's range would
+        # overflow the cast (numpy's RuntimeWarning, then "infinite memberships" for a finite file)
+        p = p if p.dtype.kind == "f" and p.dtype.itemsize >= 4 else p.astype(np.float32)
         if nodata is not None and not math.isnan(nodata):
-            p[(p == nodata).all(axis=-1)] = np.nan  # a transparent pixel has the nodata value in every band
+            p[_equals(p, nodata).all(axis=-1)] = np.nan  # a transparent pixel has the nodata value in every band
         return _argmax_labels(p, name)
+    mask = _equals(arr, nodata) if nodata is not None and not math.isnan(nodata) else None
+    if mask is not None and arr.dtype.kind == "f":
+        arr = np.where(mask, np.nan, arr)  # nodata pixels are unlabelled, not labels that must be whole
     labels = _labels_of_file(arr, name)
-    if nodata is not None and not math.isnan(nodata):
-        labels[arr == nodata] = -1
+    if mask is not None:
+        labels[mask] = -1
     return labels
+
+
+def _equals(arr: np.ndarray, value: float) -> np.ndarray:
+    """``arr == value`` without numpy's overflow warning: a value the dtype cannot hold matches nothing.
+
+    ``float32_array == 1e300`` casts 1e300 to float32 (inf, with "overflow
+    encountered in cast"); a GDAL_NODATA tag can hold any number. A value
+    the float dtype only rounds ("0.1" for float32) still matches, as GDAL
+    means it; one it overflows or flushes to 0 does not.
+    """
+    if arr.dtype.kind == "f":
+        with np.errstate(all="ignore"):  # the cast is checked just below, not trusted
+            cast = np.asarray(value).astype(arr.dtype)
+        lost = (math.isinf(float(cast)) and not math.isinf(value)) or (float(cast) == 0 and value != 0)
+        return np.zeros(arr.shape, bool) if lost else arr == cast
+    if arr.dtype.kind in "iu" and (not float(value).is_integer() or not _fits(int(value), arr.dtype)):
+        return np.zeros(arr.shape, bool)
+    return arr == (int(value) if arr.dtype.kind in "iu" else value)
+
+
+def _fits(value: int, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
 
 
 def _tiff_nodata(page: Any) -> float | None:
@@ -615,10 +681,7 @@ def _pixels(n: int) -> str:
 
 
 def _labels_of_file(arr: np.ndarray, name: str) -> np.ndarray:
-    try:
-        return _as_labels(arr, "array")
-    except SegsoftError as e:
-        raise SegsoftError(f"{name}: {e}") from None
+    return _as_labels(arr, name)
 
 
 def _open_error(name: str, e: BaseException) -> SegsoftError:
@@ -758,7 +821,7 @@ def _read_npz(name: str, key: str, check: HeaderCheck) -> np.ndarray:
                 raise SegsoftError(f"{name}: a .npy array, not an .npz archive")
             f.seek(0)
             with zipfile.ZipFile(f) as z:
-                members = {m[:-4] if m.endswith(".npy") else m: m for m in z.namelist()}
+                members = {m.removesuffix(".npy"): m for m in z.namelist()}
                 if key not in members:
                     raise SegsoftError(f"{name}: no '{key}' array (has: {', '.join(members) or 'nothing'})")
                 info = z.getinfo(members[key])
@@ -1261,7 +1324,8 @@ def evaluate_directory(
     SegsoftError
         A folder is missing or holds nothing to score; no prediction (or
         image) has the id of a ground truth file; ``regions`` given for a
-        folder of predictions.
+        folder of predictions; ``min_region`` not None nor a number in
+        [0, 1).
 
     Examples
     --------
@@ -1271,6 +1335,7 @@ def evaluate_directory(
     from .io import find_images
     from .regions import connected_regions
 
+    _check_min_region(min_region)  # before any file is read: a NaN would fail only at the first image
     ground_truth = find_ground_truth(gt_dir)
     found = find_predictions(path)
     if found and regions is not None:
@@ -1341,6 +1406,22 @@ def evaluate_directory(
             progress(done, len(ids), image_id)
     report.rows.sort(key=lambda r: _natural_key(r.id))
     return report
+
+
+def _check_min_region(min_region: object) -> None:
+    """Refuse a ``min_region`` that is not None or a finite share of the image in [0, 1).
+
+    Named as the command line's ``--min-region``, which passes it through.
+    NaN and inf would only fail in ``round()`` at the first image (a
+    ValueError or OverflowError, not a SegsoftError); a negative share or
+    one of 1 or more would be accepted and merge every region into one.
+    """
+    if min_region is None:
+        return
+    ok = isinstance(min_region, (int, float, np.integer, np.floating)) and not isinstance(min_region, (bool, np.bool_))
+    if not (ok and math.isfinite(min_region) and 0 <= min_region < 1):
+        shown = repr(float(min_region)) if ok else repr(min_region)  # "nan", not "np.float64(nan)"
+        raise SegsoftError(f"--min-region must be a number >= 0 and < 1 (a share of the image), got {shown}")
 
 
 def _few_ids(ids: Mapping[str, object] | Sequence[str], n: int = 5) -> str:

@@ -19,10 +19,11 @@ unsigned integer of n     ``v / (2**n - 1)``: the type's full range,   n
 bits (uint8 ... uint64)   so a dark picture stays dark whatever its
                           container
 signed integer of n bits  ``(v - min) / (max - min)`` with the        n
-(int8 ... int64)          type's ``iinfo`` min and max (0 -> ~0.5)
-I (32-bit signed: 32-bit  values all in 0..65535: ``/ 65535`` (16-bit  16 / 32
-TIFF, 16-bit PPM, ...)    data in Pillow's 32-bit container); else as
-                          a signed 32-bit integer above
+(int8 ... int64)          type's ``iinfo`` min and max (0 -> ~0.5);
+                          also every int32 TIFF, whatever its values
+I from a source that      values all in 0..65535: ``/ 65535`` (16-bit  16 / 32
+states no 32-bit type     data in Pillow's 32-bit container); else as
+(16-bit PPM/PGM, PNG)     a signed 32-bit integer above
 F (32-bit float), float   kept if the max is <= 1, else ``/ max``;      32
 TIFF of any precision     negatives clipped to 0; NaN/inf rejected
 ========================  ===========================================  =========
@@ -30,9 +31,13 @@ TIFF of any precision     negatives clipped to 0; NaN/inf rejected
 The integer rules apply to integer TIFFs (Pillow reads signed 8-bit and
 unsigned 32-bit grey samples with the wrong sign; they are reinterpreted
 from the TIFF tags, and what Pillow cannot open goes to tifffile) and to
-integer arrays given to :meth:`Image.from_array`. The 16-bit exception for
-32-bit data is made only for files (Pillow's mode ``I`` and int32 TIFFs),
-not for arrays, whose dtype is taken at its word. Every result is monotone
+integer arrays given to :meth:`Image.from_array`. A file that states its
+sample type (a TIFF's BitsPerSample and SampleFormat) is mapped by that
+type's full range, so the scale of a picture never depends on its content:
+one pixel at 65536 cannot re-scale the rest. The 16-bit exception for
+32-bit data is made only for Pillow's mode ``I`` from sources that state no
+32-bit type (a PPM/PGM with maxval <= 65535, a PNG), not for TIFFs and not
+for arrays, whose dtype is taken at its word. Every result is monotone
 in the source value and lies in [0, 1] (64-bit values are rounded to
 float64 on the way). Complex samples are refused.
 
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import hashlib
 import logging
 import os
 import re
@@ -171,6 +177,12 @@ class Image:
         ``pixels``). Colour spaces (lab, rgb, hsv, gray) need it or a grey image.
     frame : int or None
         Which page or frame of a multi-frame file this is (None: the only one).
+    source_stat : dict or None
+        What identified the file when it was opened to be read: ``size``,
+        ``mtime_ns``, ``ino`` and ``dev`` from ``fstat`` of the very handle
+        the pixels came from (None: not read from a file). Compared with the
+        file when outputs are written, it tells whether the bytes read are
+        still the file's, which a stat taken later cannot.
 
     Examples
     --------
@@ -192,6 +204,7 @@ class Image:
     band_names: tuple[str, ...] | None = None
     is_color: bool | None = None
     frame: int | None = None
+    source_stat: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
@@ -425,7 +438,8 @@ def _array_image(
     """:meth:`Image.from_array`, with errors that start with ``name`` when the array comes from a file.
 
     ``sixteen_in_32`` takes int32 data whose values all lie in 0..65535 as
-    16-bit (the rule for files, see the module docstring). ``kind`` says what
+    16-bit (the rule for Pillow's mode I from a file that states no 32-bit
+    type, see the module docstring). ``kind`` says what
     the last axis is when the caller knows better than its length: "gray",
     "gray+alpha", "rgb", "rgba" or "bands" (a 3-channel fluorescence TIFF is
     bands, not colour); None goes by C as :meth:`Image.from_array` says.
@@ -598,42 +612,60 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise SegsoftError(f"{name}: empty file")
 
     with _quiet(), _pillow_limit_lifted(), _open_regular(p, name) as f:
-        head = f.read(_HEAD_BYTES)
+        # taken from the handle, before any byte is read: a file swapped or rewritten
+        # while it is being read then differs from this when the outputs are written
+        opened = os.fstat(f.fileno())
+        image = _read_handle(f, p, name, max_pixels, page)
+    image.source_stat = {
+        "size": opened.st_size,
+        "mtime_ns": opened.st_mtime_ns,
+        "ino": opened.st_ino,
+        "dev": opened.st_dev,
+    }
+    return image
+
+
+def _read_handle(f: BinaryIO, p: Path, name: str, max_pixels: int | None, page: int | None) -> Image:
+    """The image in the open regular file ``f`` (see :func:`read_image`)."""
+    head = f.read(_HEAD_BYTES)
+    f.seek(0)
+    if head.startswith(b"\x93NUMPY") or (head.startswith(b"PK\x03\x04") and p.suffix.lower() == ".npz"):
+        return _read_numpy(f, head, p, name, max_pixels, page)
+    if _is_tiff(head):
+        plan = _tiff_plan(f, name)
         f.seek(0)
-        if head.startswith(b"\x93NUMPY") or (head.startswith(b"PK\x03\x04") and p.suffix.lower() == ".npz"):
-            return _read_numpy(f, head, p, name, max_pixels, page)
+        if plan != "pillow":
+            return _read_tiff(f, p, name, max_pixels, page)
+    try:
+        pil = PILImage.open(f)
+    except UnidentifiedImageError:
         if _is_tiff(head):
-            plan = _tiff_plan(f, name)
             f.seek(0)
-            if plan != "pillow":
-                return _read_tiff(f, p, name, max_pixels, page)
-        try:
-            pil = PILImage.open(f)
-        except UnidentifiedImageError:
-            if _is_tiff(head):
-                f.seek(0)
-                return _read_tiff(f, p, name, max_pixels, page)
-            raise SegsoftError(f"{name}: {_not_an_image(head, p.suffix)}") from None
-        except PermissionError:
-            raise SegsoftError(f"{name}: permission denied") from None
-        except _DECODE_ERRORS as e:
-            raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
-        with pil:
-            frames = _pil_frames(pil)
-            index = _choose_frame(name, frames, page)
-            if index:
-                try:
-                    pil.seek(index)
-                except _DECODE_ERRORS as e:
-                    raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
-            wide = None
-            if index == 0 and _png16_colour(head):
-                f.seek(0)
-                wide = f.read()  # the file again, for a decoder that keeps 16 bits per channel
-            image = _from_pil(pil, name, p, max_pixels, wide=wide)
-            if frames > 1:
-                image.frame = index
-            return image
+            return _read_tiff(f, p, name, max_pixels, page)
+        damage = _damaged(f, head)
+        if damage is not None:
+            raise SegsoftError(f"{name}: {damage}") from None
+        raise SegsoftError(f"{name}: {_not_an_image(head, p.suffix)}") from None
+    except PermissionError:
+        raise SegsoftError(f"{name}: permission denied") from None
+    except _DECODE_ERRORS as e:
+        raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
+    with pil:
+        frames = _pil_frames(pil)
+        index = _choose_frame(name, frames, page)
+        if index:
+            try:
+                pil.seek(index)
+            except _DECODE_ERRORS as e:
+                raise SegsoftError(f"{name}: truncated or corrupt image data ({_reason(e)})") from None
+        wide = None
+        if index == 0 and _png16_colour(head):
+            f.seek(0)
+            wide = f.read()  # the file again, for a decoder that keeps 16 bits per channel
+        image = _from_pil(pil, name, p, max_pixels, wide=wide)
+        if frames > 1:
+            image.frame = index
+        return image
 
 
 def _pil_frames(pil: PILImage.Image) -> int:
@@ -847,6 +879,48 @@ def _not_an_image(head: bytes, suffix: str) -> str:
     return _NOT_IMAGE
 
 
+# Formats Pillow reads, by their first bytes: a file that starts like one of
+# them but that Pillow cannot identify is a damaged picture, not "not an image"
+_READABLE_MAGIC = (
+    (lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
+    (lambda h: h.startswith(b"\xff\xd8\xff"), "JPEG"),
+    (lambda h: h[:6] in (b"GIF87a", b"GIF89a"), "GIF"),
+    (lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", "WEBP"),
+    # "BM" alone starts ordinary text too; a real header has zero reserved bytes
+    (lambda h: h[:2] == b"BM" and len(h) >= 14 and h[6:10] == b"\x00\x00\x00\x00", "BMP"),
+)
+# What a plugin says when it does not recognise the data at all: no help to the user
+_VAGUE = re.compile(r"not identified by this driver|^not an? \w+ file$", re.IGNORECASE)
+
+
+def _damaged(f: BinaryIO, head: bytes) -> str | None:
+    """``"truncated or corrupt PNG data (<reason>)"`` when ``head`` starts like a format Pillow reads, else None.
+
+    :func:`PIL.Image.open` tries every plugin and reports only that none
+    identified the file; opening it with the one plugin its magic bytes name
+    gives that plugin's own reason ("broken PNG file (bad header checksum in
+    b'IHDR')").
+    """
+    fmt = next((kind for matches, kind in _READABLE_MAGIC if matches(head)), None)
+    if fmt is None:
+        return None
+    label = "WebP" if fmt == "WEBP" else fmt
+    reason = "the file ends early or its header is damaged"
+    PILImage.init()  # the plugins register themselves lazily
+    opener = PILImage.OPEN.get(fmt)
+    if opener is not None:
+        try:
+            f.seek(0)
+            opener[0](f).close()
+        except _DECODE_ERRORS as e:
+            text = _reason(e)
+            if not _VAGUE.search(text):
+                reason = text
+        except Exception as e:  # noqa: BLE001 - only the reason is wanted; the file is damaged either way
+            reason = f"{reason}; {type(e).__name__}"
+    return f"truncated or corrupt {label} data ({reason})"
+
+
 def _as_text(head: bytes) -> str | None:
     """``head`` decoded if it looks like the start of a UTF-8 text file, else None."""
     if b"\x00" in head:
@@ -973,7 +1047,8 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many kinds on bad data
-        raise SegsoftError(f"{name}: not an image Pillow or tifffile can read ({_reason(e)})") from None
+        # the caller saw TIFF magic bytes: a file tifffile cannot parse is a damaged TIFF
+        raise SegsoftError(f"{name}: truncated or corrupt TIFF data ({_reason(e)})") from None
     if arr.dtype.kind == "c":
         raise SegsoftError(f"{name}: complex-valued samples are not supported")
     if arr.dtype.kind not in "biuf":
@@ -998,7 +1073,8 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
         top = float(arr.max()) if arr.size else 1.0
         # as for Pillow's mode F; divided before the cast so that float64 beyond float32's range stays finite
         arr = (arr / top if top > 1.0 else arr).astype(np.float32)
-    image = _array_image(arr, name=name, sixteen_in_32=True, kind=kind, band_names=names)
+    # the file states its sample type, so an int32 TIFF maps by the int32 range whatever its values
+    image = _array_image(arr, name=name, kind=kind, band_names=names)
     image.path = path
     # colour keeps Pillow's name for it (16-bit RGB TIFFs are read here, not by Pillow)
     image.mode = (
@@ -1362,7 +1438,10 @@ def _native_int(pil: PILImage.Image) -> tuple[np.ndarray, None, int, bool]:
         a = np.ascontiguousarray(a, dtype=np.int32).view(np.uint32)
     else:
         a = a.astype(np.int32, copy=False)
-    unit, bit_depth = _int_unit(a, sixteen_in_32=True)
+    # a TIFF states its sample type: map by that type's range, never by the values (one
+    # pixel at 65536 must not re-scale the rest); only mode I from a source that states
+    # no 32-bit type (PPM/PGM, PNG) may be 16-bit data in Pillow's 32-bit container
+    unit, bit_depth = _int_unit(a, sixteen_in_32=declared is None)
     return unit, None, bit_depth, True
 
 
@@ -1680,21 +1759,80 @@ def _unique_stems(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     out = []
     for f, stem in pairs:
         if counts[key(stem)] > 1:
-            ext = f.suffix[1:].lower()
-            base = stem.with_name(f"{stem.name}_{ext}") if ext else stem
+            # the extension is part of a folder name now: made safe, and short
+            ext = _fit_name(safe_component(f.suffix[1:].lower(), ""), 16)
+            base = _suffixed(stem, f"_{ext}") if ext else stem
             stem, n = base, 1
             while key(stem) in taken:
                 n += 1
-                stem = base.with_name(f"{base.name}_{n}")
+                stem = _suffixed(base, f"_{n}")
             taken.add(key(stem))
         out.append((f, stem))
     return out
+
+
+def _suffixed(stem: Path, suffix: str) -> Path:
+    """``stem`` with ``suffix`` added to its last part, which stays within :data:`_NAME_BYTES`.
+
+    The name is shortened (with a hash of it, see :func:`_fit_name`) rather
+    than the suffix, so that the result is still a fixed point of
+    :func:`safe_component`: the output folder is the one this stem names.
+    """
+    return stem.with_name(_fit_name(stem.name, _NAME_BYTES - _fs_bytes(suffix)) + suffix)
 
 
 # --------------------------------------------------------------------------
 # writing
 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:]")
+
+#: The file system limit on one name (NAME_MAX), in bytes of its encoding.
+_NAME_MAX = 255
+#: The most bytes :func:`safe_component` gives: well below :data:`_NAME_MAX`, so
+#: that the suffixes added to a name later (``_png_2`` for colliding stems, the
+#: ``.tmp`` names of atomic writes) still fit.
+_NAME_BYTES = 200
+
+
+def _fs_raw(text: str) -> bytes:
+    """``text`` as the file system stores it (surrogate escapes back to their bytes)."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte: counted as UTF-8 would
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _fs_bytes(text: str) -> int:
+    return len(_fs_raw(text))
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose encoding fits in ``limit`` bytes, cut between characters."""
+    total = 0
+    for i, ch in enumerate(text):
+        total += _fs_bytes(ch)
+        if total > limit:
+            return text[:i]
+    return text
+
+
+def _fit_name(text: str, limit: int = _NAME_BYTES) -> str:
+    """``text`` if it fits in ``limit`` bytes, else its start plus ``~`` and 8 hex digits of its hash.
+
+    The hash (BLAKE2b of the whole name) keeps two long names that share
+    their first ``limit`` bytes apart.
+
+    Examples
+    --------
+    >>> short = _fit_name("A" * 300)
+    >>> len(short), short[-9], short == _fit_name("A" * 300), short != _fit_name("A" * 301)
+    (200, '~', True, True)
+    """
+    raw = _fs_raw(text)
+    if len(raw) <= limit:
+        return text
+    tag = "~" + hashlib.blake2b(raw, digest_size=4).hexdigest()
+    return _cut_bytes(text, max(0, limit - len(tag))) + tag
 
 
 def safe_component(name: str, fallback: str = "image") -> str:
@@ -1703,19 +1841,28 @@ def safe_component(name: str, fallback: str = "image") -> str:
     Separators, control characters and ``:`` become ``_``; names made only
     of dots (``.``, ``..``, ``...``) or nothing, and names a file system
     treats specially (trailing dots or spaces) are fixed, so that
-    ``OUTPUT / safe_component(x)`` is always a child of ``OUTPUT``.
+    ``OUTPUT / safe_component(x)`` is always a child of ``OUTPUT``. A name
+    longer than 200 bytes (UTF-8, or the raw bytes of a name that is not
+    UTF-8) is cut there on a character boundary, ending in ``~`` and 8 hex
+    digits of a hash of the whole name: within the 255-byte limit of a file
+    name with room for the ``_png_2`` that :func:`find_images` adds to
+    colliding stems. A result is its own safe component (applying it again
+    changes nothing).
 
     Examples
     --------
     >>> safe_component(".."), safe_component("a/b"), safe_component(""), safe_component("photo")
     ('_..', 'a_b', 'image', 'photo')
+    >>> long = safe_component("A" * 251)
+    >>> len(long.encode()), long[-9:-8], safe_component(long) == long
+    (200, '~', True)
     """
     text = _UNSAFE_CHARS.sub("_", os.fsdecode(name)).strip(" ")
     if not text:
         return fallback
     if set(text) == {"."}:
-        return "_" + text
-    return text
+        text = "_" + text
+    return _fit_name(text, _NAME_BYTES)
 
 
 def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -1829,8 +1976,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def _create_temp(target: Path) -> Path:
     # os.open with 0o666 lets the umask set the permissions, as for a plain
     # open(); tempfile.mkstemp would make every output private (0o600)
+    stem, suffix = target.stem, target.suffix
+    # ".", "." + 8 hex, ".tmp": a target near the 255-byte limit of a name would
+    # give a temporary name past it, so the stem is shortened (only in the
+    # temporary name: the random part keeps it unique, the suffix its format)
+    fixed = 1 + 9 + 4
+    if _fs_bytes(suffix) > _NAME_MAX - fixed:
+        suffix = ""  # no writer goes by an extension that long
+    if _fs_bytes(stem) + _fs_bytes(suffix) + fixed > _NAME_MAX:
+        stem = _cut_bytes(stem, _NAME_MAX - fixed - _fs_bytes(suffix))
     for _ in range(100):
-        tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+        tmp = target.with_name(f".{stem}.{secrets.token_hex(4)}.tmp{suffix}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -41,8 +41,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import SegsoftError
-from .limits import LIMITS, MAX_K
 from .features import COLOR_SPACES, FeatureSpec
+from .limits import LIMITS, MAX_K
 from .mixture import COVARIANCE_TYPES, model_from_dict
 
 __all__ = [
@@ -187,7 +187,9 @@ def read_json(path: str | os.PathLike) -> Any:
     Raises
     ------
     SegsoftError
-        Missing, unreadable, too large, not UTF-8, not JSON, nested too deeply.
+        Nothing else, for any content: missing, unreadable, too large, not
+        UTF-8, not JSON, an integer over Python's 4300-digit limit (its field
+        and line named), nested too deeply.
 
     Examples
     --------
@@ -211,8 +213,15 @@ def read_json(path: str | os.PathLike) -> Any:
     except RecursionError:
         # json's C parser counts its own recursion and raises this (at ~1000 levels) before the stack runs out
         raise SegsoftError(too_deep) from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+    except ValueError as exc:
+        # an integer with more digits than Python converts (4300): its advice, sys.set_int_max_str_digits(),
+        # is for programmers, and no model.json field needs such a number
+        where = _long_number(text)
+        if where is not None:
+            raise SegsoftError(f"{path}: not a segsoft model.json (a number with too many digits{where})") from None
         raise SegsoftError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+    except MemoryError:
+        raise SegsoftError(f"{path}: not enough memory to parse it") from None
     # below the parser's limit, deep data would still break every later json.dumps and copy of the record
     if _too_deep(record, MAX_DEPTH):
         raise SegsoftError(too_deep)
@@ -257,6 +266,34 @@ def _read_bytes(path: Path) -> bytes:
     if len(data) > MAX_MODEL_BYTES:
         raise SegsoftError(f"{path}: too large for a model.json (more than {_mb(MAX_MODEL_BYTES)})")
     return data
+
+
+# what may stand between a field's key and a number in its value: "key": [[1, 2], [3, <number>
+_NUMBERS_BEFORE = "[]0123456789eE+-., \t\r\n"
+_KEY_BEFORE = re.compile(r'"((?:[^"\\\n]|\\.){1,64})"\s*:$')
+
+
+def _long_number(text: str) -> str | None:
+    """Where the first integer over Python's digit limit is: ``' in field "seed" at line 2 column 9'``.
+
+    None if there is none (the ValueError was something else). The field is
+    the key whose value holds the number directly or in nested lists of
+    numbers; it is left out where that cannot be told from the text nearby.
+    """
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    found = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+    if found is None:
+        return None
+    start = found.start()
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    # back over the list brackets, numbers and commas around it (rstrip: linear, unlike a regex ending in $)
+    head = text[:start].rstrip(_NUMBERS_BEFORE)
+    key = _KEY_BEFORE.search(head[-100:])
+    field = f' in field "{key.group(1)}"' if key else ""
+    return f"{field} at line {line} column {column}"
 
 
 def _mb(n: int) -> str:
@@ -574,7 +611,9 @@ class _Checker:
         band_names = None
         if color == "bands" and names is not None:
             n_pos = 2 if weight > 0 else 0
-            if not (isinstance(names, list) and len(names) == n_color + n_pos and all(isinstance(n, str) for n in names)):
+            if not (
+                isinstance(names, list) and len(names) == n_color + n_pos and all(isinstance(n, str) for n in names)
+            ):
                 self.fail(w + "names", f"must be {n_color + n_pos} feature names, got {_show(names)}")
             band_names = tuple(names[:n_color])
         spec = FeatureSpec(
@@ -798,6 +837,13 @@ class _Checker:
 
         levels = np.array([0, 128, 255], dtype=np.uint8)
         grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(3, 9, 3)
+        if spec.color == "bands":
+            # as many bands as the model reads (a 3- or 4-band grid would pass for colour or RGBA)
+            n = max(spec.bands) + 1 if spec.bands else spec.n_color
+            cube = grid.reshape(27, 3).astype(np.float32) / 255
+            grid = np.stack([cube[:, b % 3] for b in range(max(n, 5))], axis=-1).reshape(3, 9, -1)
+            if n not in (3, 4) and grid.shape[-1] != n:
+                grid = grid[..., :n]
         try:
             with np.errstate(all="ignore"):
                 seg = apply_model(grid, model, spec, settings={"smoothing": smoothing})

@@ -438,11 +438,14 @@ class _Palette:
         return new
 
 
-def _count_distinct(colors: np.ndarray, at_least: int) -> int:
-    """Number of distinct rows of the colour features, exact when it is below ``at_least``.
+def _count_distinct(
+    colors: np.ndarray, at_least: int, rows: np.ndarray | None = None, cols: Sequence[int] | None = None
+) -> int:
+    """Number of distinct rows of ``colors``, exact when it is below ``at_least``.
 
-    Features, not RGB: with ``color="gray"`` two RGB colours can be one grey.
-    Callers only need to know whether there are ``at_least`` distinct rows
+    Used on the source bands first and, for colour spaces that can merge
+    colours, on the features too (with ``color="gray"`` two RGB colours can
+    be one grey). Callers only need to know whether there are ``at_least`` distinct rows
     (``at_least`` is a k, so at most :data:`MAX_K`), so once that many are
     found the answer is some number >= ``at_least``. A strided sample settles
     most photographs at once; otherwise one pass over the rows in chunks
@@ -451,20 +454,31 @@ def _count_distinct(colors: np.ndarray, at_least: int) -> int:
     temporaries, never a sort or copy of the whole feature array (an
     81-megapixel constant image used to take minutes and gigabytes here).
 
+    ``rows``, if given, are the indices of the rows to count (the used
+    pixels of a masked image) and ``cols`` those of the columns, so that
+    neither need be copied out of the image first.
+
     Examples
     --------
     >>> colors = np.repeat(np.eye(3, dtype=np.float32), 1000, axis=0)
     >>> _count_distinct(colors, 5), _count_distinct(colors, 2) >= 2
     (3, True)
+    >>> _count_distinct(colors, 5, rows=np.arange(1000, 3000))
+    2
     """
-    n = colors.shape[0]
-    sample = colors[:: max(1, n // _DISTINCT_SAMPLE)]
+    n = colors.shape[0] if rows is None else rows.size
+
+    def take(at: slice) -> np.ndarray:
+        block = colors[at] if rows is None else colors[rows[at]]
+        return block if cols is None else block[:, list(cols)]
+
+    sample = take(slice(None, None, max(1, n // _DISTINCT_SAMPLE)))
     found = np.unique(sample, axis=0)
     if len(found) >= at_least or len(sample) == n:
         return len(found)
     known = _Palette(found)
     for start in range(0, n, _DISTINCT_CHUNK):
-        block = colors[start : start + _DISTINCT_CHUNK]
+        block = take(slice(start, start + _DISTINCT_CHUNK))
         new = known.unseen(block)
         if not new.any():
             continue
@@ -480,6 +494,45 @@ def _count_distinct(colors: np.ndarray, at_least: int) -> int:
         found = np.concatenate([found, np.asarray(added, dtype=found.dtype)])
         known = _Palette(found)
     return len(found)
+
+
+#: Colour spaces whose features can have fewer distinct rows than the RGB they
+#: come from; lab, rgb and bands are one-to-one on their source bands.
+_MANY_TO_ONE = frozenset({"gray", "hsv"})
+
+
+def _count_distinct_bands(image: Image, spec: FeatureSpec, at_least: int) -> int | None:
+    """:func:`_count_distinct` of the bands the features are made of, over the used pixels.
+
+    Colour spaces read RGB (a grey image's single band stands for its three
+    equal channels); ``color="bands"`` reads the chosen bands. No feature is
+    computed, and no copy of the image is made. None where :func:`extract`
+    will refuse the image or the bands (its message names the problem).
+    """
+    c = image.n_bands
+    flat = image.bands.reshape(-1, c)
+    cols = None
+    if spec.color != "bands":
+        if not (image.is_color or image.is_gray):
+            return None
+    elif spec.bands is not None:
+        if not all(0 <= b < c for b in spec.bands):
+            return None
+        cols = None if tuple(spec.bands) == tuple(range(c)) else tuple(spec.bands)
+    args: dict[str, Any] = {} if cols is None else {"cols": cols}
+    if image.mask is not None:
+        args["rows"] = np.flatnonzero(image.mask.ravel())
+    return _count_distinct(flat, at_least, **args)
+
+
+def _refuse_too_few(name: str, color: str, k: int, distinct: int) -> None:
+    """The error for ``k`` clusters among fewer distinct colours, grey levels or band values."""
+    if distinct >= k:
+        return
+    one, many = {"gray": ("grey level", "grey levels"), "bands": ("distinct value", "distinct values")}.get(
+        color, ("distinct colour", "distinct colours")
+    )
+    raise SegsoftError(f"{name}: k={k} is more than the {distinct} {one if distinct == 1 else many} in the image")
 
 
 def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, float]:
@@ -701,13 +754,24 @@ def segment(
     k_min = k_lo if auto else k
     if img.n_used < k_min:
         raise SegsoftError(f"{name}: k={k_min} is more than the {img.n_used} usable pixels")
+    check_distinct = spatial_weight == 0 and (auto or k > 1)
+    if check_distinct:
+        # On the source bands, before the features: a constant 36 MP photo used to spend
+        # ~20 s in the Lab conversion only to be refused here. The features of every
+        # colour space are a function of the bands, so they have at most as many
+        # distinct rows, and fewer bands than k is already the error.
+        distinct = _count_distinct_bands(img, spec, k_hi if auto else k)
+        if distinct is not None:
+            _refuse_too_few(name, color, k_min, distinct)
+            if auto:
+                k_hi = min(k_hi, distinct)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
-    if spatial_weight == 0 and (auto or k > 1):
+    if check_distinct and color in _MANY_TO_ONE:
+        # grey and hsv can merge colours (two colours of one luminance, every hue of
+        # a grey): count the features too
         distinct = _count_distinct(X[:, : spec.n_color], k_hi if auto else k)
-        if distinct < k_min:
-            what = {"gray": "grey levels", "bands": "distinct values"}.get(color, "distinct colours")
-            raise SegsoftError(f"{name}: k={k_min} is more than the {distinct} {what} in the image")
+        _refuse_too_few(name, color, k_min, distinct)
         if auto:
             k_hi = min(k_hi, distinct)
     selection = None

@@ -260,10 +260,13 @@ def test_int32_mode_i_scaling():
 
 
 def test_int32_tiff_file(tmp_path):
+    # the TIFF states int32: its full range, even when every value would fit 16 bits
     values = np.array([[0, 300], [40_000, 65535]], np.int32)
     img = read_image(save(PILImage.fromarray(values), tmp_path / "i.tif"))
-    assert (img.mode, img.bit_depth) == ("I", 16)
-    np.testing.assert_array_equal(img.pixels[..., 2], unit16(values))
+    assert (img.mode, img.bit_depth) == ("I", 32)
+    ii = np.iinfo(np.int32)
+    expected = ((values.astype(np.float64) - ii.min) / (float(ii.max) - ii.min)).astype(np.float32)
+    np.testing.assert_array_equal(img.pixels[..., 2], expected)
 
 
 def test_float_tiff(tmp_path):

@@ -100,7 +100,7 @@ def test_decompression_bomb_is_refused_unless_allowed(tmp_path):
 def test_more_clusters_than_colours_or_pixels(tmp_path):
     flat = tmp_path / "flat.png"
     PILImage.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(flat)
-    assert_one_line_error(segsoft_cli("run", flat, "-k", "2", "-o", tmp_path), "flat.png", "1 distinct colours")
+    assert_one_line_error(segsoft_cli("run", flat, "-k", "2", "-o", tmp_path), "flat.png", "1 distinct colour")
     tiny = tmp_path / "tiny.png"
     PILImage.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)).save(tiny)
     assert_one_line_error(
@@ -218,7 +218,7 @@ def test_colours_that_are_one_grey_level(tmp_path):
     img = np.zeros((10, 10, 3), np.uint8)
     img[:, :5], img[:, 5:] = (0, 0, 126), (35, 2, 3)  # different colours, the same luminance
     PILImage.fromarray(img).save(path)
-    assert_one_line_error(segsoft_cli("run", path, "-k", "2", "--color", "gray", "-o", tmp_path), "1 grey levels")
+    assert_one_line_error(segsoft_cli("run", path, "-k", "2", "--color", "gray", "-o", tmp_path), "1 grey level")
     assert _run_ok(path, tmp_path, "-k", "2").exists()  # in colour they are two
 
 
@@ -285,7 +285,7 @@ def test_memberships_are_probabilities_and_the_trace_never_decreases(h, w, k, le
         seg = segsoft.segment(img, k=k, model=model, covariance=covariance, spatial_weight=spatial, seed=seed)
     except SegsoftError as exc:
         # the only acceptable refusals: more clusters than pixels or colours
-        assert "distinct colours" in str(exc) or "usable pixels" in str(exc)
+        assert "distinct colour" in str(exc) or "usable pixels" in str(exc)
         return
     p = seg.probabilities
     assert p.shape == (h, w, k)

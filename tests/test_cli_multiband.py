@@ -1,0 +1,148 @@
+"""Issue 11 through the real command: the README's multiband example, frames, bands and file formats."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image as PILImage
+from scipy.optimize import linear_sum_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ROOT / "images" / "fields.tif"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def fields_truth() -> np.ndarray:
+    spec = importlib.util.spec_from_file_location("make_fields", ROOT / "images" / "make_fields.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data, cover = module.scene()
+    np.testing.assert_array_equal(tifffile.imread(FIELDS), data)  # the shipped file is the documented scene
+    return cover
+
+
+def agreement(labels: np.ndarray, truth: np.ndarray) -> float:
+    k = int(max(labels.max(), truth.max())) + 1
+    table = np.zeros((k, k), int)
+    np.add.at(table, (truth.ravel(), labels.ravel()), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return table[rows, cols].sum() / truth.size
+
+
+def test_the_readme_multiband_example(tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", FIELDS, "-k", "5", "--display-bands", "4,2,1", "--probabilities", "tiff", "-o", out)
+    assert result.returncode == 0, result.stderr
+    folder = out / "fields"
+    record = json.loads((folder / "model.json").read_text())
+    assert record["features"]["color"] == "bands" and len(record["features"]["names"]) == 6
+    labels = tifffile.imread(folder / "labels.tif")
+    truth = fields_truth()
+    assert agreement(labels, truth) >= 0.99
+    probs = tifffile.imread(folder / "probabilities.tif")
+    assert probs.shape == (5, 150, 200)
+    # on the map where the tile is
+    with tifffile.TiffFile(FIELDS) as src, tifffile.TiffFile(folder / "probabilities.tif") as dst:
+        for code in (33550, 33922, 34735):
+            assert dst.pages[0].tags[code].value == src.pages[0].tags[code].value
+    # the colour bands alone cannot tell the turf from the wheat
+    rgb_only = cli("run", FIELDS, "-k", "5", "--bands", "0,1,2", "-o", tmp_path / "rgb", "--probabilities", "tiff")
+    assert rgb_only.returncode == 0, rgb_only.stderr
+    assert agreement(tifffile.imread(tmp_path / "rgb" / "fields" / "labels.tif"), truth) < 0.9
+
+
+def test_memberships_do_not_depend_on_the_display_bands(tmp_path):
+    for name, display in (("a", "4,2,1"), ("b", "2,1,0"), ("c", "5")):
+        assert cli("run", FIELDS, "-k", "3", "--display-bands", display, "-o", tmp_path / name, "-q").returncode == 0
+    a, b, c = (np.load(tmp_path / n / "fields" / "probabilities.npy") for n in "abc")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    assert (tmp_path / "a" / "fields" / "overlay.png").read_bytes() != (tmp_path / "b" / "fields" / "overlay.png").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (("--color", "lab"), ("fields.tif", "6 bands", "--color bands")),
+        (("--bands", "0,9"), ("--bands",)),
+        (("--display-bands", "1,2"), ("--display-bands",)),
+        (("--display-bands", "0,1,9"), ("--display-bands",)),
+        (("--bands", "x"), ("--bands",)),
+        (("--color", "rgb", "--bands", "0,1,2"), ("--bands",)),
+    ],
+)
+def test_bad_band_options_are_one_line_errors(tmp_path, args, needles):
+    one_line_error(cli("run", FIELDS, "-k", "2", *args, "-o", tmp_path), *needles)
+
+
+def _gif(path: Path, n: int = 3) -> Path:
+    frames = []
+    for i in range(n):
+        rgb = np.zeros((24, 32, 3), np.uint8)
+        rgb[:, : 8 + 8 * i] = (220, 40, 30)
+        rgb[:, 8 + 8 * i :] = (20, 60, 200)
+        frames.append(PILImage.fromarray(rgb))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def test_frames_need_a_page_and_batch_frames_gives_one_folder_each(tmp_path):
+    gif = _gif(tmp_path / "anim.gif")
+    one_line_error(cli("run", gif, "-k", "2", "-o", tmp_path / "o"), "anim.gif", "3 frames", "--page")
+    ok = cli("run", gif, "-k", "2", "--page", "2", "-o", tmp_path / "o", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "o" / "anim" / "frame_0002" / "model.json").is_file()
+    one_line_error(cli("run", gif, "-k", "2", "--page", "3", "-o", tmp_path / "o"), "--page")
+    batch = cli("batch", gif, "-k", "2", "--frames", "--shared-model", "-o", tmp_path / "b", "-j", "1")
+    assert batch.returncode == 0, batch.stderr
+    assert "3 images: 3 ok" in batch.stdout
+    records = [json.loads((tmp_path / "b" / "anim" / f"frame_{i:04d}" / "model.json").read_text()) for i in range(3)]
+    # one shared model: every frame's clusters mean the same colours
+    assert len({json.dumps(r["model"], sort_keys=True) for r in records}) == 1
+    without = cli("batch", gif, "-k", "2", "-o", tmp_path / "c", "-j", "1")
+    assert without.returncode == 1 and "3 frames" in without.stderr
+
+
+def test_an_npy_stack_of_seven_bands_runs_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    stack = rng.normal(0.5, 0.05, (30, 40, 7)).astype(np.float32)
+    stack[:, 20:, 4:] += 0.3  # the right half differs in the last three bands only
+    np.save(tmp_path / "stack.npy", stack)
+    result = cli("run", tmp_path / "stack.npy", "-k", "2", "-o", tmp_path / "o", "--probabilities-dtype", "uint8")
+    assert result.returncode == 0, result.stderr
+    probs = np.load(tmp_path / "o" / "stack" / "probabilities.npy")
+    assert probs.dtype == np.uint8 and probs.shape == (30, 40, 2)
+    labels = probs.argmax(-1)
+    assert len(np.unique(labels[:, :20])) == 1 and len(np.unique(labels[:, 20:])) == 1
+    assert labels[0, 0] != labels[0, -1]
+
+
+def test_apply_needs_the_bands_the_model_was_made_of(tmp_path):
+    assert cli("run", FIELDS, "-k", "3", "-o", tmp_path / "o", "-q").returncode == 0
+    five = tmp_path / "five.tif"
+    tifffile.imwrite(five, tifffile.imread(FIELDS)[..., :5], photometric="minisblack", planarconfig="contig")
+    result = cli("apply", tmp_path / "o" / "fields" / "model.json", five, "-o", tmp_path / "a")
+    assert result.returncode == 1
+    assert "five.tif" in result.stderr and "6 bands" in result.stderr and "5 bands" in result.stderr
