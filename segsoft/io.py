@@ -96,6 +96,7 @@ from .errors import SegsoftError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "ARRAY_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "Image",
     "as_image",
@@ -118,6 +119,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
 )
+#: NumPy arrays found in folders and patterns as images too (an (H, W) or (H, W, C) stack),
+#: except the names segsoft itself writes into an output folder.
+ARRAY_EXTENSIONS = frozenset({".npy", ".npz"})
+_OUTPUT_ARRAYS = frozenset({"probabilities.npy", "regions.npy", "labels.npy"})
 
 # What Pillow's decoders raise on damaged data: they are not consistent, so the
 # list is wide, but it leaves out MemoryError and programming errors.
@@ -1640,6 +1645,8 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
 def _looks_like_image(f: Path) -> bool:
     if f.suffix.lower() in IMAGE_EXTENSIONS:
         return True
+    if f.suffix.lower() in ARRAY_EXTENSIONS:
+        return f.name.lower() not in _OUTPUT_ARRAYS
     # Image.open only reads the header; a huge image must count as an image,
     # not trip Pillow's bomb check
     with _quiet(), _pillow_limit_lifted():

@@ -146,3 +146,18 @@ def test_apply_needs_the_bands_the_model_was_made_of(tmp_path):
     result = cli("apply", tmp_path / "o" / "fields" / "model.json", five, "-o", tmp_path / "a")
     assert result.returncode == 1
     assert "five.tif" in result.stderr and "6 bands" in result.stderr and "5 bands" in result.stderr
+
+
+def test_batch_finds_array_stacks_in_folders_but_not_segsofts_own_arrays(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        stack = rng.normal(0.5, 0.05, (20, 24, 5)).astype(np.float32)
+        stack[:, 12:, 3:] += 0.3
+        np.save(inputs / f"{name}.npy", stack)
+    np.save(inputs / "probabilities.npy", np.full((20, 24, 2), 0.5, np.float32))  # an output, not an input
+    result = cli("batch", inputs, "-k", "2", "-o", tmp_path / "out", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 images: 2 ok" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["a", "b"]
