@@ -1063,12 +1063,11 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
     if band_axes != "S" or c == 1:
         kind = "gray" if c == 1 else "bands"
     elif c == 2:
-        # grey plus an extra sample: alpha (1 associated, 2 unassociated), or ignored
-        kind = "gray+alpha" if alpha_extra else "gray"
-        arr = arr if alpha_extra else arr[..., :1]
+        # grey plus an extra sample: alpha (1 associated, 2 unassociated), else a band of its own
+        kind = "gray+alpha" if alpha_extra else "bands"
     elif c in (3, 4) and photometric == 2:  # RGB
-        kind = "rgba" if c == 4 and alpha_extra else "rgb"
-        arr = arr if kind == "rgba" or c == 3 else arr[..., :3]
+        # RGB plus an unspecified extra sample (RGB + near infrared, as aerial survey tiles are): 4 bands
+        kind = "rgb" if c == 3 else ("rgba" if alpha_extra else "bands")
     else:
         kind = "bands"
     source = arr.dtype
@@ -1120,7 +1119,8 @@ def _read_numpy(f: BinaryIO, head: bytes, path: Path, name: str, max_pixels: int
         raise
     except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many kinds on bad data
         raise SegsoftError(f"{name}: truncated or corrupt array file ({_reason(e)})") from None
-    image = _array_image(arr, name=name)
+    # a 4-channel array file is four bands (RGB + near infrared, four stains), not a picture with alpha
+    image = _array_image(arr, name=name, kind="bands" if arr.ndim == 3 and arr.shape[2] == 4 else None)
     image.path, image.mode = path, "npy"
     return image
 

@@ -161,3 +161,22 @@ def test_batch_finds_array_stacks_in_folders_but_not_segsofts_own_arrays(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "2 images: 2 ok" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["a", "b"]
+
+
+def test_four_band_files_keep_their_fourth_band(tmp_path):
+    rng = np.random.default_rng(2)
+    four = rng.normal(0.5, 0.04, (30, 40, 4)).astype(np.float32)
+    four[:, 20:, 3] = 0.0  # the fourth band alone splits the image, and it is no alpha
+    four[:, :20, 3] = 0.9
+    np.save(tmp_path / "four.npy", four)
+    u16 = np.clip(four * 65535, 0, 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgbn.tif", u16, photometric="rgb", extrasamples=[0])  # RGB + unspecified (NIR)
+    for name in ("four.npy", "rgbn.tif"):
+        result = cli("run", tmp_path / name, "-k", "2", "-o", tmp_path / "o", "-q")
+        assert result.returncode == 0, result.stderr
+        folder = tmp_path / "o" / Path(name).stem
+        record = json.loads((folder / "model.json").read_text())
+        assert record["features"]["color"] == "bands" and len(record["features"]["names"]) == 4, name
+        assert record["image"]["pixels_used"] == 30 * 40, name  # nothing taken for transparent
+        labels = np.load(folder / "probabilities.npy").argmax(-1)
+        assert len(np.unique(labels[:, :20])) == 1 and labels[0, 0] != labels[0, -1], name
