@@ -180,3 +180,24 @@ def test_four_band_files_keep_their_fourth_band(tmp_path):
         assert record["image"]["pixels_used"] == 30 * 40, name  # nothing taken for transparent
         labels = np.load(folder / "probabilities.npy").argmax(-1)
         assert len(np.unique(labels[:, :20])) == 1 and labels[0, 0] != labels[0, -1], name
+
+
+def test_regions_smoothing_position_and_a_shared_model_on_bands(tmp_path):
+    result = cli(
+        "run", FIELDS, "-k", "5", "--regions", "--smooth", "1", "--spatial-weight", "0.5", "-o", tmp_path / "o", "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    regions = np.load(tmp_path / "o" / "fields" / "regions.npy")
+    assert regions.shape == (150, 200) and 5 <= regions.max() + 1 <= 40
+    # two tiles of one scene, one shared model: the same cover gets the same cluster in both
+    inputs = tmp_path / "tiles"
+    inputs.mkdir()
+    data = tifffile.imread(FIELDS)
+    for name, part in (("west", data[:, :100]), ("east", data[:, 100:])):
+        tifffile.imwrite(inputs / f"{name}.tif", part, photometric="minisblack", planarconfig="contig")
+    batch = cli("batch", inputs, "-k", "5", "--shared-model", "-o", tmp_path / "b", "-j", "1")
+    assert batch.returncode == 0, batch.stderr
+    truth = fields_truth()
+    west = np.load(tmp_path / "b" / "west" / "probabilities.npy").argmax(-1)
+    east = np.load(tmp_path / "b" / "east" / "probabilities.npy").argmax(-1)
+    assert agreement(np.hstack([west, east]), truth) >= 0.99
