@@ -372,6 +372,7 @@ def run_batch(
     skip_existing: bool = False,
     shared_model: bool = False,
     progress: ProgressFn | None = None,
+    scheduler: str | None = None,
 ) -> BatchReport:
     """Soft-segment every image named by ``inputs`` into ``output``.
 
@@ -405,6 +406,13 @@ def run_batch(
         Called in this process after each image with its :class:`BatchResult`
         (skipped images first); with ``shared_model`` also after each image
         of the sampling pass, with ``row`` None.
+    scheduler : str, optional
+        Run the images on Dask instead of the process pool (the ``dask``
+        extra): ``"local"`` (a LocalCluster of ``jobs`` worker processes on
+        this machine), ``"threads"`` (``jobs`` threads of this process) or a
+        scheduler address such as ``"tcp://host:8786"`` (all of its workers).
+        The outputs are byte-identical to the process pool's; see
+        :mod:`segsoft.cluster.client`.
 
     Returns
     -------
@@ -449,8 +457,9 @@ def run_batch(
             "--shared-model cannot be combined with --smooth (the shared model is fitted on a pixel sample, "
             "which has no grid for the spatial prior)"
         )
+    scheduler = _scheduler(scheduler)
     items, out, excluded = _prepare(inputs, output, recursive, frames, opts.max_pixels)
-    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler)
     batch.report.excluded = excluded
     with batch.reporting():
         if not shared_model:
@@ -487,13 +496,14 @@ def apply_batch(
     jobs: int | None = None,
     skip_existing: bool = False,
     progress: ProgressFn | None = None,
+    scheduler: str | None = None,
 ) -> BatchReport:
     """Apply the model saved in ``model`` (a ``model.json`` or ``shared_model.json``) to many images.
 
     Every image goes through the model's fitted feature transform and gets
     the model's memberships: same clusters, same numbers, same colours. The
-    outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing`` and
-    ``progress`` work as in :func:`run_batch`; ``regions`` also writes each
+    outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing``,
+    ``progress`` and ``scheduler`` work as in :func:`run_batch`; ``regions`` also writes each
     image's regions, cut at ``region_threshold``.
 
     Raises
@@ -516,6 +526,7 @@ def apply_batch(
         raise SegsoftError(str(exc)) from None
     cut = float(region_threshold) if regions else None
     probability_settings(probabilities, probabilities_dtype)
+    scheduler = _scheduler(scheduler)
     writing = {
         "alpha": alpha,
         "cmap": cmap,
@@ -531,7 +542,7 @@ def apply_batch(
     items, out, excluded = _prepare(inputs, output, recursive, frames, max_pixels)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
     job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
-    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler)
     batch.report.excluded = excluded
     expect = {**_expect_regions(cut), **_expect_probabilities(probabilities, probabilities_dtype)}
     with batch.reporting():
@@ -590,6 +601,15 @@ def _jobs(jobs: int | None) -> int:
     return jobs
 
 
+def _scheduler(scheduler: str | None) -> str | None:
+    """The checked ``--scheduler`` value (None: the process pool); needs the dask extra."""
+    if scheduler is None:
+        return None
+    from .cluster.client import check_scheduler
+
+    return check_scheduler(scheduler)
+
+
 # --------------------------------------------------------------------------
 # the batch driver (runs in the calling process)
 
@@ -603,8 +623,11 @@ class _Batch:
         skip_existing: bool,
         progress: ProgressFn | None,
         t0: float,
+        scheduler: str | None = None,
     ):
         self.items = items
+        self.scheduler = scheduler  # None: the process pool; else a segsoft.cluster.client.Executor runs the tasks
+        self.executor: Any = None
         self.output = output
         self.jobs = jobs
         self.skip_existing = skip_existing
@@ -628,9 +651,14 @@ class _Batch:
     def reporting(self) -> Iterator[None]:
         """Write summary.csv at the end, also when interrupted or failing."""
         _sweep(self.output, _ROOT_TEMP)
+        if self.scheduler is not None:
+            from .cluster.client import Executor
+
+            self.executor = Executor(self.scheduler, self.jobs).__enter__()  # an address: connected now
         try:
             yield
         except KeyboardInterrupt as exc:
+            self.close_executor(kill=True)
             # the workers are stopped by now: their unfinished files can go
             for i in self.in_flight:
                 self.sweep(i)
@@ -639,11 +667,24 @@ class _Batch:
                 raise
             raise BatchInterrupted(self.report) from None
         except BaseException:
+            self.close_executor(kill=True)
             with suppress(Exception):
                 self.finish(interrupted=False)
             raise
         else:
+            self.close_executor(kill=False)
             self.finish(interrupted=False)
+
+    def close_executor(self, kill: bool) -> None:
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.close(kill=kill)
+
+    def execute(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
+        """The tasks' results in completion order, on the process pool or on the scheduler."""
+        if self.executor is None:
+            return _execute(fn, calls, self.jobs, in_flight)
+        return self.executor.execute(fn, calls, in_flight)
 
     def finish(self, interrupted: bool) -> None:
         rows = {**self.unreadable, **self.rows}
@@ -678,7 +719,7 @@ class _Batch:
                 todo.append(i)
         calls = [(str(self.items[i][0]), str(self.folder(i)), self.items[i][2], *extra) for i in todo]
         in_flight = _Mapped(self.in_flight, todo)
-        with closing(_execute(task, calls, self.jobs, in_flight)) as results:
+        with closing(self.execute(task, calls, in_flight)) as results:
             for j, result in results:
                 self.record(todo[j], _as_row(result, calls[j][0]))
 
@@ -692,7 +733,7 @@ class _Batch:
             for i, (p, _, page) in enumerate(self.items)
         ]
         samples: dict[int, _Sample] = {}
-        with closing(_execute(_sample_task, calls, self.jobs, set())) as results:
+        with closing(self.execute(_sample_task, calls, set())) as results:
             for i, result in results:
                 if isinstance(result, _Sample):
                     samples[i] = result
@@ -879,14 +920,16 @@ def _finish(
 ) -> BatchResult:
     write(seg, folder, **writing, protect=protect)
     model = seg.model
+    applied = "applied_model" in seg.settings or "shared_model" in seg.settings
+    fitted_here = not applied  # an applied model's iterations belong to the image it was fitted on
     return BatchResult(
         path,
         "ok",
         seg.image.width,
         seg.image.height,
         seg.k,
-        _int_or_none(getattr(model, "n_iter_", None)),
-        None if getattr(model, "converged_", None) is None else bool(model.converged_),
+        _int_or_none(getattr(model, "n_iter_", None)) if fitted_here else None,
+        None if not fitted_here or getattr(model, "converged_", None) is None else bool(model.converged_),
         float(seg.log_likelihood),
         seg.bic,
         time.perf_counter() - t0,

@@ -539,6 +539,13 @@ _SKIP = typer.Option(
     False, "--skip-existing", help="Skip images whose output folder is complete; resumes an interrupted batch."
 )
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no report on success.")
+_SCHEDULER = typer.Option(
+    None,
+    "--scheduler",
+    metavar="local|threads|ADDRESS",
+    help="Run on Dask (pip install 'segsoft[dask]'): local = a local cluster of --jobs worker processes, "
+    "threads = --jobs threads of this process, tcp://host:8786 = a running Dask cluster.",
+)
 
 
 @app.command()
@@ -559,6 +566,7 @@ def batch(
         help="Fit one model on pixels from all images and apply it to each, "
         "so cluster numbers and colours agree across the batch.",
     ),
+    scheduler: str | None = _SCHEDULER,
     opts: Any = None,
     quiet: bool = _QUIET,
 ) -> None:
@@ -576,6 +584,7 @@ def batch(
             skip_existing=skip_existing,
             shared_model=shared_model,
             progress=bar.update,
+            scheduler=scheduler,
         )
     _batch_report(report, quiet)
 
@@ -595,6 +604,7 @@ def apply(
     recursive: bool = _RECURSIVE,
     frames: bool = _FRAMES,
     skip_existing: bool = _SKIP,
+    scheduler: str | None = _SCHEDULER,
     opts: Any = None,
     quiet: bool = _QUIET,
 ) -> None:
@@ -618,6 +628,7 @@ def apply(
             jobs=jobs,
             skip_existing=skip_existing,
             progress=bar.update,
+            scheduler=scheduler,
         )
     _batch_report(report, quiet)
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import COVARIANCE_TYPES, kmeans, kmeans_plusplus
+from .base import COVARIANCE_TYPES, EMStatistics, kmeans, kmeans_plusplus
 from .gaussian import GaussianMixture
 from .relatives import FuzzyCMeans, SoftKMeans
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "EMStatistics",
     "FuzzyCMeans",
     "GaussianMixture",
     "SoftKMeans",

@@ -211,6 +211,101 @@ def kmeans(X: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 30) 
 
 
 # --------------------------------------------------------------------------
+# Sufficient statistics of a chunk (the E-step half of an EM iteration)
+
+
+class EMStatistics:
+    """What one E-step over some rows gives the M-step; additive over chunks.
+
+    ``chunk_statistics`` computes one for a chunk of rows under the current
+    parameters; ``a + b`` merges two (``sum()`` works too), so the statistics
+    of a whole data set can be reduced as a tree over its chunks, and
+    ``update_from_statistics`` does the M-step from the total. Plain numpy and
+    Python numbers, so it pickles (to ship between processes) and is small:
+    ``(P, K)`` floats with ``P = 1 + d + quadratic terms``.
+
+    Attributes
+    ----------
+    s : ndarray (P, K) or None
+        ``sum_n w_nk Q(x_n)`` in the model's centred coordinates (the M-step
+        weights ``w`` are the memberships, or ``u^m`` for fuzzy c-means);
+        None when only scores were asked for.
+    score_sum : float
+        Sum of the per-row scores: the log-likelihood (fuzzy c-means: ``-J``).
+    n : int
+        Rows seen.
+    worst_score, worst_row, worst_point :
+        The lowest per-row score, a key of its row (lower key wins a tie:
+        raster order, so the same row as in memory) and the row itself
+        (float64, the input's units), used to re-seed a collapsed component.
+        ``worst_point`` is None when there is none (no rows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segsoft.mixture import GaussianMixture
+    >>> X = np.r_[np.zeros(50), np.ones(50)][:, None] + np.linspace(0, 0.1, 100)[:, None]
+    >>> gm = GaussianMixture(2).fit(X)
+    >>> whole = gm.chunk_statistics(X)
+    >>> parts = gm.chunk_statistics(X[:30]) + gm.chunk_statistics(X[30:], offset=30)
+    >>> bool(np.allclose(whole.s, parts.s, rtol=1e-13)), parts.n
+    (True, 100)
+    """
+
+    __slots__ = ("n", "s", "score_sum", "worst_point", "worst_row", "worst_score")
+
+    def __init__(
+        self,
+        s: np.ndarray | None,
+        score_sum: float,
+        n: int,
+        worst_score: float = math.inf,
+        worst_row: int = -1,
+        worst_point: np.ndarray | None = None,
+    ):
+        self.s = s
+        self.score_sum = float(score_sum)
+        self.n = int(n)
+        self.worst_score = float(worst_score)
+        self.worst_row = int(worst_row)
+        self.worst_point = worst_point
+
+    @property
+    def mean_score(self) -> float:
+        """Mean score per row (the mean log-likelihood for mixtures)."""
+        return self.score_sum / self.n
+
+    def __add__(self, other: Any) -> EMStatistics:
+        if isinstance(other, (int, float)) and other == 0:  # sum() starts from 0
+            return self
+        if not isinstance(other, EMStatistics):
+            return NotImplemented
+        s = None if self.s is None or other.s is None else self.s + other.s
+        a, b = self, other
+        if (b.worst_point is not None and a.worst_point is None) or (
+            b.worst_point is not None
+            and (b.worst_score < a.worst_score or (b.worst_score == a.worst_score and b.worst_row < a.worst_row))
+        ):
+            a = b
+        return EMStatistics(
+            s, self.score_sum + other.score_sum, self.n + other.n, a.worst_score, a.worst_row, a.worst_point
+        )
+
+    __radd__ = __add__
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for k, v in zip(self.__slots__, state):
+            setattr(self, k, v)
+
+    def __repr__(self) -> str:
+        shape = None if self.s is None else self.s.shape
+        return f"EMStatistics(n={self.n}, score_sum={self.score_sum!r}, s={shape})"
+
+
+# --------------------------------------------------------------------------
 # The engine
 
 
@@ -347,6 +442,22 @@ class _EMBase:
 
         Returns (mean score, statistics S (P, K) or None, (worst score, its row)).
         """
+        total, s_tot, worst = self._pass_sums(
+            X, stats=stats, resp_out=resp_out, score_out=score_out, coefficients=coefficients, posterior=posterior
+        )
+        return total / X.shape[0], s_tot, worst
+
+    def _pass_sums(
+        self,
+        X: np.ndarray,
+        *,
+        stats: bool = True,
+        resp_out: np.ndarray | None = None,
+        score_out: np.ndarray | None = None,
+        coefficients: np.ndarray | None = None,
+        posterior: Callable | None = None,
+    ) -> tuple[float, np.ndarray | None, tuple[float, int]]:
+        """:meth:`_pass` with the score summed rather than averaged."""
         w = self._coefficients() if coefficients is None else coefficients
         wt = np.ascontiguousarray(w.T)
         post = self._posterior if posterior is None else posterior
@@ -389,7 +500,7 @@ class _EMBase:
             for r in results:
                 s_tot += r[1]
         worst = min(results, key=lambda r: r[2])
-        return total / n, s_tot, (worst[2], worst[3])
+        return total, s_tot, (worst[2], worst[3])
 
     # -- fitting ------------------------------------------------------------
 
@@ -429,19 +540,118 @@ class _EMBase:
             if getattr(prior, "n_rows", n) != n:
                 raise ValueError(f"the prior is for {prior.n_rows} rows but X has {n}")
         self._prior = prior
+
+        def take_rows(idx: np.ndarray | None) -> np.ndarray:
+            return X if idx is None else X[idx]
+
+        return self._fit(
+            n, d, _column_moments(X), take_rows, lambda stats=True: self._statistics(X, stats), means_init, progress
+        )
+
+    # -- fitting from chunks (the out-of-core and cluster paths) -------------
+
+    def sample_indices(self, n_rows: int) -> np.ndarray | None:
+        """The sorted row indices ``fit`` on ``n_rows`` rows fits on before its polish.
+
+        None when it fits on every row (no ``sample_size``, or one not
+        smaller than ``n_rows``). A function of ``seed``, ``sample_size``,
+        ``n_components`` and ``n_rows`` alone, so a chunked fit can gather
+        exactly the rows the in-memory fit would use.
+
+        Examples
+        --------
+        >>> from segsoft.mixture import GaussianMixture
+        >>> GaussianMixture(2, sample_size=3, seed=0).sample_indices(10).tolist()
+        [5, 6, 9]
+        """
+        self.check_params()
+        return self._draw_sample(int(n_rows), np.random.default_rng(self.seed))
+
+    def _draw_sample(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        size = self.sample_size
+        if size is not None and 0 < size < n and size >= self.n_components:
+            return np.sort(rng.choice(n, size=size, replace=False))
+        return None
+
+    @_one_blas_thread
+    def fit_from_chunks(
+        self,
+        n_rows: int,
+        n_features: int,
+        *,
+        column_moments: tuple[np.ndarray, float],
+        take_rows: Callable[[np.ndarray | None], np.ndarray],
+        statistics: Callable[[bool], EMStatistics],
+        means_init: Any = None,
+        progress: ProgressFn | None = None,
+    ):
+        """``fit`` on data that are reached only through callbacks, chunk by chunk.
+
+        ``fit(X)`` is this with in-memory callbacks; a chunked or distributed
+        caller (``segsoft.cluster.em``) supplies its own and gets the same
+        numbers: the same sample, the same fit on it, and the same full-data
+        polish iterations, each an M-step from summed chunk statistics.
+
+        Parameters
+        ----------
+        n_rows, n_features : int
+            Shape of the whole data set X.
+        column_moments : (ndarray (d,), float)
+            Column means of X (float64) and the mean of the squared
+            deviations from them over all entries (``((X - mean)**2).sum() / X.size``).
+            The means centre the model; the variance scales ``reg_covar``.
+        take_rows : callable(indices or None) -> ndarray (m, d)
+            The rows of X at the given sorted indices (None: every row), in
+            memory. Called once, with :meth:`sample_indices` ``(n_rows)``.
+        statistics : callable(stats: bool) -> EMStatistics
+            The total of :meth:`chunk_statistics` over all the chunks of X under
+            the model's current parameters (``stats=False``: scores only).
+            Called once per polish iteration (plus rarely, to re-seed).
+        means_init, progress :
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
+        self.check_params()
+        n, d = int(n_rows), int(n_features)
+        if n < self.n_components:
+            raise ValueError(f"n_samples={n} is smaller than n_components={self.n_components}")
+        self._prior = None
+        center, mean_var = column_moments
+        moments = (np.asarray(center, dtype=np.float64).reshape(d), float(mean_var))
+        return self._fit(n, d, moments, take_rows, statistics, means_init, progress, check_rows=True)
+
+    def _fit(
+        self,
+        n: int,
+        d: int,
+        moments: tuple[np.ndarray, float],
+        take_rows: Callable[[np.ndarray | None], np.ndarray],
+        statistics: Callable[[bool], EMStatistics],
+        means_init: Any,
+        progress: ProgressFn | None,
+        check_rows: bool = False,
+    ):
+        prior = self._prior
         k = self.n_components
         self._layout = _Layout(d, self._layout_kind)
-        self._center, mean_var = _column_moments(X)
+        self._center, mean_var = moments
         # regularisation in the data's own units: reg_covar is relative to the
         # mean feature variance (absolute for standardised features)
         self.reg_covar_ = getattr(self, "reg_covar", 0.0) * (mean_var if mean_var > 0 else 1.0)
         rng = np.random.default_rng(self.seed)
 
-        fit_rows = X
-        sampled = prior is None and self.sample_size is not None and 0 < self.sample_size < n and self.sample_size >= k
-        if sampled:
-            idx = np.sort(rng.choice(n, size=self.sample_size, replace=False))
-            fit_rows = X[idx]
+        idx = self._draw_sample(n, rng) if prior is None else None
+        sampled = idx is not None
+        fit_rows = take_rows(idx)
+        if check_rows:
+            fit_rows = _check_array(fit_rows, "the sample")
+            expected = (n if idx is None else idx.size, d)
+            if fit_rows.shape != expected:
+                raise ValueError(f"take_rows gave shape {fit_rows.shape}, expected {expected}")
+            _check_finite(fit_rows)
 
         if means_init is not None:
             starts = [np.asarray(means_init, dtype=np.float64).reshape(k, d) - self._center]
@@ -464,7 +674,7 @@ class _EMBase:
             # converged_ keeps saying whether the sample fit converged: the
             # polish is a fixed, small number of full-data iterations. Its
             # values are on other rows, so they get a trace of their own
-            polish, _, n_polish = self._em(X, self.polish_iter, progress, start=n_iter)
+            polish, _, n_polish = self._em_loop(statistics, self.polish_iter, progress, start=n_iter)
             n_iter += n_polish
         self.log_likelihood_trace_ = np.asarray(trace)
         self.polish_trace_ = np.asarray(polish)
@@ -475,6 +685,77 @@ class _EMBase:
         self._prior = None  # not part of the fitted state
         self._sort_components()
         return self
+
+    def chunk_statistics(
+        self,
+        X: Any,
+        *,
+        offset: int = 0,
+        stats: bool = True,
+        resp_out: np.ndarray | None = None,
+        score_out: np.ndarray | None = None,
+    ) -> EMStatistics:
+        """The E-step on a chunk of rows: its M-step statistics and score sum.
+
+        Under the model's current parameters (during a fit, between its
+        M-steps; after it, the fitted ones). Statistics of disjoint chunks
+        add up (``a + b``) to those of their union, to rounding, in any
+        grouping, so :meth:`update_from_statistics` on the total is one EM
+        iteration over all the rows.
+
+        Parameters
+        ----------
+        X : array-like (n, d)
+            The chunk; may have no rows (an all-transparent tile).
+        offset : int
+            Added to the row numbers (``worst_row``): the chunk's first row
+            in the whole data set, or any key in raster order.
+        stats : bool
+            False: scores only (``s`` is None); cheaper.
+        resp_out : ndarray (n, K), optional
+            Filled with the memberships (as :meth:`predict_proba`).
+        score_out : ndarray (n,), optional
+            Filled with the per-row scores (as :meth:`score_samples`).
+
+        Returns
+        -------
+        EMStatistics
+        """
+        if not hasattr(self, "_layout"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X) first")
+        X = np.asarray(X)
+        d = self._layout.d
+        if X.ndim == 2 and X.shape[0] == 0 and X.shape[1] == d:
+            return EMStatistics(np.zeros((self._layout.p, self.n_components)) if stats else None, 0.0, 0)
+        X = _check_array(X)
+        if X.shape[1] != d:
+            raise ValueError(f"X has {X.shape[1]} features, but this model has {d}")
+        _check_finite(X)
+        return self._statistics(X, stats, offset=offset, resp_out=resp_out, score_out=score_out)
+
+    def update_from_statistics(self, stats: EMStatistics) -> None:
+        """The M-step from summed :meth:`chunk_statistics`, exactly as ``fit`` does it
+        (the same regularisation and handling of collapsed components).
+
+        Leaves the parameters in the model's internal (unsorted, centred)
+        state, as between two iterations of ``fit``; the chunked fit sorts
+        and publishes them at the end.
+        """
+        if stats.s is None:
+            raise ValueError("these statistics were computed with stats=False: no M-step is possible")
+        self._m_step(stats.s, stats.n)
+
+    def _statistics(
+        self,
+        X: np.ndarray,
+        stats: bool = True,
+        offset: int = 0,
+        resp_out: np.ndarray | None = None,
+        score_out: np.ndarray | None = None,
+    ) -> EMStatistics:
+        total, s, (worst_score, worst_row) = self._pass_sums(X, stats=stats, resp_out=resp_out, score_out=score_out)
+        point = X[worst_row].astype(np.float64)
+        return EMStatistics(s, total, X.shape[0], worst_score, offset + worst_row, point)
 
     def _initial_means(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m = min(X.shape[0], 20000)
@@ -506,22 +787,31 @@ class _EMBase:
         self._m_step(s, X.shape[0])
 
     def _em(self, X: np.ndarray, max_iter: int, progress: ProgressFn | None, start: int = 0):
+        if self._prior is not None:
+            statistics = lambda stats=True: self._prior_step(X)
+        else:
+            statistics = lambda stats=True: self._statistics(X, stats)
+        return self._em_loop(statistics, max_iter, progress, start)
+
+    def _em_loop(
+        self, statistics: Callable[[bool], EMStatistics], max_iter: int, progress: ProgressFn | None, start: int = 0
+    ):
+        """EM iterations, each an M-step from ``statistics(True)`` (the E-step over all rows)."""
         trace: list[float] = []
         converged = False
         n_iter = 0
         reseeds_left = 3 * self.n_components
         for it in range(max_iter):
-            if self._prior is not None:
-                ll, s, worst_row = *self._prior_step(X), None
-            else:
-                ll, s, (_, worst_row) = self._pass(X)
+            st = statistics(True)
+            ll = st.mean_score
             trace.append(ll)
-            self._m_step(s, X.shape[0])
+            self.update_from_statistics(st)
             n_iter = it + 1
             dead = np.flatnonzero(self._collapsed_mask())
-            if dead.size and reseeds_left > 0 and worst_row is not None and self._far_from_means(X[worst_row]):
+            point = st.worst_point
+            if dead.size and reseeds_left > 0 and point is not None and self._far_from_means(point):
                 reseeds_left -= 1
-                if self._try_reseed(X, int(dead[0]), X[worst_row].astype(np.float64) - self._center, trace[-1]):
+                if self._try_reseed(statistics, st.n, int(dead[0]), point.astype(np.float64) - self._center, trace[-1]):
                     self.n_reseeds_ = getattr(self, "n_reseeds_", 0) + 1
                     continue
             if progress is not None:
@@ -531,31 +821,33 @@ class _EMBase:
                 break
         return trace, converged, n_iter
 
-    def _try_reseed(self, X: np.ndarray, k: int, point: np.ndarray, floor: float) -> bool:
+    def _try_reseed(
+        self, statistics: Callable[[bool], EMStatistics], n: int, k: int, point: np.ndarray, floor: float
+    ) -> bool:
         """Re-seed collapsed component ``k`` on ``point`` (the worst-explained row)
         rather than leave it at weight 0 -- but only with a weight at which the
         objective is at least ``floor`` (the last one recorded), so the trace
         still never decreases. Costs a pass per weight tried; it is rare."""
         saved = self._state()
-        n = X.shape[0]
         for weight in (1.0 / self.n_components, 1.0 / math.sqrt(self.n_components * n), 1.0 / n):
             self._set_state(saved)
             self._reseed(k, point, weight)
-            if self._pass(X, stats=False)[0] >= floor:
+            if statistics(False).mean_score >= floor:
                 return True
         self._set_state(saved)
         return False
 
-    def _prior_step(self, X: np.ndarray) -> tuple[float, np.ndarray]:
-        """E-step through the prior: (objective per row, M-step statistics)."""
+    def _prior_step(self, X: np.ndarray) -> EMStatistics:
+        """E-step through the prior: the objective (summed over rows) and the M-step
+        statistics; no worst row (no re-seeding under a prior)."""
         log_joint = self._log_joint(X)
         resp, objective = self._prior.memberships(log_joint)
-        return objective / X.shape[0], self._stats(X, resp)
+        return EMStatistics(self._stats(X, resp), objective, X.shape[0])
 
     def _log_joint(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             out = np.empty((X.shape[0], self.n_components))
-        raw = lambda logits: (logits, logits, np.zeros(logits.shape[1]))  # noqa: E731
+        raw = lambda logits: (logits, logits, np.zeros(logits.shape[1]))
         self._pass(X, stats=False, resp_out=out, posterior=raw)
         return out
 

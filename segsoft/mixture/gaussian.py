@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 import numpy as np
 
 from .base import _EPS10, _LOG_2PI, _TINY, COVARIANCE_TYPES, _EMBase, _LikelihoodMixin

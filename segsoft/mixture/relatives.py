@@ -8,7 +8,7 @@ import numpy as np
 
 from .base import _EPS10, _LOG_2PI, _EMBase, _LikelihoodMixin
 
-__all__ = ["SoftKMeans", "FuzzyCMeans"]
+__all__ = ["FuzzyCMeans", "SoftKMeans"]
 
 # --------------------------------------------------------------------------
 # Soft k-means

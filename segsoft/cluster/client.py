@@ -1,0 +1,370 @@
+"""``--scheduler local|threads|ADDRESS``: where a batch's per-image tasks run.
+
+``local`` starts a :class:`distributed.LocalCluster` of worker processes on
+this machine (one thread each, on 127.0.0.1, no dashboard, quiet) for the
+length of the batch; ``threads`` runs the tasks in threads of this process on
+dask's threaded scheduler (no cluster); an address such as
+``tcp://host:8786`` connects to a running cluster (``dask scheduler``,
+``dask worker tcp://host:8786``). :class:`Executor` holds that for one batch
+and runs tasks with the contract of ``segsoft.batch._execute``: results come
+back in completion order, a task that raises comes back as its exception, and
+a task whose worker died is run again elsewhere (distributed reschedules the
+tasks of a dead worker up to ``distributed.scheduler.allowed-failures``
+times; after that the task comes back as :class:`WorkerDied`).
+
+The task functions are module-level functions of :mod:`segsoft.batch`; they
+pickle by name, so every worker must have segsoft installed (the same
+version). Every task thread runs with BLAS/OpenMP limited to one thread, as
+the process pool's workers do: one task per core already, and the same
+single-threaded arithmetic keeps the outputs byte-identical to the pool's.
+
+dask and distributed are imported only here and only when a scheduler is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
+from typing import Any
+
+from ..errors import SegsoftError
+
+__all__ = ["CONNECT_TIMEOUT", "MISSING_EXTRA", "Executor", "WorkerDied", "check_scheduler", "execute"]
+
+MISSING_EXTRA = "--scheduler needs the dask extra: pip install 'segsoft[dask]'"
+CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler address before giving up
+WORKER_TIMEOUT = 60.0  # seconds a scheduler may go without any worker before the batch gives up
+
+_ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_HOST_PORT = re.compile(r"[^\s/:]+:\d+")
+
+
+class WorkerDied(BrokenProcessPool):
+    """A task's worker process died every time it ran it (``distributed.KilledWorker``).
+
+    A :class:`~concurrent.futures.process.BrokenProcessPool`, so the batch
+    reports it as it does a dead worker of the process pool.
+    """
+
+
+def check_scheduler(scheduler: str) -> str:
+    """The ``--scheduler`` value, checked: ``"local"``, ``"threads"`` or a scheduler address.
+
+    A bare ``host:port`` becomes ``tcp://host:port``. Raises
+    :class:`SegsoftError` for anything else, and when the dask extra is not
+    installed (the message says how to install it).
+
+    Examples
+    --------
+    >>> check_scheduler("127.0.0.1:8786")
+    'tcp://127.0.0.1:8786'
+    >>> check_scheduler("nowhere")
+    Traceback (most recent call last):
+    ...
+    segsoft.errors.SegsoftError: --scheduler must be local, threads or a Dask scheduler address like tcp://host:8786, got 'nowhere'
+    """
+    value = scheduler.strip() if isinstance(scheduler, str) else scheduler
+    if value in ("local", "threads") or (isinstance(value, str) and _ADDRESS.fullmatch(value)):
+        pass
+    elif isinstance(value, str) and _HOST_PORT.fullmatch(value):
+        value = f"tcp://{value}"
+    else:
+        raise SegsoftError(
+            f"--scheduler must be local, threads or a Dask scheduler address like tcp://host:8786, got {scheduler!r}"
+        )
+    _require(value != "threads")
+    return value
+
+
+def _require(distributed: bool = True) -> None:
+    try:
+        import dask  # noqa: F401
+
+        if distributed:
+            import distributed as _  # noqa: F401
+    except ImportError:
+        raise SegsoftError(MISSING_EXTRA) from None
+
+
+def execute(
+    fn: Callable, calls: Sequence[tuple], scheduler: str, jobs: int | None, in_flight: Any
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, fn(*calls[index]))`` in completion order on ``scheduler``.
+
+    The one-shot form of :class:`Executor` (it starts and stops its own
+    cluster); ``in_flight`` (``add``/``discard``) tracks the indices
+    submitted and not yet returned.
+    """
+    with Executor(scheduler, jobs) as ex:
+        yield from ex.execute(fn, calls, in_flight)
+
+
+class Executor:
+    """One batch's scheduler: opened once, used for every pass, closed at the end.
+
+    An address is connected to on entering (an unreachable one is a
+    :class:`SegsoftError` within :data:`CONNECT_TIMEOUT`); ``local`` starts
+    its cluster on the first task, so a batch with nothing to do starts none.
+    ``jobs`` is the number of local worker processes (``local``) or threads
+    (``threads``), default: every core; a cluster at an address uses all of
+    its workers.
+    """
+
+    def __init__(self, scheduler: str, jobs: int | None = None):
+        self.scheduler = check_scheduler(scheduler)
+        if jobs is None:
+            from ..batch import default_jobs
+
+            jobs = default_jobs()
+        self.jobs = max(1, int(jobs))
+        self.cluster: Any = None
+        self.client: Any = None
+        self._threads_cache: tuple[float, int] = (0.0, 0)
+
+    def __enter__(self) -> Executor:  # noqa: PYI034 - Python 3.10 has no typing.Self
+        if self.scheduler not in ("local", "threads"):
+            self._connect()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(kill=exc_type is not None)
+
+    # -- opening and closing
+
+    def _connect(self) -> None:
+        from distributed import Client
+
+        address = self.scheduler
+        try:
+            self.client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise SegsoftError(f"--scheduler {address}: cannot reach the Dask scheduler ({_one_line(exc)})") from None
+        except ValueError as exc:  # e.g. an unknown protocol
+            raise SegsoftError(f"--scheduler {address}: {_one_line(exc)}") from None
+
+    def _start_local(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(
+            n_workers=self.jobs,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            # no dashboard, but the scheduler still serves its health routes: on a free port, not 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.CRITICAL,  # a restarted worker is reported by its image's row, not a log
+        )
+        try:
+            self.client = Client(self.cluster, set_as_default=False)
+            self.client.register_plugin(_worker_plugin(), name="segsoft-worker")
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def close(self, kill: bool = False) -> None:
+        """Disconnect; stop a local cluster (``kill``: without waiting for the tasks running on it)."""
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            with suppress(Exception):
+                client.close(timeout=2 if kill else 10)
+        if cluster is not None:
+            if kill:
+                _kill_workers(cluster)
+            with suppress(Exception):
+                cluster.close(timeout=5 if kill else 30)
+
+    # -- running tasks
+
+    def execute(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*calls[index]))`` in completion order (see the module docstring)."""
+        if not calls:
+            return
+        if self.scheduler == "threads":
+            yield from _threaded(fn, calls, min(self.jobs, len(calls)), in_flight)
+            return
+        if self.client is None:
+            self._start_local()
+        yield from self._distributed(fn, calls, in_flight)
+
+    def _capacity(self) -> int:
+        """Tasks to keep submitted: one per worker thread, so a worker that dies takes only its own image down."""
+        if self.cluster is not None:
+            return self.jobs
+        now = time.monotonic()
+        at, threads = self._threads_cache
+        if now - at > 1.0:
+            threads = sum(self.client.nthreads().values())
+            if threads == 0:
+                try:
+                    self.client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+                except (TimeoutError, OSError):
+                    raise SegsoftError(
+                        f"--scheduler {self.scheduler}: the Dask scheduler has had no workers for "
+                        f"{WORKER_TIMEOUT:.0f} s (start some with `dask worker {self.scheduler}`)"
+                    ) from None
+                threads = sum(self.client.nthreads().values())
+            self._threads_cache = (now, threads)
+        return max(1, threads)
+
+    def _distributed(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
+        from distributed import KilledWorker, as_completed
+
+        client = self.client
+        pending = deque(range(len(calls)))
+        running: dict[Any, int] = {}
+        done = as_completed(loop=client.loop)
+        tag = f"segsoft-{getattr(fn, '__name__', 'task')}-{time.time_ns():x}"
+
+        def fill() -> None:
+            capacity = self._capacity()
+            while pending and len(running) < capacity:
+                i = pending.popleft()
+                # the arguments top level, each its own piece: dask passes them through untouched
+                future = client.submit(_run, fn, *calls[i], key=f"{tag}-{i}", pure=False)
+                running[future] = i
+                done.add(future)
+                in_flight.add(i)
+
+        try:
+            fill()
+            for future in done:
+                i = running.pop(future)
+                try:
+                    result = future.result()
+                except KilledWorker:
+                    result = WorkerDied("the worker process died on this image")
+                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                    result = exc
+                future.release()
+                in_flight.discard(i)
+                fill()  # before handing the result over, so the workers stay busy
+                yield i, result
+        finally:
+            if running:
+                with suppress(Exception):
+                    client.cancel(list(running), force=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------
+# on the workers
+
+_limited = threading.local()
+
+
+def _run(fn: Callable, *args: Any) -> Any:
+    """Run one task in a thread whose BLAS/OpenMP pools are limited to one thread."""
+    if not getattr(_limited, "done", False):
+        with suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+        _limited.done = True
+    return fn(*args)
+
+
+def _worker_plugin() -> Any:
+    """A worker plugin for the local cluster's workers: Ctrl-C is the driver's to handle.
+
+    The terminal sends Ctrl-C to every process of its group, the local
+    workers included; they ignore it (as the process pool's workers do), and
+    the driver stops them.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class SegsoftWorker(WorkerPlugin):  # pickled by value (cloudpickle): no module of its own needed
+        def setup(self, worker: Any) -> None:
+            with suppress(ValueError):  # only possible in the main thread (the worker's event loop)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return SegsoftWorker()
+
+
+def _kill_workers(cluster: Any) -> None:
+    """Kill a local cluster's worker processes at once (Ctrl-C: their images are redone on resume)."""
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        with suppress(Exception):
+            process = nanny.process.process  # nanny -> WorkerProcess -> AsyncProcess
+            process._process.kill()
+
+
+# --------------------------------------------------------------------------
+# threads of this process (dask's threaded scheduler)
+
+
+def _threaded(fn: Callable, calls: Sequence[tuple], jobs: int, in_flight: Any) -> Iterator[tuple[int, Any]]:
+    """Run the tasks on dask's threaded scheduler with ``jobs`` threads, yielding as each finishes.
+
+    Useful where worker processes cannot be started; the tasks share this
+    process's memory and its GIL (numpy, zlib and the PNG encoder release it
+    for much of an image, so ``jobs`` threads do overlap), and BLAS is
+    limited to one thread while the batch runs, so ``jobs`` tasks use about
+    ``jobs`` cores and the numbers are the process pool's.
+    """
+    import dask.threaded
+
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def task(i: int) -> None:
+        if stop.is_set():  # interrupted: the tasks not yet started do nothing
+            return
+        results.put(("start", i, None))
+        try:
+            value = fn(*calls[i])
+        except Exception as exc:  # noqa: BLE001 - returned, as the process pool returns it
+            value = exc
+        results.put(("done", i, value))
+
+    # independent tasks run in reverse key order on dask's local scheduler: named so they start in input order
+    # (only the order depends on it)
+    n = len(calls)
+    graph = {f"segsoft-task-{n - 1 - i:09d}": (task, i) for i in range(n)}
+
+    def scheduler() -> None:
+        try:
+            dask.threaded.get(graph, list(graph), num_workers=jobs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            results.put(("error", -1, exc))
+        finally:
+            results.put(("end", -1, None))
+
+    limits: Any = None
+    with suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1)
+    runner = threading.Thread(target=scheduler, name="segsoft-threads", daemon=True)
+    runner.start()
+    try:
+        while True:
+            kind, i, value = results.get()
+            if kind == "start":
+                in_flight.add(i)
+            elif kind == "done":
+                in_flight.discard(i)
+                yield i, value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        # the images being written finish (threads cannot be killed); a second Ctrl-C stops waiting
+        while runner.is_alive():
+            runner.join(0.1)
+        if limits is not None:
+            limits.restore_original_limits()
