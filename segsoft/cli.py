@@ -458,6 +458,13 @@ def run(
         min=0,
         help="The page or frame of a multi-frame file (from 0); its outputs go to OUTPUT/<name>/frame_NNNN/.",
     ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        metavar="local|threads|ADDRESS",
+        help="Features, fit and memberships tile by tile on Dask (pip install 'segsoft[dask]'): local = a local "
+        "cluster, threads = threads of this process, tcp://host:8786 = a running cluster; same numbers as without.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
@@ -467,6 +474,10 @@ def run(
 
     start = time.perf_counter()
     opts.check()
+    if scheduler is not None:
+        from .cluster.client import check_scheduler
+
+        scheduler = check_scheduler(scheduler)
     if not image.exists() and not image.is_symlink():
         raise SegsoftError(f"{image}: no such file")
     folder = image_folder(output, Path(image.stem) / f"frame_{page:04d}" if page is not None else image.stem)
@@ -477,7 +488,7 @@ def run(
         _check_save_model(save_model, image, folder)
         check_writable(save_model.parent)
     with _sigterm_as_interrupt():
-        seg = segment(image, **opts.segment_kwargs(), page=page)
+        seg = segment(image, **opts.segment_kwargs(), page=page, scheduler=scheduler)
         seg.save(folder, **opts.write_kwargs())
         if save_model is not None:
             write_model(seg, save_model)

@@ -613,6 +613,7 @@ def segment(
     m: float = 2.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     page: int | None = None,
+    scheduler: str | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> SoftSegmentation:
     """Soft-segment one image into ``k`` clusters.
@@ -668,6 +669,10 @@ def segment(
     page : int or None
         The page or frame of a multi-frame file (a file with several is an
         error without it).
+    scheduler : str or None
+        Run the features, the fit and the memberships chunk by chunk on Dask
+        (the ``dask`` extra): ``"local"`` (a LocalCluster on this machine),
+        ``"threads"`` or a scheduler address; same numbers as in memory.
     progress : callable(iteration, log_likelihood), optional
         Called after every EM iteration.
 
@@ -765,6 +770,21 @@ def segment(
             _refuse_too_few(name, color, k_min, distinct)
             if auto:
                 k_hi = min(k_hi, distinct)
+    if scheduler is not None:
+        if auto or smoothing > 0:
+            raise SegsoftError(
+                f"--scheduler does not support {'-k auto' if auto else '--smooth'} yet: run without --scheduler"
+            )
+        from .cluster.em import segment_image
+
+        t_feat = time.perf_counter()
+        try:
+            probs, mean, spec, estimator = segment_image(img, spec, new_model(k), scheduler, progress=progress)
+        except ValueError as exc:
+            raise SegsoftError(f"{name}: {exc}") from exc
+        t_pred = time.perf_counter()
+        timings = {"read": t_read - t0, "features": 0.0, "fit": t_pred - t_feat, "memberships": 0.0, "total": t_pred - t0}
+        return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, None)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
     if check_distinct and color in _MANY_TO_ONE:

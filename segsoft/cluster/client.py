@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..errors import SegsoftError
@@ -368,3 +368,27 @@ def _threaded(fn: Callable, calls: Sequence[tuple], jobs: int, in_flight: Any) -
             runner.join(0.1)
         if limits is not None:
             limits.restore_original_limits()
+
+
+@contextmanager
+def dask_client(scheduler: str, jobs: int | None = None) -> Iterator[Any]:
+    """The Dask client for one image's chunked passes: a LocalCluster (``local``), a running
+    cluster (an address) or None with dask's threaded scheduler (``threads``); closed at the end.
+
+    Examples
+    --------
+    >>> with dask_client("threads") as client:  # doctest: +SKIP
+    ...     dask.compute(x)
+    """
+    executor = Executor(scheduler, jobs)
+    with executor:
+        if executor.scheduler == "threads":
+            import dask
+
+            with dask.config.set(scheduler="threads", num_workers=executor.jobs):
+                yield None
+            return
+        if executor.client is None:
+            executor._start_local()
+        with executor.client.as_current():
+            yield executor.client

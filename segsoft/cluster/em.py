@@ -554,3 +554,51 @@ def image_to_dask(image: Any, chunks: tuple[int, int] = (1024, 1024)) -> tuple[d
     bands = da.from_array(image.bands, chunks=(hc, wc, -1))
     mask = None if image.mask is None else da.from_array(image.mask, chunks=(hc, wc))
     return bands, mask
+
+
+def segment_image(
+    image: Any,
+    spec: Any,
+    model: Any,
+    scheduler: str,
+    *,
+    jobs: int | None = None,
+    chunks: tuple[int, int] = (1024, 1024),
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[np.ndarray, float, Any, Any]:
+    """One in-memory image through the chunked passes on ``scheduler``: features, fit, memberships.
+
+    The same numbers as :func:`segsoft.segment` in memory (same seed, same
+    sample; memberships equal to float rounding), computed tile by tile on
+    the scheduler's workers.
+
+    Returns
+    -------
+    probabilities : ndarray, float32 (H, W, k), NaN where masked
+    mean : float
+        The mean log-likelihood (score) per used pixel.
+    spec : FeatureSpec
+        The fitted feature transform.
+    model
+        ``model``, fitted.
+    """
+    from .client import dask_client
+
+    with dask_client(scheduler, jobs):
+        bands, mask = image_to_dask(image, chunks)
+        F, spec = extract_chunked(
+            bands,
+            spec,
+            mask=mask,
+            bit_depth=image.bit_depth,
+            is_color=image.is_color,
+            is_gray=image.is_gray,
+            band_names=image.band_names,
+            name="image" if image.path is None else str(image.path),
+            return_spec=True,
+        )
+        F = F.persist()  # every polish pass and the memberships read the features again
+        fit_chunked(model, F, mask=mask, progress=progress)
+        probs, mean = memberships_chunked(model, F, mask=mask)
+        probs, mean = dask.compute(probs, mean)
+    return np.asarray(probs, dtype=np.float32), float(mean), spec, model
