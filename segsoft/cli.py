@@ -352,7 +352,8 @@ _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
 }
 _CHOICE_FIELDS = ("color", "model", "covariance", "criterion")  # case-insensitive on the command line
 _OUTPUT_ONLY = ("alpha", "cmap", "probabilities", "probabilities_dtype")
-_EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in _OUTPUT_ONLY)  # nothing is written
+# nothing is written or drawn, and regions do not depend on the display bands
+_EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in (*_OUTPUT_ONLY, "display_bands"))
 _RENDER_OPTIONS = (
     "alpha",
     "cmap",

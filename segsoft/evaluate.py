@@ -529,10 +529,12 @@ def _load_prediction(name: str, shape: tuple[int, ...] | None, gt_name: str | No
     suffix = Path(name).suffix.lower()
 
     def check(declared: tuple[int, ...], dtype: np.dtype | None = None) -> None:
-        memberships = len(declared) == 3 and dtype is not None and dtype.kind == "f"
+        # float memberships, or segsoft's --probabilities-dtype uint8 encoding (membership x 254, 255 transparent)
+        memberships = len(declared) == 3 and dtype is not None and (dtype.kind == "f" or dtype == np.uint8)
         if not (len(declared) == 2 or memberships) or 0 in declared:
             raise SegsoftError(
-                f"{name}: label map of shape {declared} (expected (H, W) labels or (H, W, k) float memberships)"
+                f"{name}: label map of shape {declared} (expected (H, W) labels or (H, W, k) memberships, "
+                "float or segsoft's uint8)"
             )
         if shape is not None and tuple(declared[:2]) != tuple(shape):
             against = f" ({gt_name})" if gt_name else ""
@@ -541,7 +543,9 @@ def _load_prediction(name: str, shape: tuple[int, ...] | None, gt_name: str | No
 
     if suffix == ".npy":
         arr = _read_npy(name, check)
-        if arr.ndim == 3:  # float memberships, as check() let through
+        if arr.ndim == 3:  # memberships, as check() let through
+            if arr.dtype == np.uint8:  # 255 marks a transparent pixel, in every plane
+                arr = np.where(arr == 255, np.float32(np.nan), arr.astype(np.float32))
             return _argmax_labels(arr, name)
     elif suffix == ".png":
         arr = _read_label_png(name, check)

@@ -112,7 +112,7 @@ class SoftSegmentation:
     @cached_property
     def hierarchy(self) -> RegionHierarchy:
         """Superpixels and their merge sequence (see :mod:`segsoft.regions`); made once, cut by :meth:`regions`."""
-        return region_hierarchy(self.image.pixels, self.probabilities, mask=self.mask)
+        return region_hierarchy(_region_colors(self.image), self.probabilities, mask=self.mask)
 
     def regions(self, threshold: float = MERGE_THRESHOLD) -> np.ndarray:
         """Regions: connected segments merged along weak boundaries, int32 (H, W); -1 where masked.
@@ -376,6 +376,51 @@ def _check_k_cap(k: Any) -> None:
     """Refuse a whole-number ``k`` above :data:`MAX_K` (other bad values are the engines' to report)."""
     if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > MAX_K:
         raise SegsoftError(f"k={k} is more than the most clusters segsoft supports ({MAX_K})")
+
+
+def _region_colors(image: Image) -> np.ndarray:
+    """What the region superpixels and boundary contrasts see: the photo itself for colour and grey
+    images; for any other band count a fixed view of all the bands (their first three principal
+    components, standardised, each stretched between its 2nd and 98th percentile), so that regions,
+    like memberships, never depend on --display-bands."""
+    if image.is_color or image.is_gray:
+        return image.pixels
+    bands = image.bands.reshape(-1, image.n_bands).astype(np.float64, copy=False)
+    used = bands if image.mask is None else bands[image.mask.ravel()]
+    step = max(1, used.shape[0] // 200_000)  # the components from a strided sample: cheap at any size
+    sample = used[::step]
+    mean, std = sample.mean(0), sample.std(0)
+    std[std == 0] = 1.0
+    _, _, vt = np.linalg.svd((sample - mean) / std, full_matrices=False)
+    comps = vt[:3]
+    comps *= np.where(comps.sum(axis=1, keepdims=True) < 0, -1.0, 1.0)  # a sign convention: same view every run
+    view = np.zeros((bands.shape[0], 3), np.float32)
+    for a in range(0, bands.shape[0], 1 << 18):
+        view[a : a + (1 << 18), : comps.shape[0]] = ((bands[a : a + (1 << 18)] - mean) / std) @ comps.T
+    lo, hi = np.percentile(view[::step] if image.mask is None else view[image.mask.ravel()][::step], [2, 98], axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    view = np.clip((view - lo) / span, 0.0, 1.0).astype(np.float32)
+    return view.reshape(image.height, image.width, 3)
+
+
+MAX_FULL_FEATURES = 128  # a full covariance on D features costs D(D+1)/2 numbers per cluster and per pixel pass
+
+
+def _check_full_covariance(name: str, model: str, covariance: str, image: Image, spec: FeatureSpec) -> None:
+    """Refuse a full (or tied) covariance on so many features that its D x D matrices and quadratic
+    features would take gigabytes and minutes, before the features are made."""
+    if model != "gmm" or covariance not in ("full", "tied"):
+        return
+    if spec.color == "bands":
+        d = len(spec.bands) if spec.bands is not None else image.n_bands
+    else:
+        d = spec.n_color
+    d += 2 if spec.spatial_weight > 0 else 0
+    if d > MAX_FULL_FEATURES:
+        raise SegsoftError(
+            f"{name}: {d} features is too many for --covariance {covariance} (a {d}x{d} covariance per cluster; "
+            f"at most {MAX_FULL_FEATURES}): use --covariance diag, --model soft-kmeans, or fewer bands with --bands"
+        )
 
 
 def _name(image: Image) -> str:
@@ -785,6 +830,7 @@ def segment(
         t_pred = time.perf_counter()
         timings = {"read": t_read - t0, "features": 0.0, "fit": t_pred - t_feat, "memberships": 0.0, "total": t_pred - t0}
         return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, None)
+    _check_full_covariance(name, model, covariance, img, spec)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
     if check_distinct and color in _MANY_TO_ONE:

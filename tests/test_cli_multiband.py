@@ -201,3 +201,31 @@ def test_regions_smoothing_position_and_a_shared_model_on_bands(tmp_path):
     west = np.load(tmp_path / "b" / "west" / "probabilities.npy").argmax(-1)
     east = np.load(tmp_path / "b" / "east" / "probabilities.npy").argmax(-1)
     assert agreement(np.hstack([west, east]), truth) >= 0.99
+
+
+def test_regions_do_not_depend_on_the_display_bands(tmp_path):
+    maps = []
+    for name, display in (("a", "4,2,1"), ("b", "0,1,2"), ("c", "5")):
+        result = cli("run", FIELDS, "-k", "5", "--regions", "--display-bands", display, "-o", tmp_path / name, "-q")
+        assert result.returncode == 0, result.stderr
+        maps.append(np.load(tmp_path / name / "fields" / "regions.npy"))
+    np.testing.assert_array_equal(maps[0], maps[1])
+    np.testing.assert_array_equal(maps[0], maps[2])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_evaluate_scores_folders_written_in_any_probabilities_dtype(tmp_path, dtype):
+    inputs, gt = tmp_path / "in", tmp_path / "gt"
+    inputs.mkdir(), gt.mkdir()
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, 20:] = (200, 50, 40)
+    rgb[0, 0] = (5, 5, 5)
+    PILImage.fromarray(rgb).save(inputs / "7.png")
+    segs = np.zeros((1, 30, 40), np.uint16)
+    segs[0, :, 20:] = 1
+    np.savez(gt / "7.npz", segs=segs)
+    out = tmp_path / "out"
+    assert cli("batch", inputs, "-k", "2", "--probabilities-dtype", dtype, "-o", out, "-q").returncode == 0
+    scored = cli("evaluate", out, "--gt", gt, "--min-region", "0")
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    assert "1 scored" in scored.stdout

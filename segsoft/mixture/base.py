@@ -45,6 +45,9 @@ def _one_blas_thread(method: Callable) -> Callable:
 # Quadratic feature layouts
 
 
+CHUNK_BYTES = 64 << 20  # the (P, rows) float64 buffer of one chunk pass stays below this
+
+
 class _Layout:
     """Column layout of the quadratic features ``Q(x)`` for one model family.
 
@@ -341,6 +344,11 @@ class _EMBase:
 
     # -- parameters ---------------------------------------------------------
 
+    def _rows_per_chunk(self) -> int:
+        """Rows per chunk: ``chunk_size``, fewer when the quadratic features of that many rows would
+        pass :data:`CHUNK_BYTES` (a full covariance on hundreds of bands has ~D^2/2 of them a row)."""
+        return int(min(self.chunk_size, max(64, CHUNK_BYTES // (8 * self._layout.p))))
+
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as in scikit-learn."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -461,7 +469,7 @@ class _EMBase:
         w = self._coefficients() if coefficients is None else coefficients
         wt = np.ascontiguousarray(w.T)
         post = self._posterior if posterior is None else posterior
-        layout, center, size = self._layout, self._center, self.chunk_size
+        layout, center, size = self._layout, self._center, self._rows_per_chunk()
         n = X.shape[0]
         starts = list(range(0, n, size))
 
@@ -853,7 +861,7 @@ class _EMBase:
 
     def _stats(self, X: np.ndarray, resp: np.ndarray) -> np.ndarray:
         """Sufficient statistics ``sum_n resp_nk Q(x_n)`` for given memberships (N, K)."""
-        layout, size = self._layout, self.chunk_size
+        layout, size = self._layout, self._rows_per_chunk()
         buf = np.empty((layout.p, size))
         s = np.zeros((layout.p, self.n_components))
         for a in range(0, X.shape[0], size):
