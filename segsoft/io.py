@@ -25,8 +25,19 @@ I from a source that      values all in 0..65535: ``/ 65535`` (16-bit  16 / 32
 states no 32-bit type     data in Pillow's 32-bit container); else as
 (16-bit PPM/PGM, PNG)     a signed 32-bit integer above
 F (32-bit float), float   kept if the max is <= 1, else ``/ max``;      32
-TIFF of any precision     negatives clipped to 0; NaN/inf rejected
+grey or colour TIFF of    negatives clipped to 0; NaN/inf rejected
+any precision
+float multiband (any C    as stored (float32), no clipping or           32
+but grey, RGB, RGBA;      scaling; a pixel with NaN/inf in any band
+TIFF, .npy, array)        is masked out (nodata)
 ========================  ===========================================  =========
+
+So ``bands`` are in [0, 1] for integer sources and for grey and colour
+images, and "as stored" for float multiband data (reflectance in thousands,
+NDVI in -1..1, temperatures, network features): the features standardise
+each band, and the display composite ``pixels`` is stretched by percentiles
+into [0, 1]. An image whose every pixel is NaN is "every pixel is
+transparent".
 
 The integer rules apply to integer TIFFs (Pillow reads signed 8-bit and
 unsigned 32-bit grey samples with the wrong sign; they are reinterpreted
@@ -59,7 +70,13 @@ than a plain grey/RGB(A) page are read with tifffile by the file's own axes
 (``series[0].axes``): ``S`` (contiguous or planar samples), ``C`` (ImageJ
 ``channels=``, OME ``SizeC``) and the leading ``Q`` of a 3-D series are
 bands; any other axis (T, Z, pages of a Pillow-written stack, ...) counts
-frames. ``.npy``/``.npz`` arrays are images too. A file of several frames
+frames. A 3-D array written by plain ``tifffile.imwrite(path, a)`` (no axes
+metadata: tifffile's "shaped" description, series axes ``QYX``) is read
+exactly as the same array from a ``.npy``: (H, W, C), whatever its size
+(tifffile itself stores an array whose first axis is 3 or 4 as planar RGB
+samples, series axes ``SYX``: that is read by those axes, channels first).
+Write channels-first stacks with ``metadata={'axes': 'CYX'}`` or
+``planarconfig='separate'`` (or as ImageJ/OME), which are read by their axes. ``.npy``/``.npz`` arrays are images too. A file of several frames
 (also animated GIF, APNG, WebP) is never cut to its first one: without
 ``page`` it is an error naming the count (a single-page TIFF volume gives its
 first slice, as before).
@@ -157,7 +174,8 @@ class Image:
         any other number of bands. Renderers and regions use it; features
         never do (they use ``bands``).
     mask : ndarray of bool, shape (H, W), or None
-        True where the pixel is used (not transparent); None when all are.
+        True where the pixel is used (not transparent, and for float
+        multiband data not NaN/inf in any band); None when all are.
     path : Path or None
         The file it was read from.
     bit_depth : int
@@ -171,8 +189,11 @@ class Image:
     is_gray : bool
         The source had a single colour channel.
     bands : ndarray, float32, shape (H, W, C), or None
-        The data the features are made of, each band mapped onto [0, 1] by
-        its dtype. None: derived from ``pixels`` (the same array for colour,
+        The data the features are made of: for integer sources and colour
+        or grey images each band mapped onto [0, 1] by its dtype; for float
+        multiband sources (not grey, RGB or RGBA) the values as stored, not
+        clipped or rescaled (samples of masked NaN/inf pixels are 0).
+        None: derived from ``pixels`` (the same array for colour,
         a (H, W, 1) view of it for grey), so a photo costs no extra memory.
     band_names : tuple of str or None
         One name per band (None: ``("R", "G", "B")``, ``("gray",)`` or
@@ -313,10 +334,12 @@ class Image:
             Any integer dtype (its full range maps to [0, 1]: uint8 is
             divided by 255, uint16 by 65535, signed types are shifted by
             their minimum first; see the module docstring), bool, or float
-            (taken to be in [0, 1] and clipped to it). C = 1 is grey, 3 is
-            RGB, 4 is RGBA (pixels where alpha maps to 0 are masked out);
-            any other C is a multiband image, shown through
-            :func:`display_composite`.
+            (grey, RGB and RGBA: taken to be in [0, 1] and clipped to it).
+            C = 1 is grey, 3 is RGB, 4 is RGBA (pixels where alpha maps to
+            0 are masked out); any other C is a multiband image, shown
+            through :func:`display_composite`, whose float values are kept
+            as they are in ``bands`` and whose pixels with NaN or inf in
+            any band are masked out.
         mask : array of bool, shape (H, W), optional
             Pixels to use; combined with the alpha channel.
 
@@ -329,7 +352,8 @@ class Image:
         ------
         SegsoftError
             For an unsupported dtype (complex, object, ...) or shape, NaN or
-            infinite values, no pixels, or no pixel left to use.
+            infinite values in a grey or colour image, no pixels, or no
+            pixel left to use.
 
         Examples
         --------
@@ -462,8 +486,19 @@ def _array_image(
         kind = {1: "gray", 3: "rgb", 4: "rgba"}.get(channels, "bands")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise SegsoftError(f"{where} of shape {a.shape} has no pixels" if name is None else f"{name}: no pixels")
+    nodata = None
     if a.dtype.kind == "f":
-        if not np.isfinite(a).all():
+        finite = np.isfinite(a)
+        if kind == "bands":
+            # multiband floats are kept as stored; a pixel with NaN/inf in any band is nodata, masked out
+            if not finite.all():
+                nodata = finite.all(axis=2)
+                a = np.where(finite, a, 0)  # finite everywhere, so nothing downstream meets a NaN
+            cast = a.astype(np.float32)
+            if not np.isfinite(cast).all():
+                raise SegsoftError(f"{where} has values beyond the float32 range")
+            a = cast
+        elif not finite.all():
             raise SegsoftError(f"{where} contains NaN or infinite values")
         bit_depth = 32
     elif a.dtype.kind in "biu":
@@ -487,6 +522,8 @@ def _array_image(
             raise SegsoftError(f"{what} of shape {m.shape} does not match the image's {a.shape[:2]}")
         m = m.astype(bool)
         alpha = m if alpha is None else alpha & m
+    if nodata is not None:
+        alpha = nodata if alpha is None else alpha & nodata
     used = _finish_mask(alpha, name or "array")
     gray = kind in ("gray", "gray+alpha")
     names = None if band_names is None else tuple(band_names)
@@ -498,13 +535,19 @@ def _array_image(
 
 
 def _unit_bands(a: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8/uint16/float array -> C-contiguous float32 (H, W, C) in [0, 1]."""
+    """(H, W, C) uint8/uint16/float array -> C-contiguous float32 (H, W, C).
+
+    Integers are mapped to [0, 1]; floats (multiband data as stored: reflectance,
+    indices, temperatures, ...) keep their values.
+    """
     if a.dtype == np.uint8:
         return np.divide(a, np.float32(255.0), dtype=np.float32)  # correctly rounded, as _unit_rgb
     if a.dtype == np.uint16:
         out = a.astype(np.float32)
         out /= np.float32(65535)
         return out
+    if a.dtype.kind == "f":
+        return np.ascontiguousarray(a, dtype=np.float32)
     return np.ascontiguousarray(np.clip(a, 0.0, 1.0), dtype=np.float32)
 
 
@@ -990,16 +1033,14 @@ def _tiff_channel_names(tif: Any, count: int, axis: str) -> tuple[str, ...] | No
     return None
 
 
-_MAX_SHAPED_BANDS = 64  # a last axis smaller than the first and at most this: bands, not columns
-
-
 def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page: int | None = None) -> Image:
     """A TIFF read with tifffile by its own axes metadata (tifffile's ``series[0].axes``).
 
     ``Y`` and ``X`` are the rows and columns; ``S`` (samples, contiguous or
     planar alike), ``C`` (channels: ImageJ ``channels=``, OME ``SizeC``)
-    and a leading ``Q`` of a 3-D series (a stack tifffile itself wrote from
-    a (C, H, W) array) are bands; every other axis (T, Z, I, ...) counts
+    and a leading ``Q`` of a 3-D series that is not tifffile's own "shaped"
+    one are bands (a shaped ``QYX`` series, from a plain
+    ``tifffile.imwrite(path, a)``, is ``a`` as numpy holds it: (H, W, C)); every other axis (T, Z, I, ...) counts
     frames, chosen with ``page``. A single-page volume gives its first
     slice, as before. Each further series of the file is more frames.
     """
@@ -1014,9 +1055,9 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
                 axes, shape = s.axes, tuple(int(n) for n in s.shape)
                 if "Y" not in axes or "X" not in axes:
                     raise SegsoftError(f"{name}: a TIFF series with axes {axes} has no rows and columns")
-                if tif.is_shaped and axes == "QYX" and shape[2] < shape[0] and shape[2] <= _MAX_SHAPED_BANDS:
-                    # tifffile.imwrite(path, (H, W, C) array) stores H pages of W x C and says only "QYX";
-                    # its shape is the numpy array's own, (rows, columns, bands), as a .npy would be read
+                if tif.is_shaped and axes == "QYX":
+                    # tifffile.imwrite(path, 3-D array) with no axes metadata stores shape[0] pages and says
+                    # only "QYX"; the shape is the numpy array's own, read as a .npy would be: (H, W, C)
                     axes = "YXS"
                 band = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
                 if len(axes) == 3 and axes[0] == "Q" and not band:
@@ -1071,7 +1112,7 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
     else:
         kind = "bands"
     source = arr.dtype
-    if arr.dtype.kind == "f":
+    if arr.dtype.kind == "f" and kind != "bands":  # float multiband data is kept as stored (_array_image)
         if not np.isfinite(arr).all():
             raise SegsoftError(f"{name}: image contains NaN or infinite values")
         top = float(arr.max()) if arr.size else 1.0

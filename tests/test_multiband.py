@@ -124,7 +124,10 @@ def test_channel_stacks_become_bands_with_their_names(tmp_path):
     stack = np.random.default_rng(1).integers(0, 4096, (4, 10, 12), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "ome.tif", stack, ome=True, metadata={"axes": "CYX", "Channel": {"Name": list("ABCD")}})
     tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, metadata={"axes": "CYX"})
-    tifffile.imwrite(tmp_path / "q.tif", stack, photometric="minisblack")  # series axes QYX
+    tifffile.imwrite(tmp_path / "q.tif", stack, photometric="minisblack", metadata={"axes": "CYX"})
+    # a plain tifffile.imwrite (shaped, series axes QYX) is read as numpy holds it: (H, W, C) = (4, 10, 12)
+    tifffile.imwrite(tmp_path / "plain.tif", stack, photometric="minisblack")
+    assert (read_image(tmp_path / "plain.tif").height, read_image(tmp_path / "plain.tif").n_bands) == (4, 12)
     for name in ("ome.tif", "ij.tif", "q.tif"):
         img = read_image(tmp_path / name)
         assert img.n_bands == 4 and (img.height, img.width) == (10, 12), name
