@@ -91,6 +91,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import stat
 import struct
 import sys
@@ -1937,6 +1938,28 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 @contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for a few statements that must not be cut in two.
+
+    A signal raises (KeyboardInterrupt, or the CLI's terminated error) between
+    any two bytecodes: between creating a file and storing its name, the
+    ``finally`` that would remove it cannot know it. Blocked signals are
+    delivered when the block ends, inside the caller's ``try``. Only the main
+    thread receives signals, so elsewhere (and where ``pthread_sigmask`` does
+    not exist) this does nothing.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Write a file under a temporary name and move it into place at the end.
 
@@ -1980,10 +2003,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_temp(target)
+        with signals_deferred():  # Ctrl-C or kill between creating the file and knowing its name would orphan it
+            tmp = _create_temp(target)
         yield tmp
-        os.replace(tmp, target)
-        tmp = None
+        with signals_deferred():  # replaced, and known to be: not removed afterwards as a leftover
+            os.replace(tmp, target)
+            tmp = None
     except OSError as e:
         raise SegsoftError(f"{target}: cannot write ({_write_reason(target, e)})") from e
     finally:

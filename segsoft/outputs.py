@@ -62,7 +62,7 @@ from PIL import Image as PILImage
 from . import __version__, render
 from .errors import SegsoftError
 from .features import FeatureSpec
-from .io import atomic_path, atomic_write_bytes, inside, safe_component
+from .io import atomic_path, atomic_write_bytes, inside, safe_component, signals_deferred
 from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 
 if TYPE_CHECKING:
@@ -452,6 +452,27 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     # never follow a link planted as the lock file, never block on a FIFO: the lock
     # must not become a way to empty a file elsewhere (or the input itself)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd: int | None = None
+    try:
+        with signals_deferred():  # a signal while acquiring would leave a lock file that no finally removes
+            fd = _acquire_lock(path, folder, flags)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except OSError as exc:
+            raise SegsoftError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
+        yield path
+    finally:
+        if fd is not None:
+            with signals_deferred():
+                if _fcntl is not None:  # Windows cannot remove an open file; the next holder reuses it
+                    with suppress(OSError):
+                        os.unlink(path)
+                os.close(fd)
+
+
+def _acquire_lock(path: Path, folder: Path, flags: int) -> int:
+    """Open and flock ``path``; the descriptor, or FolderBusy / SegsoftError."""
     while True:
         try:
             fd = os.open(path, flags, 0o666)
@@ -484,19 +505,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         except OSError:
             same = False
         if same:
-            break
-        os.close(fd)
-    try:
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        except OSError as exc:
-            raise SegsoftError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
-        yield path
-    finally:
-        if _fcntl is not None:  # Windows cannot remove an open file; the next holder reuses it
-            with suppress(OSError):
-                os.unlink(path)
+            return fd
         os.close(fd)
 
 
