@@ -14,7 +14,6 @@ picture of any shape, however thin, costs at most the box in the montage.
 
 from __future__ import annotations
 
-import colorsys
 import math
 import operator
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from .errors import SegsoftError
 __all__ = [
     "IndexedImage",
     "cluster_colors",
+    "mean_palette",
     "colormap_lut",
     "soft_overlay",
     "heatmap",
@@ -62,9 +62,31 @@ _TAB10 = (
     (188, 189, 34),
     (23, 190, 207),
 )
-# (saturation, value) levels cycled through for colours beyond tab10.
-_EXTRA_LEVELS = ((0.75, 0.95), (0.9, 0.6), (0.45, 0.85))
-_GOLDEN = 0.618033988749895
+# The 64-colour categorical palette: tab10, then 54 colours each chosen greedily to be as far
+# (CIEDE2000) as possible from every earlier one; regenerated and checked by
+# :func:`_generate_palette` (tests/test_palette.py checks it still equals this table).
+# fmt: off
+_PALETTE_HEX = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#4b4b00", "#0000d2", "#004b4b", "#00f0b4", "#87005a", "#87b4ff",
+    "#3c3c5a", "#a57800", "#ffb4b4", "#2d8778", "#69f00f", "#f0c387", "#e1c3ff", "#00691e",
+    "#96b496", "#e10078", "#693c00", "#b48778", "#870000", "#78784b", "#ff6969", "#b45a0f",
+    "#960fb4", "#4b5aff", "#a596b4", "#875a78", "#004b96", "#e100ff", "#4b4b4b", "#a59678",
+    "#00b487", "#a50f3c", "#7887c3", "#b4e196", "#696987", "#6996a5", "#c387ff", "#87962d",
+    "#1e7887", "#96e1d2", "#a5d2e1", "#5a3c3c", "#ff4b0f", "#2d4b2d", "#ffc300", "#1eb4f0",
+    "#c36978", "#d2b4a5", "#5a695a", "#87694b", "#e1960f", "#5a2d78", "#5a875a", "#ffa578",
+)
+# fmt: on
+_PALETTE = np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in _PALETTE_HEX], dtype=np.uint8)
+_PALETTE.setflags(write=False)
+# Greedy palette search: the sRGB grid step, the CIELAB lightness range kept (no near-white or
+# near-black colours), and colours the palette keeps away from without using them: white
+# paper, black text and the light checkerboard grey.
+_PALETTE_GRID_STEP = 15
+_PALETTE_LIGHTNESS = (25.0, 85.0)
+_PALETTE_AVOID = ((255, 255, 255), (0, 0, 0), (204, 204, 204))
+# mean_palette: clusters whose mean colours are closer than this (CIEDE2000) get their lightness nudged.
+_MEAN_MIN_DELTA = 3.0
 
 # Pixels per processing chunk: big enough to amortise numpy call overhead,
 # small enough that the chunk's temporaries stay in a few MB.
@@ -84,14 +106,17 @@ TILE_HEIGHT_RATIO = 2
 def cluster_colors(k: int) -> np.ndarray:
     """Distinct, stable display colours for ``k`` clusters.
 
-    The first ten are matplotlib's 'tab10' palette; further colours step
-    round the hue circle by the golden ratio at alternating saturation and
-    brightness, skipping any that would repeat an earlier colour.
+    The first ten are matplotlib's 'tab10' palette; the next 54 were chosen
+    greedily from a grid of sRGB colours (CIELAB lightness 25-85), each the
+    one furthest, in CIEDE2000, from all earlier colours (and from white,
+    black and the checkerboard grey). Any two of the 64 differ by at least
+    12.4 CIEDE2000 units. See :func:`_generate_palette`, which also extends
+    the palette past 64 (less distinct) colours.
 
     Parameters
     ----------
     k : int
-        Number of clusters, at least 1.
+        Number of clusters, at least 1 (up to 64 come from a fixed table).
 
     Returns
     -------
@@ -104,24 +129,118 @@ def cluster_colors(k: int) -> np.ndarray:
     >>> cluster_colors(2)
     array([[ 31, 119, 180],
            [255, 127,  14]], dtype=uint8)
-    >>> len({tuple(c) for c in cluster_colors(30)})
-    30
+    >>> len({tuple(c) for c in cluster_colors(64)})
+    64
     """
     k = operator.index(k)
     if k < 1:
         raise SegsoftError(f"need at least one cluster colour, got k={k}")
-    colors = list(_TAB10[:k])
-    seen = set(colors)
-    i = 0
-    while len(colors) < k:
-        s, v = _EXTRA_LEVELS[i % len(_EXTRA_LEVELS)]
-        h = (0.05 + i * _GOLDEN) % 1.0
-        i += 1
-        rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
-        if rgb not in seen:
-            seen.add(rgb)
-            colors.append(rgb)
-    return np.array(colors, dtype=np.uint8).reshape(k, 3)
+    if k > len(_PALETTE):  # beyond segsoft's MAX_K: the same greedy search, continued
+        return _generate_palette(k).copy()
+    return _PALETTE[:k].copy()
+
+
+def _srgb_to_lab(rgb: ArrayLike) -> np.ndarray:
+    """CIELAB (D65) of uint8-scale sRGB colours, shape (n, 3)."""
+    from skimage.color import rgb2lab
+
+    c = np.asarray(rgb, dtype=np.float64).reshape(-1, 1, 3) / 255.0
+    return rgb2lab(c).reshape(-1, 3)
+
+
+def _delta_e(lab: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """CIEDE2000 between each row of ``lab`` (n, 3) and one colour ``ref`` (3,)."""
+    from skimage.color import deltaE_ciede2000
+
+    return deltaE_ciede2000(lab, np.broadcast_to(ref, lab.shape))
+
+
+@lru_cache(maxsize=4)
+def _generate_palette(n: int = 64) -> np.ndarray:
+    """Recompute the ``_PALETTE_HEX`` table (uint8 (n, 3)); deterministic, about 0.1 s.
+
+    Start from tab10; candidates are the sRGB grid with step ``_PALETTE_GRID_STEP``
+    whose CIELAB lightness lies in ``_PALETTE_LIGHTNESS``; repeatedly add the
+    candidate whose smallest CIEDE2000 to the colours so far (and to
+    ``_PALETTE_AVOID``) is largest, the first such in grid order on ties.
+    """
+    levels = np.arange(0, 256, _PALETTE_GRID_STEP)
+    cand = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    lab = _srgb_to_lab(cand)
+    keep = (lab[:, 0] >= _PALETTE_LIGHTNESS[0]) & (lab[:, 0] <= _PALETTE_LIGHTNESS[1])
+    cand, lab = cand[keep], lab[keep]
+    nearest = np.full(len(cand), np.inf)
+    for ref in _srgb_to_lab(_TAB10 + _PALETTE_AVOID):
+        nearest = np.minimum(nearest, _delta_e(lab, ref))
+    colors = [tuple(c) for c in _TAB10[:n]]
+    while len(colors) < n:
+        i = int(np.argmax(nearest))
+        colors.append(tuple(int(v) for v in cand[i]))
+        nearest = np.minimum(nearest, _delta_e(lab, lab[i]))
+    out = np.array(colors, dtype=np.uint8).reshape(n, 3)
+    out.setflags(write=False)
+    return out
+
+
+def mean_palette(mean_rgb: ArrayLike, min_delta: float = _MEAN_MIN_DELTA) -> np.ndarray:
+    """Each cluster drawn in its own mean colour, kept apart where two are nearly equal.
+
+    Colours are taken in cluster order; where one lies within ``min_delta``
+    CIEDE2000 of an earlier (already chosen) colour, its CIELAB lightness is
+    nudged, in steps of 2, first towards mid-grey then away, until it is at
+    least ``min_delta`` from all earlier colours (hue and chroma kept as far as
+    sRGB allows). Deterministic. Non-finite means (empty clusters) are drawn
+    mid-grey.
+
+    Parameters
+    ----------
+    mean_rgb : array_like, float (k, 3)
+        Mean sRGB colour of each cluster, in [0, 1] (clipped).
+    min_delta : float
+        Smallest CIEDE2000 difference to keep between any two clusters.
+
+    Returns
+    -------
+    ndarray, uint8 (k, 3)
+
+    Examples
+    --------
+    >>> mean_palette([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    array([[255,   0,   0],
+           [  0,   0, 255]], dtype=uint8)
+    """
+    from skimage.color import lab2rgb
+
+    m = np.asarray(mean_rgb, dtype=np.float64)
+    if m.ndim != 2 or m.shape[1] != 3 or m.shape[0] < 1:
+        raise SegsoftError(f"mean colours must have shape (k, 3) with k >= 1, got {m.shape}")
+    m = np.clip(np.where(np.isfinite(m), m, 0.5), 0.0, 1.0)
+    out = np.rint(m * 255.0).astype(np.uint8)
+    labs = _srgb_to_lab(out)
+    for j in range(1, len(out)):
+        earlier = labs[:j]
+        if _delta_e(earlier, labs[j]).min() >= min_delta:
+            continue
+        base = labs[j]
+        first = 1.0 if base[0] < 50.0 else -1.0
+        best, best_d = (out[j], labs[j]), -1.0
+        for step in range(1, 51):
+            for sign in (first, -first):
+                lightness = base[0] + sign * 2.0 * step
+                if not 0.0 <= lightness <= 100.0:
+                    continue
+                rgb = lab2rgb(np.array([[[lightness, base[1], base[2]]]]))
+                rgb = np.rint(np.clip(rgb.reshape(3), 0.0, 1.0) * 255.0).astype(np.uint8)
+                lab = _srgb_to_lab(rgb)[0]
+                d = float(_delta_e(earlier, lab).min())
+                if d > best_d:
+                    best, best_d = (rgb, lab), d
+                if d >= min_delta:
+                    break
+            if best_d >= min_delta:
+                break
+        out[j], labs[j] = best
+    return out
 
 
 @lru_cache(maxsize=32)
