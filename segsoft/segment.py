@@ -593,6 +593,83 @@ def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, f
     return probs.reshape(h, w, k), mean
 
 
+#: Use the exact fit on distinct colours when they are at most this share of the used pixels.
+EXACT_DISTINCT_SHARE = 0.25
+
+
+def _distinct_colors(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The distinct colours of an 8-bit RGB image's used pixels, cheaply.
+
+    Returns (one pixel index (into the flat used bands) per distinct colour, counts (float64),
+    inverse (the distinct colour of each used pixel)), or None where the image is not
+    8-bit 3-band colour. Colours are keyed by a 24-bit code; a bincount over the 2^24
+    codes replaces a sort.
+    """
+    if not image.is_color or image.n_bands != 3 or image.bit_depth != 8:
+        return None
+    flat = image.bands.reshape(-1, 3)
+    rows = None if image.mask is None else np.flatnonzero(image.mask.ravel())
+    n = flat.shape[0] if rows is None else rows.size
+    codes = np.empty(n, dtype=np.int32)
+    step = 1 << 20
+    for s in range(0, n, step):
+        block = flat[s : s + step] if rows is None else flat[rows[s : s + step]]
+        b = np.rint(block * np.float32(255.0)).astype(np.int32)
+        codes[s : s + step] = (b[:, 0] << 16) | (b[:, 1] << 8) | b[:, 2]
+    counts = np.bincount(codes, minlength=1 << 24)
+    present = np.flatnonzero(counts)
+    lookup = np.empty(1 << 24, dtype=np.int32)
+    lookup[present] = np.arange(present.size, dtype=np.int32)
+    inverse = lookup[codes]
+    rep = np.empty(present.size, dtype=np.int64)
+    rep[inverse] = np.arange(n)  # any pixel of the colour: all have the same bands
+    return rep, counts[present].astype(np.float64), inverse
+
+
+def _exact_distinct_fit(
+    img: Image, spec: FeatureSpec, estimator: Any, progress: Callable | None
+) -> tuple[np.ndarray, float, FeatureSpec, Any, int] | None:
+    """The full-data EM fitted on the distinct colours with their counts as weights.
+
+    Features are computed once per distinct colour (with the standardisation fitted on
+    the whole image, as :func:`extract` does), the model is fitted on them weighted by
+    the counts, and the memberships are computed once per colour and gathered back.
+    Returns (probabilities (H, W, k), mean log-likelihood, fitted spec, estimator,
+    distinct colours), or None where it does not apply (not 8-bit RGB, or too many
+    distinct colours to pay).
+    """
+    from dataclasses import replace
+
+    from .features import _fit_standardization, _resolve
+
+    found = _distinct_colors(img)
+    if found is None:
+        return None
+    rep, counts, inverse = found
+    n_d, k = rep.size, estimator.n_components
+    if n_d > EXACT_DISTINCT_SHARE * img.n_used or n_d < k:
+        return None
+    spec, src, cols = _resolve(img, spec)
+    if spec.standardize and spec.offset is None:
+        rows = None if img.mask is None else np.flatnonzero(img.mask.ravel())
+        spec = _fit_standardization(spec, img, src, cols, rows, img.bit_depth == 8)
+    flat = img.bands.reshape(-1, 3)
+    src_rows = rep if img.mask is None else np.flatnonzero(img.mask.ravel())[rep]
+    colors = np.ascontiguousarray(flat[src_rows][None])
+    palette = replace(img, pixels=colors, bands=None, mask=None)
+    Xd = extract(palette, spec)
+    estimator.fit(Xd, progress=progress, sample_weight=counts)
+    probs_d = np.empty((n_d, k), dtype=np.float32)
+    _, mean = estimator.predict_proba_and_score(Xd, out=probs_d, sample_weight=counts)
+    h, w = img.height, img.width
+    if img.mask is None:
+        probs = probs_d[inverse]
+    else:
+        probs = np.full((h * w, k), np.nan, dtype=np.float32)
+        probs[img.mask.ravel()] = probs_d[inverse]
+    return probs.reshape(h, w, k), float(mean), spec, estimator, n_d
+
+
 def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a strided sub-grid of the used pixels to fit a spatial model on.
 
@@ -831,6 +908,26 @@ def segment(
         timings = {"read": t_read - t0, "features": 0.0, "fit": t_pred - t_feat, "memberships": 0.0, "total": t_pred - t0}
         return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, None)
     _check_full_covariance(name, model, covariance, img, spec)
+    if not auto and smoothing == 0 and spatial_weight == 0 and k > 1 and not sample:
+        # colour-only features of a photo with few distinct colours: the full-data EM on
+        # each distinct colour weighted by its count is the EM on every pixel, far cheaper
+        t_feat = time.perf_counter()
+        try:
+            exact = _exact_distinct_fit(img, spec, new_model(k), progress)
+        except ValueError as exc:
+            raise SegsoftError(f"{name}: {exc}") from exc
+        if exact is not None:
+            probs, mean, spec, estimator, n_distinct = exact
+            settings["exact_fit"] = {"rows": "distinct colours", "distinct": int(n_distinct)}
+            t_pred = time.perf_counter()
+            timings = {
+                "read": t_read - t0,
+                "features": 0.0,
+                "fit": t_pred - t_feat,
+                "memberships": 0.0,
+                "total": t_pred - t0,
+            }
+            return SoftSegmentation(img, probs, estimator, spec, mean, settings, timings, None)
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
     if check_distinct and color in _MANY_TO_ONE:

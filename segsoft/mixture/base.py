@@ -147,9 +147,42 @@ def _check_finite(X: np.ndarray) -> None:
             raise ValueError("X contains NaN or infinite values")
 
 
-def _column_moments(X: np.ndarray) -> tuple[np.ndarray, float]:
-    """Column means and the mean column variance, in float64 chunks."""
+def _check_weights(sample_weight: Any, n: int) -> np.ndarray | None:
+    """``sample_weight`` as float64 (n,), or None; ValueError for a bad one."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"sample_weight must be numbers, got dtype {w.dtype}")
+    w = w.astype(np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per row of X), got {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight contains NaN or infinite values")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be >= 0")
+    total = float(w.sum())
+    if not total > 0:
+        raise ValueError("sample_weight is zero for every row")
+    if not math.isfinite(total):
+        raise ValueError("sample_weight sums to infinity")
+    return w
+
+
+def _column_moments(X: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Column means and the mean column variance, in float64 chunks (weighted by ``sample_weight``)."""
     step = 1 << 20
+    if sample_weight is not None:
+        w = sample_weight
+        wsum = float(w.sum())
+        total = np.zeros(X.shape[1])
+        for s in range(0, X.shape[0], step):
+            total += w[s : s + step] @ X[s : s + step].astype(np.float64)
+        mean = total / wsum
+        sq = 0.0
+        for s in range(0, X.shape[0], step):
+            sq += float(w[s : s + step] @ np.square(X[s : s + step] - mean).sum(1))
+        return mean, sq / (wsum * X.shape[1])
     total = np.zeros(X.shape[1])
     for s in range(0, X.shape[0], step):
         total += X[s : s + step].sum(axis=0, dtype=np.float64)
@@ -166,13 +199,35 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
-def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def _weighted_pick(cum: np.ndarray, rng: np.random.Generator) -> int:
+    """One row drawn with probability proportional to its weight (``cum``: cumulative weights).
+
+    With whole-number weights the draw is ``rng.integers(total)`` located in
+    the cumulative weights: the same random number and the same row as
+    ``rng.integers(n)`` on the data with each row repeated ``weight`` times
+    (in that order), so a weighted fit on distinct rows with their counts
+    starts where the fit on all the rows does.
+    """
+    total = cum[-1]
+    if total < 2.0**53 and np.all(cum == np.round(cum)):
+        r = float(rng.integers(int(total)))
+    else:
+        r = rng.random() * total
+    return int(min(np.searchsorted(cum, r, side="right"), cum.size - 1))
+
+
+def kmeans_plusplus(
+    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on float64 rows.
 
     Like scikit-learn, each step draws ``2 + log(k)`` candidates in proportion
     to the squared distance to the nearest chosen centre and keeps the one
-    that lowers the potential most.
+    that lowers the potential most. With ``sample_weight``, in proportion to
+    weight times squared distance, and the potential is weighted.
     """
+    if sample_weight is not None:
+        return _kmeans_plusplus_weighted(X, k, rng, sample_weight)
     n = X.shape[0]
     trials = 2 + int(math.log(k))
     centers = np.empty((k, X.shape[1]))
@@ -192,22 +247,52 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     return centers
 
 
-def kmeans(X: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 30) -> np.ndarray:
+def _kmeans_plusplus_weighted(X: np.ndarray, k: int, rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    n = X.shape[0]
+    trials = 2 + int(math.log(k))
+    centers = np.empty((k, X.shape[1]))
+    cum_w = np.cumsum(w)
+    centers[0] = X[_weighted_pick(cum_w, rng)]
+    closest = _sq_dist(X, centers[:1])[:, 0]
+    for c in range(1, k):
+        wc = w * closest
+        pot = wc.sum()
+        if pot <= 0.0:
+            centers[c] = X[_weighted_pick(cum_w, rng)]
+            continue
+        cand = np.searchsorted(np.cumsum(wc), rng.random(trials) * pot)
+        cand = np.minimum(cand, n - 1)
+        dist = np.minimum(closest[None, :], _sq_dist(X, X[cand]).T)
+        best = int(np.argmin(dist @ w))
+        centers[c] = X[cand[best]]
+        closest = dist[best]
+    return centers
+
+
+def kmeans(
+    X: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 30, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
     """Lloyd's k-means from a k-means++ start; returns the centres (k, d).
 
     Used only to initialise EM, on a sample of the data. A cluster that
-    empties keeps its previous centre.
+    empties keeps its previous centre. ``sample_weight`` weights the rows
+    (seeding and centres).
     """
-    centers = kmeans_plusplus(X, k, rng)
+    w = sample_weight
+    centers = kmeans_plusplus(X, k, rng, w)
     labels = None
     for _ in range(max_iter):
         new = np.argmin(_sq_dist(X, centers), axis=1)
         if labels is not None and np.array_equal(new, labels):
             break
         labels = new
-        counts = np.bincount(labels, minlength=k)
         sums = np.zeros_like(centers)
-        np.add.at(sums, labels, X)
+        if w is None:
+            counts = np.bincount(labels, minlength=k)
+            np.add.at(sums, labels, X)
+        else:
+            counts = np.bincount(labels, weights=w, minlength=k)
+            np.add.at(sums, labels, X * w[:, None])
         full = counts > 0
         centers[full] = sums[full] / counts[full, None]
     return centers
@@ -235,8 +320,8 @@ class EMStatistics:
         None when only scores were asked for.
     score_sum : float
         Sum of the per-row scores: the log-likelihood (fuzzy c-means: ``-J``).
-    n : int
-        Rows seen.
+    n : int or float
+        Rows seen (a weighted fit: their total weight, a float).
     worst_score, worst_row, worst_point :
         The lowest per-row score, a key of its row (lower key wins a tie:
         raster order, so the same row as in memory) and the row itself
@@ -268,7 +353,8 @@ class EMStatistics:
     ):
         self.s = s
         self.score_sum = float(score_sum)
-        self.n = int(n)
+        # rows seen, or their total weight in a weighted fit
+        self.n = float(n) if isinstance(n, (float, np.floating)) else int(n)
         self.worst_score = float(worst_score)
         self.worst_row = int(worst_row)
         self.worst_point = worst_point
@@ -445,15 +531,24 @@ class _EMBase:
         score_out: np.ndarray | None = None,
         coefficients: np.ndarray | None = None,
         posterior: Callable | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray | None, tuple[float, int]]:
         """One pass over X: E-step, and optionally M-step statistics.
 
         Returns (mean score, statistics S (P, K) or None, (worst score, its row)).
+        With ``sample_weight`` the mean and the statistics are weighted.
         """
         total, s_tot, worst = self._pass_sums(
-            X, stats=stats, resp_out=resp_out, score_out=score_out, coefficients=coefficients, posterior=posterior
+            X,
+            stats=stats,
+            resp_out=resp_out,
+            score_out=score_out,
+            coefficients=coefficients,
+            posterior=posterior,
+            sample_weight=sample_weight,
         )
-        return total / X.shape[0], s_tot, worst
+        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        return total / n, s_tot, worst
 
     def _pass_sums(
         self,
@@ -464,8 +559,14 @@ class _EMBase:
         score_out: np.ndarray | None = None,
         coefficients: np.ndarray | None = None,
         posterior: Callable | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray | None, tuple[float, int]]:
-        """:meth:`_pass` with the score summed rather than averaged."""
+        """:meth:`_pass` with the score summed rather than averaged (weighted by ``sample_weight``).
+
+        With weights, the statistics are ``sum_n w_n r_nk Q(x_n)``, the score
+        sum is ``sum_n w_n score_n`` and the worst row is among those of
+        positive weight."""
+        sw = sample_weight
         w = self._coefficients() if coefficients is None else coefficients
         wt = np.ascontiguousarray(w.T)
         post = self._posterior if posterior is None else posterior
@@ -482,8 +583,14 @@ class _EMBase:
                 resp_out[s:e] = resp.T
             if score_out is not None:
                 score_out[s:e] = score
-            worst = int(np.argmin(score))
-            return float(score.sum()), (q @ weights.T if stats else None), float(score[worst]), s + worst
+            if sw is None:
+                worst = int(np.argmin(score))
+                return float(score.sum()), (q @ weights.T if stats else None), float(score[worst]), s + worst
+            ws = sw[s:e]
+            s_chunk = (q @ (weights * ws).T) if stats else None
+            live = np.where(ws > 0, score, np.inf)
+            worst = int(np.argmin(live))
+            return float(score @ ws), s_chunk, float(live[worst]), s + worst
 
         n_jobs = min(self.n_jobs or 1, len(starts))
         if n_jobs <= 1:
@@ -513,7 +620,15 @@ class _EMBase:
     # -- fitting ------------------------------------------------------------
 
     @_one_blas_thread
-    def fit(self, X: Any, means_init: Any = None, progress: ProgressFn | None = None, prior: Any = None):
+    def fit(
+        self,
+        X: Any,
+        means_init: Any = None,
+        progress: ProgressFn | None = None,
+        prior: Any = None,
+        *,
+        sample_weight: Any = None,
+    ):
         """Fit the model to the rows of ``X`` by EM.
 
         Parameters
@@ -532,13 +647,33 @@ class _EMBase:
             ``memberships(log_joint) -> (memberships, objective)`` and
             ``reset()``. EM then maximises the prior's objective, which is
             what ``log_likelihood_trace_`` records (per row). Every row is
-            used (``sample_size`` is ignored).
+            used (``sample_size`` is ignored). Not with ``sample_weight``.
+        sample_weight : array-like, shape (n_samples,), optional
+            Non-negative finite weights, not all zero: a row of weight w
+            counts as w copies of it everywhere a row counts (the E-step
+            statistics, the log-likelihood and its mean, k-means++ and
+            k-means, the column moments, the collapsed-component threshold,
+            BIC's n). Rows of weight 0 are dropped. With whole-number
+            weights, the fit on distinct rows with their counts is the fit
+            on all the rows (the same k-means++ draws when the repeated rows
+            are grouped in the same order; to rounding otherwise). With
+            ``sample_size`` smaller than the rows of positive weight, the
+            sample is ``sample_size`` draws with replacement, each row with
+            probability proportional to its weight, fitted with the draw
+            counts as weights; the polish runs on all rows, weighted.
 
         Returns
         -------
         self
         """
         X = _check_array(X)
+        weights = _check_weights(sample_weight, X.shape[0])
+        if weights is not None:
+            if prior is not None:
+                raise ValueError("sample_weight cannot be combined with a prior on the memberships")
+            if (weights == 0).any():
+                keep = weights > 0
+                X, weights = X[keep], weights[keep]
         self._validate(X)
         _check_finite(X)
         n, d = X.shape
@@ -553,7 +688,14 @@ class _EMBase:
             return X if idx is None else X[idx]
 
         return self._fit(
-            n, d, _column_moments(X), take_rows, lambda stats=True: self._statistics(X, stats), means_init, progress
+            n,
+            d,
+            _column_moments(X, weights),
+            take_rows,
+            lambda stats=True: self._statistics(X, stats, sample_weight=weights),
+            means_init,
+            progress,
+            weights=weights,
         )
 
     # -- fitting from chunks (the out-of-core and cluster paths) -------------
@@ -579,6 +721,19 @@ class _EMBase:
         size = self.sample_size
         if size is not None and 0 < size < n and size >= self.n_components:
             return np.sort(rng.choice(n, size=size, replace=False))
+        return None
+
+    def _draw_weighted_sample(
+        self, weights: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``sample_size`` draws with replacement in proportion to ``weights``:
+        (sorted distinct rows drawn, how often each was drawn), or None for no sample."""
+        size, n = self.sample_size, weights.size
+        if size is not None and 0 < size < n and size >= self.n_components:
+            idx = rng.choice(n, size=size, replace=True, p=weights / weights.sum())
+            rows, counts = np.unique(idx, return_counts=True)
+            if rows.size >= self.n_components:
+                return rows, counts.astype(np.float64)
         return None
 
     @_one_blas_thread
@@ -641,6 +796,7 @@ class _EMBase:
         means_init: Any,
         progress: ProgressFn | None,
         check_rows: bool = False,
+        weights: np.ndarray | None = None,
     ):
         prior = self._prior
         k = self.n_components
@@ -651,7 +807,12 @@ class _EMBase:
         self.reg_covar_ = getattr(self, "reg_covar", 0.0) * (mean_var if mean_var > 0 else 1.0)
         rng = np.random.default_rng(self.seed)
 
-        idx = self._draw_sample(n, rng) if prior is None else None
+        fit_w = weights
+        if weights is None:
+            idx = self._draw_sample(n, rng) if prior is None else None
+        else:
+            drawn = self._draw_weighted_sample(weights, rng)
+            idx, fit_w = (None, weights) if drawn is None else drawn
         sampled = idx is not None
         fit_rows = take_rows(idx)
         if check_rows:
@@ -664,18 +825,19 @@ class _EMBase:
         if means_init is not None:
             starts = [np.asarray(means_init, dtype=np.float64).reshape(k, d) - self._center]
         else:
-            starts = [self._initial_means(fit_rows, rng) for _ in range(self.n_init)]
+            starts = [self._initial_means(fit_rows, rng, fit_w) for _ in range(self.n_init)]
 
         best = None
         for means0 in starts:
             if prior is not None:
                 prior.reset()
-            self._init_from_means(fit_rows, means0)
-            trace, converged, n_iter = self._em(fit_rows, self.max_iter, progress)
+            self._init_from_means(fit_rows, means0, fit_w)
+            trace, converged, n_iter = self._em(fit_rows, self.max_iter, progress, sample_weight=fit_w)
             if best is None or trace[-1] > best[0][-1]:
-                best = (trace, converged, n_iter, self._state())
-        trace, converged, n_iter, state = best
+                best = (trace, converged, n_iter, self._state(), means0)
+        trace, converged, n_iter, state, means0 = best
         self._set_state(state)
+        self._start_means = means0 + self._center  # the start EM ran from (private: not serialised)
         self.n_iter_sample_ = n_iter if sampled else 0
         polish: list[float] = []
         if sampled and self.polish_iter > 0:
@@ -760,12 +922,20 @@ class _EMBase:
         offset: int = 0,
         resp_out: np.ndarray | None = None,
         score_out: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> EMStatistics:
-        total, s, (worst_score, worst_row) = self._pass_sums(X, stats=stats, resp_out=resp_out, score_out=score_out)
+        total, s, (worst_score, worst_row) = self._pass_sums(
+            X, stats=stats, resp_out=resp_out, score_out=score_out, sample_weight=sample_weight
+        )
         point = X[worst_row].astype(np.float64)
-        return EMStatistics(s, total, X.shape[0], worst_score, offset + worst_row, point)
+        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        return EMStatistics(s, total, n, worst_score, offset + worst_row, point)
 
-    def _initial_means(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _initial_means(
+        self, X: np.ndarray, rng: np.random.Generator, sample_weight: np.ndarray | None = None
+    ) -> np.ndarray:
+        if sample_weight is not None:
+            return self._initial_means_weighted(X, rng, sample_weight)
         m = min(X.shape[0], 20000)
         idx = rng.choice(X.shape[0], size=m, replace=False) if m < X.shape[0] else np.arange(m)
         xs = X[idx].astype(np.float64) - self._center
@@ -773,7 +943,23 @@ class _EMBase:
             return xs[rng.choice(m, size=self.n_components, replace=False)]
         return kmeans(xs, self.n_components, rng)
 
-    def _init_from_means(self, X: np.ndarray, means: np.ndarray) -> None:
+    def _initial_means_weighted(self, X: np.ndarray, rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+        """k-means on all the rows with their weights (up to 20,000 rows; beyond, on
+        20,000 draws with replacement in proportion to the weights, each distinct
+        row drawn weighted by how often it was drawn)."""
+        n, m = X.shape[0], 20000
+        if n <= m:
+            xs, ws = X.astype(np.float64) - self._center, w
+        else:
+            idx, counts = np.unique(rng.choice(n, size=m, replace=True, p=w / w.sum()), return_counts=True)
+            xs, ws = X[idx].astype(np.float64) - self._center, counts.astype(np.float64)
+        if self.init == "random":
+            if np.count_nonzero(ws) < self.n_components:
+                raise ValueError(f"fewer rows of positive weight than n_components={self.n_components}")
+            return xs[rng.choice(xs.shape[0], size=self.n_components, replace=False, p=ws / ws.sum())]
+        return kmeans(xs, self.n_components, rng, sample_weight=ws)
+
+    def _init_from_means(self, X: np.ndarray, means: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         """Hard-assign every row to its nearest mean, then one M-step."""
         k, d = means.shape
         iso = _Layout(d, "iso")
@@ -789,16 +975,23 @@ class _EMBase:
             onehot[np.argmax(logits, axis=0), np.arange(logits.shape[1])] = 1.0
             return onehot, onehot, np.zeros(logits.shape[1])
 
-        _, s, _ = self._pass(X, coefficients=w, posterior=hard)
+        _, s, _ = self._pass(X, coefficients=w, posterior=hard, sample_weight=sample_weight)
         # fresh state for this start: a component no row is nearest to keeps its mean
         self._means, self._cov = means.copy(), None
-        self._m_step(s, X.shape[0])
+        self._m_step(s, X.shape[0] if sample_weight is None else float(sample_weight.sum()))
 
-    def _em(self, X: np.ndarray, max_iter: int, progress: ProgressFn | None, start: int = 0):
+    def _em(
+        self,
+        X: np.ndarray,
+        max_iter: int,
+        progress: ProgressFn | None,
+        start: int = 0,
+        sample_weight: np.ndarray | None = None,
+    ):
         if self._prior is not None:
             statistics = lambda stats=True: self._prior_step(X)
         else:
-            statistics = lambda stats=True: self._statistics(X, stats)
+            statistics = lambda stats=True: self._statistics(X, stats, sample_weight=sample_weight)
         return self._em_loop(statistics, max_iter, progress, start)
 
     def _em_loop(
@@ -919,18 +1112,22 @@ class _EMBase:
         return out
 
     @_one_blas_thread
-    def score(self, X: Any) -> float:
-        """Mean of :meth:`score_samples` (the mean log-likelihood for mixtures)."""
+    def score(self, X: Any, sample_weight: Any = None) -> float:
+        """Mean of :meth:`score_samples` (the mean log-likelihood for mixtures),
+        weighted by ``sample_weight`` if given."""
         X = self._check_input(X)
-        return self._pass(X, stats=False)[0]
+        return self._pass(X, stats=False, sample_weight=_check_weights(sample_weight, X.shape[0]))[0]
 
     @_one_blas_thread
-    def predict_proba_and_score(self, X: Any, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """Memberships and the mean score in a single pass over X."""
+    def predict_proba_and_score(
+        self, X: Any, out: np.ndarray | None = None, sample_weight: Any = None
+    ) -> tuple[np.ndarray, float]:
+        """Memberships and the mean score (weighted by ``sample_weight``) in a single pass over X."""
         X = self._check_input(X)
         if out is None:
             out = np.empty((X.shape[0], self.n_components), dtype=X.dtype)
-        mean, _, _ = self._pass(X, stats=False, resp_out=out)
+        w = _check_weights(sample_weight, X.shape[0])
+        mean, _, _ = self._pass(X, stats=False, resp_out=out, sample_weight=w)
         return out, mean
 
     # -- state --------------------------------------------------------------
@@ -1016,12 +1213,17 @@ class _LikelihoodMixin:
         """
         return self._log_joint(self._check_input(X), out)
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion on X (lower is better)."""
+    def bic(self, X: Any, sample_weight: Any = None) -> float:
+        """Bayesian information criterion on X (lower is better); with
+        ``sample_weight``, n is the total weight."""
         X = _check_array(X)
-        return -2.0 * self.score(X) * X.shape[0] + self.n_parameters() * math.log(X.shape[0])
+        w = _check_weights(sample_weight, X.shape[0])
+        n = X.shape[0] if w is None else float(w.sum())
+        return -2.0 * self.score(X, sample_weight=w) * n + self.n_parameters() * math.log(n)
 
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion on X (lower is better)."""
+    def aic(self, X: Any, sample_weight: Any = None) -> float:
+        """Akaike information criterion on X (lower is better), weighted like :meth:`bic`."""
         X = _check_array(X)
-        return -2.0 * self.score(X) * X.shape[0] + 2.0 * self.n_parameters()
+        w = _check_weights(sample_weight, X.shape[0])
+        n = X.shape[0] if w is None else float(w.sum())
+        return -2.0 * self.score(X, sample_weight=w) * n + 2.0 * self.n_parameters()
