@@ -141,6 +141,7 @@ class SegmentOptions:
     region_threshold: float = MERGE_THRESHOLD
     probabilities: str = "npy"
     probabilities_dtype: str = "float32"
+    palette: str = "categorical"
     bands: tuple[int, ...] | None = None
     display_bands: tuple[int, ...] | None = None
 
@@ -257,6 +258,7 @@ class SegmentOptions:
             "region_threshold": self.region_threshold,
             "probabilities": self.probabilities,
             "probabilities_dtype": self.probabilities_dtype,
+            "palette": self.palette,
         }
 
     def expect(self) -> dict[str, Any]:
@@ -491,6 +493,7 @@ def apply_batch(
     region_threshold: float = MERGE_THRESHOLD,
     probabilities: str = "npy",
     probabilities_dtype: str = "float32",
+    palette: str = "categorical",
     recursive: bool = False,
     frames: bool = False,
     jobs: int | None = None,
@@ -534,7 +537,10 @@ def apply_batch(
         "region_threshold": region_threshold,
         "probabilities": probabilities,
         "probabilities_dtype": probabilities_dtype,
+        "palette": palette,
     }
+    if palette not in CHOICES["palette"]:
+        raise SegsoftError(f"--palette must be one of {', '.join(CHOICES['palette'])}, got {palette!r}")
     fitted, spec, record = load_model(model)
     if not spec.fitted:
         raise SegsoftError(f"{model}: the feature spec in this model.json has no standardisation")

@@ -285,6 +285,15 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
     "alpha": (float, typer.Option(0.5, "--alpha", help="Opacity of the cluster colours in overlay.png."), "alpha"),
     "cmap": (str, typer.Option("viridis", "--cmap", help="Matplotlib colormap for the heatmaps."), "cmap"),
+    "palette": (
+        str,
+        typer.Option(
+            "categorical",
+            "--palette",
+            help="Cluster colours: categorical (distinguishable up to k = 64) or mean (each cluster's mean colour).",
+        ),
+        "palette",
+    ),
     "regions": (
         bool,
         typer.Option(
@@ -350,13 +359,14 @@ _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
     "m": (lambda v: v.get("model", "gmm") == "fcm", "-m/--fuzzifier", "--model fcm"),
     "covariance": (lambda v: v.get("model", "gmm") == "gmm", "--covariance", "--model gmm"),
 }
-_CHOICE_FIELDS = ("color", "model", "covariance", "criterion")  # case-insensitive on the command line
-_OUTPUT_ONLY = ("alpha", "cmap", "probabilities", "probabilities_dtype")
+_CHOICE_FIELDS = ("color", "model", "covariance", "criterion", "palette")  # case-insensitive on the command line
+_OUTPUT_ONLY = ("alpha", "cmap", "palette", "probabilities", "probabilities_dtype")
 # nothing is written or drawn, and regions do not depend on the display bands
 _EVALUATE_OPTIONS = tuple(name for name in _OPTIONS if name not in (*_OUTPUT_ONLY, "display_bands"))
 _RENDER_OPTIONS = (
     "alpha",
     "cmap",
+    "palette",
     "regions",
     "region_threshold",
     "probabilities",
@@ -635,6 +645,7 @@ def apply(
             region_threshold=opts.region_threshold,
             probabilities=opts.probabilities,
             probabilities_dtype=opts.probabilities_dtype,
+            palette=opts.palette,
             recursive=recursive,
             frames=frames,
             jobs=jobs,

@@ -80,6 +80,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model": ("gmm", "soft-kmeans", "fcm"),
     "covariance": ("full", "diag", "spherical", "tied"),
     "criterion": ("icl", "bic"),
+    "palette": ("categorical", "mean"),
 }
 
 #: The command-line flag of each setting.
@@ -103,6 +104,7 @@ FLAGS: dict[str, str] = {
     "alpha": "--alpha",
     "cmap": "--cmap",
     "regions": "--regions",
+    "palette": "--palette",
     "region_threshold": "--region-threshold",
 }
 

@@ -587,6 +587,7 @@ def write(
     protect: Iterable[str | os.PathLike] = (),
     probabilities: str = "npy",
     probabilities_dtype: str = "float32",
+    palette: str = "categorical",
 ) -> dict[str, Path]:
     """Write every output of ``seg`` into ``folder`` (created if needed).
 
@@ -624,6 +625,7 @@ def write(
     except ValueError as exc:
         raise SegsoftError(f"{folder}: {exc}") from None
     stored = probability_settings(probabilities, probabilities_dtype)
+    seg.use_palette(palette)  # checked here too: before the folder is touched
     protect = [seg.image.path, *protect]
     check_targets(folder, protect)
     _prepare_folder(folder)

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 MODELS = ("gmm", "soft-kmeans", "fcm")
+PALETTES = ("categorical", "mean")
 DEFAULT_SAMPLE = 200_000
 # MAX_K (segsoft.limits) is the most clusters the pipeline fits: every cluster adds an output picture,
 # a montage tile and a probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes
@@ -87,6 +88,7 @@ class SoftSegmentation:
     timings: dict[str, float] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
     _region_maps: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    palette: str = field(default="categorical", init=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -154,8 +156,27 @@ class SoftSegmentation:
 
     @cached_property
     def colors(self) -> np.ndarray:
-        """Display colour of each cluster, uint8 (k, 3)."""
+        """Display colour of each cluster, uint8 (k, 3): the categorical palette, or with
+        :meth:`use_palette` ``"mean"`` each cluster's mean colour."""
+        if self.palette == "mean":
+            return render.mean_palette(self.mean_rgb)
         return render.cluster_colors(self.k)
+
+    def use_palette(self, palette: str) -> SoftSegmentation:
+        """Draw the clusters in ``"categorical"`` colours (distinguishable up to k = 64) or in their
+        ``"mean"`` colours; returns ``self``.
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = (200, 40, 30)
+        >>> segment(rgb, k=2).use_palette("mean").colors.tolist()
+        [[0, 0, 0], [200, 40, 30]]
+        """
+        if palette not in PALETTES:
+            raise SegsoftError(f"--palette must be one of {', '.join(PALETTES)}, got {palette!r}")
+        self.palette = palette
+        self.__dict__.pop("colors", None)
+        return self
 
     @cached_property
     def mean_rgb(self) -> np.ndarray:
@@ -308,6 +329,7 @@ class SoftSegmentation:
         region_threshold: float = MERGE_THRESHOLD,
         probabilities: str = "npy",
         probabilities_dtype: str = "float32",
+        palette: str = "categorical",
     ) -> dict[str, Path]:
         """Write every output (pictures, probabilities, model.json) into ``folder``.
 
@@ -315,7 +337,8 @@ class SoftSegmentation:
         ``region_threshold`` (see :meth:`regions`). ``probabilities`` is the
         memberships file's format (``npy``, ``tiff`` or ``none``) and
         ``probabilities_dtype`` its type (``float32``, ``float16`` or
-        ``uint8``). Returns the written paths by name. See
+        ``uint8``); ``palette`` the cluster colours (``categorical`` or
+        ``mean``). Returns the written paths by name. See
         :func:`segsoft.outputs.write`.
         """
         from .outputs import write
@@ -329,6 +352,7 @@ class SoftSegmentation:
             region_threshold=region_threshold,
             probabilities=probabilities,
             probabilities_dtype=probabilities_dtype,
+            palette=palette,
         )
 
 

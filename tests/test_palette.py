@@ -131,3 +131,27 @@ def test_mean_palette_min_delta_and_bad_shapes():
     for bad in ([0.5, 0.5, 0.5], np.zeros((2, 4)), np.zeros((0, 3))):
         with pytest.raises(SegsoftError):
             render.mean_palette(bad)
+
+
+def test_palette_mean_through_the_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image as PILImage
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, 15:] = (200, 40, 30)
+    rgb[:, :15] = (20, 90, 200)
+    PILImage.fromarray(rgb).save(tmp_path / "two.png")
+    run = [sys.executable, "-m", "segsoft", "run", str(tmp_path / "two.png"), "-k", "2", "-q", "--palette"]
+    result = subprocess.run([*run, "MEAN", "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "o" / "two" / "model.json").read_text())
+    assert sorted(c["display_color"] for c in record["clusters"]) == ["#145ac8", "#c8281e"]
+    labels = np.asarray(PILImage.open(tmp_path / "o" / "two" / "labels.png").convert("RGB"))
+    assert tuple(labels[0, 0]) == (20, 90, 200) and tuple(labels[0, -1]) == (200, 40, 30)
+    bad = subprocess.run([*run, "rainbow", "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "segsoft: error: --palette must be one of categorical, mean, got 'rainbow'"
+    ]
