@@ -263,7 +263,11 @@ class SegmentOptions:
 
     def expect(self) -> dict[str, Any]:
         """What a complete output folder's model.json must say about the pictures and files asked for."""
-        return {**_expect_regions(self.region_cut), **_expect_probabilities(self.probabilities, self.probabilities_dtype)}
+        return {
+            **_expect_regions(self.region_cut),
+            **_expect_probabilities(self.probabilities, self.probabilities_dtype),
+            "pictures": {"palette": self.palette},
+        }
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`segsoft.segment` (everything but ``alpha`` and ``cmap``)."""
@@ -524,6 +528,7 @@ def apply_batch(
     t0 = time.perf_counter()
     check_render_options(alpha, cmap, region_threshold)
     try:
+        check_setting("max_pixels", max_pixels)
         check_regions_flag(regions)
     except ValueError as exc:
         raise SegsoftError(str(exc)) from None
@@ -550,7 +555,11 @@ def apply_batch(
     job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler)
     batch.report.excluded = excluded
-    expect = {**_expect_regions(cut), **_expect_probabilities(probabilities, probabilities_dtype)}
+    expect = {
+        **_expect_regions(cut),
+        **_expect_probabilities(probabilities, probabilities_dtype),
+        "pictures": {"palette": palette},
+    }
     with batch.reporting():
         batch.process(_apply_task, (job,), {"settings": {"applied_model": digest}, **expect})
     return batch.report
@@ -718,16 +727,30 @@ class _Batch:
             if i in self.unreadable:
                 self.record(i, self.unreadable[i])
                 continue
-            record = _complete_record(self.folder(i), expect, path) if self.skip_existing else None
+            try:
+                folder = self.folder(i)
+            except SegsoftError as exc:  # e.g. a link in the output folder that leads outside it: this image only
+                self.rows[i] = _failed(str(path), exc)
+                if self.progress is not None:
+                    self.progress(len(self.rows), len(self.items), self.rows[i])
+                continue
+            record = _complete_record(folder, expect, path) if self.skip_existing else None
             if record is not None:
                 self.record(i, _skipped_row(path, record))
             else:
                 todo.append(i)
-        calls = [(str(self.items[i][0]), str(self.folder(i)), self.items[i][2], *extra) for i in todo]
+        # absolute: a worker of a cluster at an address has its own working folder
+        calls = [
+            (os.path.abspath(self.items[i][0]), os.path.abspath(self.folder(i)), self.items[i][2], *extra) for i in todo
+        ]
         in_flight = _Mapped(self.in_flight, todo)
         with closing(self.execute(task, calls, in_flight)) as results:
             for j, result in results:
-                self.record(todo[j], _as_row(result, calls[j][0]))
+                row = _as_row(result, calls[j][0])
+                row.path = str(self.items[todo[j]][0])  # as the user named it
+                if row.error.startswith(calls[j][0] + ": "):
+                    row.error = row.error[len(calls[j][0]) + 2 :]
+                self.record(todo[j], row)
 
     def fit_shared(self, opts: SegmentOptions, path: Path) -> tuple[Any, FeatureSpec, str] | None:
         """Sample every image, fit one model, write it to ``path`` and load it back
@@ -833,10 +856,7 @@ def _same_source(recorded: Any, path: Path) -> bool:
 def _expect_probabilities(fmt: str, dtype: str) -> dict[str, Any]:
     """What model.json must say about the memberships file; nothing for the default npy/float32,
     so folders written before the option existed are still complete."""
-    settings = probability_settings(fmt, dtype)
-    if settings == probability_settings():
-        return {}
-    return {"probabilities": settings}
+    return {"probabilities": probability_settings(fmt, dtype)}
 
 
 def _expect_regions(threshold: float | None) -> dict[str, Any]:
@@ -986,7 +1006,10 @@ def _sample_task(
     t0 = time.perf_counter()
     try:
         img = read_image(path, max_pixels=max_pixels, page=page)
-        rgb = img.bands.reshape(-1, img.n_bands)
+        # colour and grey photos pool as RGB (a grey one among colour photos is fine, as it always was);
+        # only multiband images pool their own bands
+        picture = bool(img.is_color or img.is_gray)
+        rgb = img.pixels.reshape(-1, 3) if picture else img.bands.reshape(-1, img.n_bands)
         if img.mask is not None:
             rgb = rgb[img.mask.ravel()]
         n = rgb.shape[0]
@@ -1001,7 +1024,9 @@ def _sample_task(
             pos = extract(img, FeatureSpec(color="gray", spatial_weight=spatial_weight, standardize=False))[:, 1:]
             xy = np.ascontiguousarray(pos if rows is None else pos[rows])
         rgb = np.ascontiguousarray(rgb if rows is None else rgb[rows])
-        return _Sample(rgb, xy, img.bit_depth == 8, bool(img.is_color), img.is_gray, img.band_names)
+        if picture:
+            return _Sample(rgb, xy, img.bit_depth == 8)
+        return _Sample(rgb, xy, img.bit_depth == 8, False, False, img.band_names)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
     row.seconds = time.perf_counter() - t0
@@ -1014,9 +1039,10 @@ def _sample_task(
 
 def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, FeatureSpec, np.ndarray]:
     """Fit the feature standardisation and the model on the pooled samples."""
-    counts = {s.rgb.shape[1] for s in samples}
-    if len(counts) > 1:
-        raise SegsoftError(f"the images have different numbers of bands ({', '.join(map(str, sorted(counts)))})")
+    kinds = {(s.is_color, s.rgb.shape[1]) for s in samples}
+    if len(kinds) > 1:
+        what = sorted(f"{c} bands" if not color else "colour or grey" for color, c in kinds)
+        raise SegsoftError(f"one shared model cannot serve images of {' and '.join(what)}: batch them separately")
     rgb = np.concatenate([s.rgb for s in samples])
     eight_bit = all(s.eight_bit for s in samples)
     first = samples[0]

@@ -819,10 +819,13 @@ def entry() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)
         code = command.main(args=sys.argv[1:], prog_name="segsoft", standalone_mode=False)
     except Exception as exc:  # the click exception types differ between Typer versions
+        if type(exc).__name__ == "Abort":  # Ctrl-C while click itself was working
+            typer.echo("segsoft: error: interrupted", err=True)
+            sys.exit(130)
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
         context = getattr(getattr(exc, "ctx", None), "command_path", None) or "segsoft"

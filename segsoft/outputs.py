@@ -269,6 +269,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
             },
             "clusters": clusters,
             "k_selection": seg.selection,
+            "pictures": {"palette": seg.palette},
             "timings": seg.timings,
             "model": model.to_dict(),
         }
@@ -407,8 +408,18 @@ def _source_identity(image: Any) -> dict[str, Any] | None:
         return None
     now = file_identity(image.path)
     seen = getattr(image, "source_stat", None)
-    if now is None or (seen is not None and (seen["size"], seen["mtime_ns"]) != (now["size"], now["mtime_ns"])):
+    if now is None:
         return None
+    if seen is not None:
+        try:
+            st = os.stat(image.path)
+        except OSError:
+            return None
+        # another file renamed into place keeps no inode; cp -p keeps the size and mtime but not the inode
+        if (seen["size"], seen["mtime_ns"], seen.get("ino"), seen.get("dev")) != (
+            now["size"], now["mtime_ns"], st.st_ino, st.st_dev
+        ):
+            return None
     return now
 
 

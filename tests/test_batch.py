@@ -269,8 +269,10 @@ def test_ctrl_c_stops_cleanly(tmp_path, jobs):
     assert "Traceback" not in stdout + stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segsoft: error: interrupted:") and "--skip-existing" in lines[0]
+    # folders can be complete on disk before the driver has received their rows: the summary lists
+    # what it received, and a resume skips every complete folder either way
     rows = read_summary(out)
-    assert 1 <= len(rows) < 30 and all(r["status"] == "ok" for r in rows.values())
+    assert len(rows) < 30 and all(r["status"] == "ok" for r in rows.values())
     assert not temp_files(out)
     for folder in (f for f in out.iterdir() if f.is_dir()):
         assert_readable(folder)

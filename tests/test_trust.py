@@ -420,3 +420,46 @@ def test_images_under_the_output_folder_are_counted_out_loud(tmp_path):
 def test_evaluate_min_region_has_a_range(tmp_path, value):
     (tmp_path / "gt").mkdir(), (tmp_path / "pred").mkdir()
     one_line_error(cli("evaluate", tmp_path / "pred", "--gt", tmp_path / "gt", "--min-region", value), "--min-region")
+
+
+# ----------------------------------------------------------------------------- from a code review
+
+
+def test_a_shared_model_serves_colour_and_grey_photos_together(tmp_path):
+    inputs = tmp_path / "in"
+    save(inputs / "colour.png", photo(60))
+    PILImage.fromarray(photo(61)[..., 0]).save(inputs / "grey.png")
+    result = cli("batch", inputs, "-k", "2", "--shared-model", "-o", tmp_path / "o", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 images: 2 ok" in result.stdout
+
+
+def test_skip_existing_redoes_a_folder_written_in_another_dtype_or_palette(tmp_path):
+    inputs = tmp_path / "in"
+    save(inputs / "a.png", photo(62))
+    out = tmp_path / "o"
+    assert cli("batch", inputs, "-k", "2", "-o", out, "--probabilities-dtype", "uint8", "-q").returncode == 0
+    again = cli("batch", inputs, "-k", "2", "-o", out, "--skip-existing")
+    assert "1 ok, 0 skipped" in again.stdout and np.load(out / "a" / "probabilities.npy").dtype == np.float32
+    mean = cli("batch", inputs, "-k", "2", "-o", out, "--skip-existing", "--palette", "mean")
+    assert "1 ok, 0 skipped" in mean.stdout
+    assert "1 ok" not in cli("batch", inputs, "-k", "2", "-o", out, "--skip-existing", "--palette", "mean").stdout
+
+
+def test_a_linked_image_folder_fails_its_image_only(tmp_path):
+    inputs = tmp_path / "in"
+    save(inputs / "a.png", photo(63))
+    save(inputs / "b.png", photo(64))
+    out = tmp_path / "o"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "a").symlink_to(tmp_path / "elsewhere")
+    result = cli("batch", inputs, "-k", "2", "-o", out, "-j", "1")
+    assert result.returncode == 1 and "1 ok" in result.stdout and "outside the output folder" in result.stderr
+    assert (out / "b" / "model.json").is_file() and not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_apply_checks_its_options_up_front(tmp_path):
+    image = save(tmp_path / "p.png", photo(65))
+    assert cli("run", image, "-k", "2", "-o", tmp_path / "o", "-q").returncode == 0
+    one_line_error(cli("apply", tmp_path / "o" / "p" / "model.json", image, "--max-pixels", "0"), "--max-pixels")
