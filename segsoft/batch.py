@@ -605,7 +605,23 @@ def _prepare(
             expanded.append((p, stem, None))
         else:
             expanded.extend((p, Path(stem) / f"frame_{i:04d}", i) for i in range(n))
-    return expanded, out, excluded
+    return _distinct_stems(expanded), out, excluded
+
+
+def _distinct_stems(items: list[tuple[Path, Path, int | None]]) -> list[tuple[Path, Path, int | None]]:
+    """Frame folders (``anim/frame_0001``) can meet an input's own (``anim/frame_0001.png``): the later
+    one gets ``_2``, ``_3``, ... as :func:`segsoft.io.find_images` does for its collisions."""
+    seen: set[str] = set()
+    out = []
+    for p, stem, page in items:
+        stem = Path(stem)
+        base, n = stem, 1
+        while stem.as_posix().casefold() in seen:
+            n += 1
+            stem = base.with_name(f"{base.name}_{n}")
+        seen.add(stem.as_posix().casefold())
+        out.append((p, stem, page))
+    return out
 
 
 def _jobs(jobs: int | None) -> int:

@@ -229,3 +229,18 @@ def test_evaluate_scores_folders_written_in_any_probabilities_dtype(tmp_path, dt
     scored = cli("evaluate", out, "--gt", gt, "--min-region", "0")
     assert scored.returncode == 0, scored.stdout + scored.stderr
     assert "1 scored" in scored.stdout
+
+
+def test_frame_folders_never_meet_another_inputs_folder(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _gif(inputs / "anim.gif")
+    clash = np.zeros((24, 32, 3), np.uint8)
+    clash[:, 16:] = (250, 250, 0)
+    (inputs / "anim").mkdir()
+    PILImage.fromarray(clash).save(inputs / "anim" / "frame_0001.png")
+    result = cli("batch", inputs, "-r", "--frames", "-k", "2", "-o", tmp_path / "o", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    assert "4 images: 4 ok" in result.stdout
+    folders = sorted(p.parent.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("model.json"))
+    assert folders == ["anim/frame_0000", "anim/frame_0001", "anim/frame_0001_2", "anim/frame_0002"]
