@@ -45,7 +45,7 @@ DEFAULT_SAMPLE = 200_000
 # of work, hundreds of files and gigabytes; -k auto fits every k up to it. The engines allow any k.
 
 
-@dataclass
+@dataclass(repr=False)
 class SoftSegmentation:
     """Per-pixel memberships of one image, with the model that made them.
 
@@ -89,6 +89,22 @@ class SoftSegmentation:
     selection: dict[str, Any] | None = None
     _region_maps: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     palette: str = field(default="categorical", init=False, compare=False)
+
+    def __repr__(self) -> str:
+        """A line a notebook can show: the image, its size, k, the model and the score; never an array.
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 6, 3), dtype=np.uint8); rgb[:, 3:] = 200
+        >>> segment(rgb, k=2)  # doctest: +ELLIPSIS
+        SoftSegmentation(image=array, 6x8, k=2, model=gmm, log_likelihood=...)
+        """
+        name = "array" if self.image.path is None else self.image.path.name
+        score = "score" if self.settings.get("model") == "fcm" else "log_likelihood"
+        return (
+            f"SoftSegmentation(image={name}, {self.image.width}x{self.image.height}, k={self.k}, "
+            f"model={self.settings.get('model', type(self.model).__name__)}, {score}={self.log_likelihood:.4f})"
+        )
 
     @property
     def k(self) -> int:
