@@ -67,7 +67,7 @@ from .outputs import (
     write,
 )
 from .outputs import _jsonable as _plain
-from .segment import CRITERIA, DEFAULT_SAMPLE, _check_k_range, apply_model, make_model, segment
+from .segment import DEFAULT_SAMPLE, _check_k_range, _count_distinct, apply_model, make_model, segment
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -1063,7 +1063,7 @@ def _fit_shared(opts: SegmentOptions, samples: list[_Sample]) -> tuple[Any, Feat
     eight_bit = all(s.eight_bit for s in samples)
     first = samples[0]
     if opts.spatial_weight == 0 and opts.k > 1:
-        distinct = len(np.unique(rgb, axis=0))
+        distinct = _count_distinct(rgb, opts.k)  # early-stopping and chunked; no sort of the whole pool
         if distinct < opts.k:
             raise SegsoftError(f"k={opts.k} is more than the {distinct} distinct colours in the images' pixel sample")
     if rgb.shape[0] < opts.k:

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -510,11 +511,7 @@ def run(
 def _check_save_model(path: Path, image: Path, folder: Path) -> None:
     """--save-model may write a new file or replace a segsoft model, nothing else:
     not the input, not another output of this run, not a user's file."""
-    import os
-
     from .outputs import LOCK_NAME, check_targets
-
-    import stat
 
     real = os.path.realpath(path)
     if real == os.path.realpath(image):
