@@ -3,7 +3,8 @@
 ``run_batch`` segments every image named by files, folders and glob patterns;
 ``apply_batch`` applies one saved model to each. Both write each image's
 outputs to ``OUTPUT/<relative stem>/`` (the input folders are mirrored, see
-:func:`segsoft.io.find_images`) and one row per image to ``OUTPUT/summary.csv``.
+:func:`segsoft.io.find_images`), one row per image to ``OUTPUT/summary.csv``
+and then the page :mod:`segsoft.report` makes of them, ``OUTPUT/report.html``.
 
 How nothing gets lost
 ---------------------
@@ -335,6 +336,8 @@ class BatchReport:
     seconds: float = 0.0
     interrupted: bool = False
     excluded: int = 0  # images found under the output folder, never taken as inputs
+    html: Path | None = None  # report.html, once written (after summary.csv)
+    html_error: str = ""  # why report.html could not be written; the batch's results stand
 
     def count(self, status: str) -> int:
         return sum(row.status == status for row in self.rows)
@@ -353,6 +356,9 @@ class BatchInterrupted(KeyboardInterrupt):
 
 
 ProgressFn = Callable[[int, int, "BatchResult | None"], None]
+#: ``on_start(stage, weights)``: a stage ("sampling" or "segmenting") begins; ``weights`` maps the
+#: ``path`` each of its rows will carry to the image's estimated pixel count (read from the headers).
+StartFn = Callable[[str, "dict[str, float]"], None]
 
 
 def default_jobs() -> int:
@@ -379,6 +385,7 @@ def run_batch(
     shared_model: bool = False,
     progress: ProgressFn | None = None,
     scheduler: str | None = None,
+    on_start: StartFn | None = None,
 ) -> BatchReport:
     """Soft-segment every image named by ``inputs`` into ``output``.
 
@@ -412,6 +419,13 @@ def run_batch(
         Called in this process after each image with its :class:`BatchResult`
         (skipped images first); with ``shared_model`` also after each image
         of the sampling pass, with ``row`` None.
+    on_start : callable(stage, weights), optional
+        Called in this process as a stage begins, before its first image:
+        ``"segmenting"`` (and first ``"sampling"`` with ``shared_model``).
+        ``weights`` maps the ``path`` each row of the stage will carry to the
+        image's pixel count, read cheaply from the file headers (estimated
+        from the file size where a header says nothing), so a progress bar
+        can weight its ETA by pixels instead of by images.
     scheduler : str, optional
         Run the images on Dask instead of the process pool (the ``dask``
         extra): ``"local"`` (a LocalCluster of ``jobs`` worker processes on
@@ -465,7 +479,7 @@ def run_batch(
         )
     scheduler = _scheduler(scheduler)
     items, out, excluded = _prepare(inputs, output, recursive, frames, opts.max_pixels)
-    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler, on_start)
     batch.report.excluded = excluded
     with batch.reporting():
         if not shared_model:
@@ -504,13 +518,14 @@ def apply_batch(
     skip_existing: bool = False,
     progress: ProgressFn | None = None,
     scheduler: str | None = None,
+    on_start: StartFn | None = None,
 ) -> BatchReport:
     """Apply the model saved in ``model`` (a ``model.json`` or ``shared_model.json``) to many images.
 
     Every image goes through the model's fitted feature transform and gets
     the model's memberships: same clusters, same numbers, same colours. The
     outputs, ``summary.csv``, errors, ``jobs``, ``skip_existing``,
-    ``progress`` and ``scheduler`` work as in :func:`run_batch`; ``regions`` also writes each
+    ``progress``, ``on_start`` and ``scheduler`` work as in :func:`run_batch`; ``regions`` also writes each
     image's regions, cut at ``region_threshold``.
 
     Raises
@@ -553,7 +568,7 @@ def apply_batch(
     items, out, excluded = _prepare(inputs, output, recursive, frames, max_pixels)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
     job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
-    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler)
+    batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler, on_start)
     batch.report.excluded = excluded
     expect = {
         **_expect_regions(cut),
@@ -655,8 +670,11 @@ class _Batch:
         progress: ProgressFn | None,
         t0: float,
         scheduler: str | None = None,
+        on_start: StartFn | None = None,
     ):
         self.items = items
+        self.on_start = on_start
+        self.weights: dict[str, float] | None = None  # estimated pixels per row path, for on_start
         self.scheduler = scheduler  # None: the process pool; else a segsoft.cluster.client.Executor runs the tasks
         self.executor: Any = None
         self.output = output
@@ -671,6 +689,26 @@ class _Batch:
 
     def folder(self, i: int) -> Path:
         return image_folder(self.output, self.items[i][1])
+
+    def row_path(self, i: int) -> str:
+        """The ``path`` of image ``i``'s row, as :meth:`record` writes it."""
+        path, _, page = self.items[i]
+        return str(path) if page is None else f"{path} [frame {page}]"
+
+    def start(self, stage: str) -> None:
+        """Tell ``on_start`` that ``stage`` begins, with every image's estimated pixels."""
+        if self.on_start is None:
+            return
+        if self.weights is None:  # once: the shared model's two stages weigh the same images
+            sizes: dict[str, tuple[int | None, int]] = {}  # per file: frames of one file share its header
+            found = {}
+            for i, (path, _, _) in enumerate(self.items):
+                key = os.fspath(path)
+                if key not in sizes:
+                    sizes[key] = _header_pixels(path)
+                found[self.row_path(i)] = sizes[key]
+            self.weights = _pixel_weights(found)
+        self.on_start(stage, dict(self.weights))
 
     def sweep(self, i: int) -> None:
         """Remove the temporary files a stopped or dead worker left in image ``i``'s folder,
@@ -723,6 +761,20 @@ class _Batch:
         self.report.interrupted = interrupted
         self.report.seconds = time.perf_counter() - self.t0
         write_summary(self.report.rows, self.report.summary)
+        self.write_html(interrupted)
+
+    def write_html(self, interrupted: bool) -> None:
+        """report.html, after summary.csv: a page that cannot be written is reported, and loses nothing."""
+        from .report import write_report
+
+        r = self.report
+        try:
+            # interrupted: no new thumbnails (the overlays are linked as they are), so Ctrl-C stops fast
+            r.html = write_report(
+                r.output, r.rows, seconds=r.seconds, total=r.total, interrupted=interrupted, thumbnails=not interrupted
+            )
+        except Exception as exc:  # noqa: BLE001 - summary.csv and every image folder are written already
+            r.html_error = _one_line(str(exc) if isinstance(exc, SegsoftError) else f"{type(exc).__name__}: {exc}")
 
     def record(self, i: int, row: BatchResult) -> None:
         row.output = str(self.folder(i))
@@ -738,6 +790,7 @@ class _Batch:
 
     def process(self, task: Callable, extra: tuple, expect: dict[str, Any]) -> None:
         """Run ``task(path, folder, *extra)`` for each image not skipped and not failed already."""
+        self.start("segmenting")
         todo = []
         for i, (path, _, _) in enumerate(self.items):
             if i in self.unreadable:
@@ -771,6 +824,7 @@ class _Batch:
     def fit_shared(self, opts: SegmentOptions, path: Path) -> tuple[Any, FeatureSpec, str] | None:
         """Sample every image, fit one model, write it to ``path`` and load it back
         (None when no image could be read)."""
+        self.start("sampling")
         n = len(self.items)
         per = None if not opts.sample else max(1, math.ceil(opts.sample / n))
         calls = [
@@ -809,6 +863,70 @@ class _Mapped:
 
     def discard(self, j: int) -> None:
         self.target.discard(self.todo[j])
+
+
+def _header_pixels(path: str | os.PathLike) -> tuple[int | None, int]:
+    """(width x height from the file's header, or None; the file's size in bytes), without decoding pixels.
+
+    For progress only: any failure gives None, and the image then fails (or not)
+    on its own when it is read. Only regular files are opened: a FIFO would block.
+    """
+    import stat
+    import warnings
+
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None, 0
+    if not stat.S_ISREG(info.st_mode):
+        return None, 0
+    from PIL import Image as PILImage
+
+    def pillow(p: str | os.PathLike) -> int:
+        with PILImage.open(p) as pil:  # lazy: reads the header only
+            return int(pil.width) * int(pil.height)
+
+    def tiff(p: str | os.PathLike) -> int:  # multiband and float TIFFs that Pillow refuses
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth) * int(page.imagelength)
+
+    def npy(p: str | os.PathLike) -> int:  # an array image: its shape, from the header
+        with open(p, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+        if len(shape) < 2:
+            raise ValueError("not an image's shape")
+        big = sorted(shape)[-2:]  # H and W, whether the bands come first or last
+        return int(big[0]) * int(big[1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a decompression-bomb warning is read_image's business, not ours
+        for reader in (pillow, tiff, npy):
+            try:
+                return reader(path), info.st_size
+            except Exception:  # noqa: BLE001, S112 - not this reader's format (or damaged): the next, else the size
+                continue
+    return None, info.st_size
+
+
+def _pixel_weights(sizes: dict[str, tuple[int | None, int]]) -> dict[str, float]:
+    """Pixels per row path: the header's, else the file size times the median pixels per byte of the others.
+
+    Examples
+    --------
+    >>> _pixel_weights({"a.jpg": (1000, 100), "b.raw": (None, 300), "c.raw": (None, 0)})
+    {'a.jpg': 1000.0, 'b.raw': 3000.0, 'c.raw': 1.0}
+    >>> _pixel_weights({"x": (None, 10), "y": (None, 20)})  # no header read: file sizes
+    {'x': 10.0, 'y': 20.0}
+    """
+    ratios = sorted(p / b for p, b in sizes.values() if p is not None and b > 0)
+    per_byte = ratios[len(ratios) // 2] if ratios else 1.0
+    # at least 1: an empty or unreadable file still counts as an image done
+    return {key: float(max(p if p is not None else b * per_byte, 1)) for key, (p, b) in sizes.items()}
 
 
 def write_summary(rows: Sequence[BatchResult], path: str | os.PathLike) -> Path:
@@ -904,7 +1022,7 @@ def _skipped_row(path: Path, record: dict[str, Any]) -> BatchResult:
 
 # temporary names made by io.atomic_path (".<stem>.<8 hex>.tmp<suffix>") for
 # the files segsoft writes; a killed process leaves them behind
-_ROOT_TEMP = re.compile(r"^\.(summary|shared_model)\.[0-9a-f]{8}\.tmp\.(csv|json)$")
+_ROOT_TEMP = re.compile(r"^\.(summary|shared_model|report)\.[0-9a-f]{8}\.tmp\.(csv|json|html)$")
 
 
 # --------------------------------------------------------------------------

@@ -27,13 +27,94 @@ import typer
 from . import __version__
 from .errors import SegsoftError
 from .io import DEFAULT_MAX_PIXELS
-from .limits import check_choice
+from .limits import CHOICES, check_choice
+from .outputs import PROBABILITY_DTYPES, PROBABILITY_FORMATS
 from .regions import MERGE_THRESHOLD
 
+# ----------------------------------------------------------------------------- help
+#
+# Options are grouped into panels, in this order (the default "Options" panel,
+# with --help, comes first); the shared model options get theirs from _PANELS.
+_PANEL_ORDER = ("Model", "Fitting", "Pictures", "Input", "Output", "Scoring", "Performance")
+
+
+def _panel_rank(param: Any) -> int:
+    panel = getattr(param, "rich_help_panel", None)
+    return _PANEL_ORDER.index(panel) + 1 if panel in _PANEL_ORDER else 0
+
+
+class _HelpStyle:
+    """Help as the best Typer tools show it, whatever the installed Typer's defaults.
+
+    Flags are shown as flags (``--regions``, not ``--regions <bool>``), the
+    arguments by name in the usage line (``IMAGE``, not ``{IMAGE}``), and the
+    options in panel order. Parsing is unchanged: only the display is.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # no type column for a flag: its name says it all
+            if param.default is None:
+                # None means "not given": the help text says what applies then (older Typers
+                # would add "[default: None]" after it, a second default that says nothing)
+                param.show_default = False
+        # stable: arguments (rank 0) keep their order, which is what the parser reads
+        return sorted(params, key=_panel_rank)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []  # type: ignore[attr-defined]
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or param.name.upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            pieces.append(name if param.required else f"[{name}]")
+        if isinstance(self, typer.core.TyperGroup):
+            pieces.append(self.subcommand_metavar)
+        return pieces
+
+
+class _Command(_HelpStyle, typer.core.TyperCommand):
+    """A segsoft command (see :class:`_HelpStyle`)."""
+
+
+class _Group(_HelpStyle, typer.core.TyperGroup):
+    """The ``segsoft`` group (see :class:`_HelpStyle`)."""
+
+
+def _choices(names: tuple[str, ...]) -> tuple[str, Callable[..., list[str]]]:
+    """The metavar (``[lab|rgb|hsv|gray|bands]``) and the shell completion of a choice option.
+
+    ``names`` come from the library's tables (:data:`segsoft.limits.CHOICES`, ...), not
+    from an Enum type: the value stays a string that the library checks, case-insensitively,
+    with its own one-line error naming the flag (an Enum would get click's exit-2 message).
+
+    Examples
+    --------
+    >>> metavar, complete = _choices(("gmm", "soft-kmeans", "fcm"))
+    >>> metavar, complete("s"), complete("S")
+    ('[gmm|soft-kmeans|fcm]', ['soft-kmeans'], ['Soft-kmeans'])
+    """
+
+    def complete(incomplete: str) -> list[str]:  # Typer passes the parameters by their annotations
+        # the typed prefix kept as typed: Typer keeps only candidates that start with it, and the
+        # value is read case-insensitively anyway
+        lower = incomplete.lower()
+        return [incomplete + name[len(lower) :] for name in names if name.startswith(lower)]
+
+    return "[" + "|".join(names) + "]", complete
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=_Group,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",  # the same on every Typer; help texts escape their brackets: \[dask]
     help="Soft image segmentation: every pixel gets a membership in each of k clusters.",
 )
 
@@ -247,8 +328,8 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
         typer.Option(
             None,
             "--color",
-            help="Features: a colour space (lab, the default for colour and grey images; rgb, hsv, gray) "
-            "or bands (the default for other band counts).",
+            help="Features: a colour space or the image's bands "
+            "(default: lab for colour and grey images, bands for other band counts).",
         ),
         "color",
     ),
@@ -350,6 +431,43 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     ),
 }
 _MODEL_OPTIONS = tuple(_OPTIONS)
+_PANELS = {  # option: help panel
+    **dict.fromkeys(
+        (
+            "k",
+            "k_range",
+            "criterion",
+            "model",
+            "covariance",
+            "beta",
+            "fuzzifier",
+            "color",
+            "bands",
+            "spatial_weight",
+            "smoothing",
+        ),
+        "Model",
+    ),
+    **dict.fromkeys(("max_iter", "tol", "n_init", "sample", "seed"), "Fitting"),
+    **dict.fromkeys(("display_bands", "alpha", "cmap", "palette", "regions", "region_threshold"), "Pictures"),
+    **dict.fromkeys(("probabilities", "probabilities_dtype"), "Output"),
+    "max_pixels": "Input",
+}
+_METAVARS = {  # what a value looks like, where its type alone (<str>) would not say
+    "k": "<int|auto>",
+    "k_range": "<low..high>",
+    "bands": "<band,...>",
+    "display_bands": "<band,...>",
+    "cmap": "<colormap>",
+}
+_TABLES = {**CHOICES, "probabilities": PROBABILITY_FORMATS, "probabilities_dtype": PROBABILITY_DTYPES}
+for _name, (_, _info, _field) in _OPTIONS.items():
+    _info.rich_help_panel = _PANELS[_name]
+    if _field in _TABLES:  # shown as [gmm|soft-kmeans|fcm] and completed, yet checked by the library
+        _info.metavar, _info.autocompletion = _choices(_TABLES[_field])
+    elif _name in _METAVARS:
+        _info.metavar = _METAVARS[_name]
+del _name, _info, _field
 # options that mean something only together with another: field -> (in effect?, flag, with what).
 # Given on the command line where they have no effect, they are an error, never silently ignored.
 _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
@@ -452,30 +570,42 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
 # ----------------------------------------------------------------------------- commands
 
 
-@app.command()
+@app.command(cls=_Command)
 @_guard
 @_options(_MODEL_OPTIONS)
 def run(
     image: Path = typer.Argument(..., metavar="IMAGE", help="Image file to segment (JPEG, PNG, TIFF, BMP, WebP, ...)."),
     output: Path = typer.Option(
-        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<image name>/."
+        Path("outputs"),
+        "-o",
+        "--output",
+        help="Output folder; results go to OUTPUT/<image name>/.",
+        rich_help_panel="Output",
     ),
     opts: Any = None,
     save_model: Path | None = typer.Option(
-        None, "--save-model", help="Also save the fitted model here, for segsoft apply."
+        None, "--save-model", help="Also save the fitted model here, for segsoft apply.", rich_help_panel="Output"
     ),
     page: int | None = typer.Option(
         None,
         "--page",
         min=0,
         help="The page or frame of a multi-frame file (from 0); its outputs go to OUTPUT/<name>/frame_NNNN/.",
+        rich_help_panel="Input",
     ),
     scheduler: str | None = typer.Option(
         None,
         "--scheduler",
         metavar="local|threads|ADDRESS",
-        help="Features, fit and memberships tile by tile on Dask (pip install 'segsoft[dask]'): local = a local "
+        help="Features, fit and memberships tile by tile on Dask (pip install 'segsoft\\[dask]'): local = a local "
         "cluster, threads = threads of this process, tcp://host:8786 = a running cluster; same numbers as without.",
+        rich_help_panel="Performance",
+    ),
+    report: bool = typer.Option(
+        False,
+        "--report",
+        help="Also write report.html in the image's folder: its pictures and numbers on one page.",
+        rich_help_panel="Output",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
@@ -499,11 +629,29 @@ def run(
     if save_model is not None:
         _check_save_model(save_model, image, folder)
         check_writable(save_model.parent)
-    with _sigterm_as_interrupt():
-        seg = segment(image, **opts.segment_kwargs(), page=page, scheduler=scheduler)
+    if _out_of_core(image, scheduler, opts):
+        _run_large(image, folder, scheduler, opts, page, quiet, save_model, report, start)
+        return
+    score = "score (-J)" if opts.model == "fcm" else "log-likelihood"  # c-means has no likelihood
+    with _sigterm_as_interrupt(), _StatusLine(quiet, image.name, score) as status:
+        seg = segment(
+            image,
+            **opts.segment_kwargs(),
+            page=page,
+            scheduler=scheduler,
+            progress=status.iteration,
+            on_stage=status.stage,
+        )
+        status.stage(f"writing pictures to {folder}")
         seg.save(folder, **opts.write_kwargs())
         if save_model is not None:
+            status.stage(f"saving the model to {save_model}")
             write_model(seg, save_model)
+        if report:
+            from .report import write_report
+
+            status.stage("writing report.html")
+            write_report(folder)
     if not quiet:
         _summary(seg, folder, time.perf_counter() - start, opts.region_cut)
 
@@ -547,33 +695,46 @@ def _is_segsoft_model(path: Path) -> bool:
 
 
 _INPUTS_HELP = "Image files, folders and glob patterns (quote them: '*.jpg')."
-_JOBS = typer.Option(None, "--jobs", "-j", help="Worker processes (default: one per CPU core).")
-_RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also look in the sub-folders of folder inputs.")
+_JOBS = typer.Option(
+    None, "--jobs", "-j", help="Worker processes (default: one per CPU core).", rich_help_panel="Performance"
+)
+_RECURSIVE = typer.Option(
+    False, "--recursive", "-r", help="Also look in the sub-folders of folder inputs.", rich_help_panel="Input"
+)
 _FRAMES = typer.Option(
     False,
     "--frames",
     help="Segment every frame of multi-frame files (GIF, APNG, WebP, TIFF pages) into OUTPUT/<name>/frame_NNNN/.",
+    rich_help_panel="Input",
 )
 _SKIP = typer.Option(
-    False, "--skip-existing", help="Skip images whose output folder is complete; resumes an interrupted batch."
+    False,
+    "--skip-existing",
+    help="Skip images whose output folder is complete; resumes an interrupted batch.",
+    rich_help_panel="Output",
 )
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no report on success.")
 _SCHEDULER = typer.Option(
     None,
     "--scheduler",
     metavar="local|threads|ADDRESS",
-    help="Run on Dask (pip install 'segsoft[dask]'): local = a local cluster of --jobs worker processes, "
+    help="Run on Dask (pip install 'segsoft\\[dask]'): local = a local cluster of --jobs worker processes, "
     "threads = --jobs threads of this process, tcp://host:8786 = a running Dask cluster.",
+    rich_help_panel="Performance",
 )
 
 
-@app.command()
+@app.command(cls=_Command)
 @_guard
 @_options(_MODEL_OPTIONS)
 def batch(
     inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help=_INPUTS_HELP),
     output: Path = typer.Option(
-        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
+        Path("outputs"),
+        "-o",
+        "--output",
+        help="Output folder; results go to OUTPUT/<path below the input folder>/.",
+        rich_help_panel="Output",
     ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
@@ -584,6 +745,7 @@ def batch(
         "--shared-model",
         help="Fit one model on pixels from all images and apply it to each, "
         "so cluster numbers and colours agree across the batch.",
+        rich_help_panel="Model",
     ),
     scheduler: str | None = _SCHEDULER,
     opts: Any = None,
@@ -604,11 +766,12 @@ def batch(
             shared_model=shared_model,
             progress=bar.update,
             scheduler=scheduler,
+            on_start=bar.start,
         )
     _batch_report(report, quiet)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_guard
 @_options(_RENDER_OPTIONS)
 def apply(
@@ -617,7 +780,11 @@ def apply(
     ),
     inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help=_INPUTS_HELP),
     output: Path = typer.Option(
-        Path("outputs"), "-o", "--output", help="Output folder; results go to OUTPUT/<path below the input folder>/."
+        Path("outputs"),
+        "-o",
+        "--output",
+        help="Output folder; results go to OUTPUT/<path below the input folder>/.",
+        rich_help_panel="Output",
     ),
     jobs: int | None = _JOBS,
     recursive: bool = _RECURSIVE,
@@ -649,18 +816,86 @@ def apply(
             skip_existing=skip_existing,
             progress=bar.update,
             scheduler=scheduler,
+            on_start=bar.start,
         )
     _batch_report(report, quiet)
 
 
+class _StatusLine:
+    """What ``run`` is doing, as one rich status line on stderr; only on a terminal and without --quiet.
+
+    :func:`segsoft.segment.segment` reports its stages (``on_stage``) and every
+    EM iteration (``progress``); the line shows the latest. It is transient:
+    gone before the summary or an error is printed.
+    """
+
+    _EVERY = 0.1  # seconds between forced redraws; the live display also redraws 12.5 times a second
+
+    def __init__(self, quiet: bool, name: str, score: str = "log-likelihood", console: Any = None):
+        from rich.console import Console
+        from rich.live import Live
+        from rich.spinner import Spinner
+
+        console = console or Console(stderr=True)
+        # a dumb terminal cannot rewrite a line: it would get one line per redraw
+        self.enabled = not quiet and console.is_terminal and not console.is_dumb_terminal
+        self.name, self.score = name, score
+        self.spinner = Spinner("dots")
+        # stdout is left alone: what goes there (the summary, a pipe) must stay there
+        self.live = Live(self.spinner, console=console, transient=True, refresh_per_second=12.5, redirect_stdout=False)
+        self.current = ""
+        self.drawn = 0.0
+        self.iterated = False  # the current stage has reported an iteration
+
+    def __enter__(self) -> _StatusLine:
+        if self.enabled:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.live.stop()
+
+    def stage(self, name: str) -> None:
+        """A new stage: always drawn at once, so even a stage shorter than a refresh is seen."""
+        self.current, self.iterated = name, False
+        self._show(f"{name}...", force=True)
+
+    def iteration(self, iteration: int, value: float) -> None:
+        """An EM iteration: the first of a stage is drawn at once, later ones at most every 0.1 s."""
+        first, self.iterated = not self.iterated, True
+        self._show(f"{self.current or 'fitting'}: iteration {iteration}, {self.score} {value:.4f}", force=first)
+
+    def _show(self, text: str, force: bool) -> None:
+        if not self.enabled:
+            return
+        from rich.text import Text
+
+        # Text, not markup: a file name may hold [brackets]; one line, cut to the terminal's
+        # width (less the spinner), or a long path would wrap and each redraw add lines
+        line = Text(f"{self.name}: {text}")
+        line.truncate(max(self.live.console.width - 3, 10), overflow="ellipsis")
+        self.spinner.update(text=line)
+        now = time.monotonic()
+        if force or now - self.drawn >= self._EVERY:
+            self.drawn = now
+            self.live.refresh()
+
+
 class _ProgressBar:
-    """A rich progress bar on stderr (counts, failures, elapsed, ETA); only on a terminal and without --quiet."""
+    """A rich progress bar on stderr (counts, failures, elapsed, ETA); only on a terminal and without --quiet.
+
+    It shows at once, while the images are still being found; a batch then
+    announces each stage with every image's pixel count (``on_start``), and
+    the bar advances by pixels, so its ETA is weighted by pixels, not by
+    images: one 24 MP photo is not taken for as much work as one thumbnail.
+    Without ``on_start`` (``evaluate``) every item weighs the same.
+    """
 
     def __init__(self, quiet: bool):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
@@ -671,7 +906,7 @@ class _ProgressBar:
         self.progress = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[count]}"),  # images; the bar itself counts pixels
             TextColumn("{task.fields[failed]} failed"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -683,29 +918,57 @@ class _ProgressBar:
         self.stage = ""
         self.failed = 0
         self.started = False  # an image was processed (not skipped) in this stage
+        self.weights: dict[str, float] | None = None  # this stage's pixels per row path
+        self.mean = 1.0  # the weight of a row not in weights (or of every row without them)
+        self.work = 0.0  # weight done in this stage
+        self.total_work = 0.0
 
     def __enter__(self) -> _ProgressBar:
         self.progress.start()
+        # at once, not after the first image: finding the images and reading their headers take time too
+        self._new_task("starting", None, None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def _new_task(self, stage: str, count: int | None, weights: dict[str, float] | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.weights = weights
+        self.total_work = sum(weights.values()) if weights else float(count or 0)
+        self.mean = self.total_work / len(weights) if weights else 1.0
+        self.work = 0.0
+        self.task = self.progress.add_task(
+            stage,
+            total=None if count is None else self.total_work,  # None: a pulsing bar until the counts are known
+            done=0,
+            count="?" if count is None else count,
+            failed=self.failed,
+        )
+        self.stage, self.started = stage, False
+
+    def start(self, stage: str, weights: dict[str, float]) -> None:
+        """A batch stage begins: ``weights`` maps each row's path to its image's pixels (see run_batch)."""
+        self._new_task(stage, len(weights), weights)
+
     def update(self, done: int, total: int, row: Any, stage: str | None = None) -> None:
         stage = stage or ("sampling" if row is None else "segmenting")
         if stage != self.stage:
-            if self.task is not None:
-                self.progress.update(self.task, visible=False)
-            self.task = self.progress.add_task(stage, total=total, failed=0)
-            self.stage, self.started = stage, False
+            self._new_task(stage, total, None)
         if row is not None and row.status == "failed":
             self.failed += 1
+        weight = self.weights.get(row.path) if self.weights and row is not None else None
+        self.work += self.mean if weight is None else weight
+        if done >= total:
+            self.work = self.total_work  # estimates must not leave a finished stage short of the end
+        fields = {"done": done, "count": total, "failed": self.failed}
         if row is not None and row.status == "skipped" and not self.started:
             # skipped images come first: count them without letting them fake a high speed in the ETA
-            self.progress.reset(self.task, total=total, completed=done, failed=self.failed)
+            self.progress.reset(self.task, total=self.total_work, completed=self.work, **fields)
             return
         self.started = True
-        self.progress.update(self.task, total=total, completed=done, failed=self.failed)
+        self.progress.update(self.task, total=self.total_work, completed=self.work, **fields)
 
 
 def _batch_report(report: Any, quiet: bool) -> None:
@@ -713,6 +976,8 @@ def _batch_report(report: Any, quiet: bool) -> None:
     failed = report.failed
     if not quiet:
         extra = f"; shared model {report.shared_model}" if report.shared_model is not None else ""
+        if report.html is not None:
+            extra += f"; report {report.html}"
         if report.excluded:
             extra += (
                 f"; {report.excluded} image{'s' * (report.excluded != 1)} under the output folder "
@@ -722,13 +987,15 @@ def _batch_report(report: Any, quiet: bool) -> None:
             f"{report.total} image{'s' * (report.total != 1)}: {report.count('ok')} ok, {report.count('skipped')} skipped, "
             f"{len(failed)} failed in {report.seconds:.1f} s; summary {report.summary}{extra}"
         )
+    if report.html_error:  # the images and summary.csv are written: a warning, not a failed batch
+        typer.echo(f"segsoft: warning: report.html not written: {report.html_error}", err=True)
     for row in failed:
         typer.echo(f"segsoft: error: {row.path}: {row.error}", err=True)
     if failed:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_guard
 @_options(_EVALUATE_OPTIONS)
 def evaluate(
@@ -738,26 +1005,41 @@ def evaluate(
         help="segsoft output folders or label maps (.npy, .png) named by image id; "
         "or a folder of images, which are segmented first with the model options.",
     ),
-    gt: Path = typer.Option(..., "--gt", help="Ground truth: <id>.npz (key segs: humans x H x W), .npy or .png."),
+    gt: Path = typer.Option(
+        ...,
+        "--gt",
+        help="Ground truth: <id>.npz (key segs: humans x H x W), .npy or .png.",
+        rich_help_panel="Scoring",
+    ),
     min_region: float = typer.Option(
         0.01,
         "--min-region",
         help="Score connected patches of cluster labels, merging those under this share of the image; "
         "0 scores the labels as they are (region maps from --regions are always scored as they are).",
+        rich_help_panel="Scoring",
     ),
-    csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write one row per image here.", rich_help_panel="Output"),
     allow_missing: bool = typer.Option(
         False,
         "--allow-missing",
         help="Score only the images that have a prediction; ground truth without one is counted, not an error.",
+        rich_help_panel="Scoring",
+    ),
+    thresholds: str | None = typer.Option(
+        None,
+        "--thresholds",
+        help="Also cut each image's one region hierarchy (images with --regions, or output folders' ucm.npy) "
+        "at START:STOP:STEP or a list a,b,c, and report ODS and OIS.",
+        rich_help_panel="Scoring",
     ),
     opts: Any = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Score segmentations against human ones: PRI, VoI (bits) and Covering, as the BSDS benchmark."""
-    from .evaluate import evaluate_directory, find_predictions
+    from .evaluate import evaluate_directory, find_predictions, parse_thresholds
 
     opts.check()
+    cuts = None if thresholds is None else parse_thresholds(thresholds)
     if not (math.isfinite(min_region) and 0.0 <= min_region < 1.0):
         raise SegsoftError(f"--min-region must be a number >= 0 and < 1 (a share of the image), got {min_region!r}")
     if find_predictions(path):
@@ -784,6 +1066,7 @@ def evaluate(
             regions=opts.region_cut,
             allow_missing=allow_missing,
             progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"),
+            thresholds=cuts,
         )
     if csv is not None:
         report.to_csv(csv)
@@ -803,6 +1086,91 @@ def _changed_options(opts: Any, names: tuple[str, ...]) -> list[str]:
         for name in names
         if getattr(opts, _OPTIONS[name][2]) != getattr(default, _OPTIONS[name][2])
     ]
+
+
+def _out_of_core(image: Path, scheduler: str | None, opts: Any) -> bool:
+    """Whether ``run`` reads the image tile by tile: a zarr store, or with --scheduler a TIFF
+    over --max-pixels or too large for the memory free."""
+    if image.is_dir():
+        from .cluster.lazy import is_lazy_source
+
+        if not is_lazy_source(image):
+            return False  # the reader says what is wrong with it
+        if scheduler is None:
+            raise SegsoftError(f"{image}: a zarr store is read tile by tile: give --scheduler local (or threads)")
+        return True
+    if scheduler is None:
+        return False
+    from .budget import available_memory, estimate_bytes, header_shape
+
+    if not image.is_file():
+        return False  # the reader says what is wrong with it (never opened here: a FIFO would block)
+    with open(image, "rb") as f:
+        if f.read(4) not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            return False  # JPEG, PNG, ...: no tiles to read one by one
+    shape = header_shape(image)
+    if shape is None:
+        return False
+    free = available_memory()
+    k = opts.k if isinstance(opts.k, int) else 10
+    need = estimate_bytes(*shape, k=k, smoothing=bool(opts.smoothing))
+    return shape[0] * shape[1] > opts.max_pixels or (free is not None and need > free)
+
+
+def _run_large(
+    image: Path,
+    folder: Path,
+    scheduler: str,
+    opts: Any,
+    page: int | None,
+    quiet: bool,
+    save_model: Path | None,
+    report: bool,
+    start: float,
+) -> None:
+    """``run`` out of core: OME-Zarr memberships and PNG previews (see :mod:`segsoft.cluster.large`)."""
+    from .cluster.large import segment_large
+    from .outputs import save_model as write_model
+
+    kwargs = opts.segment_kwargs()
+    kwargs.pop("max_pixels", None)
+    write = opts.write_kwargs()
+    if write.get("probabilities") == "npy":
+        write["probabilities"] = "zarr"  # the default out of core: no single file holds a gigapixel's memberships
+    if write.get("probabilities") == "tiff":
+        raise SegsoftError(f"{image}: out of core the memberships are written as zarr: use --probabilities zarr or none")
+    chunk = os.environ.get("SEGSOFT_CHUNK")
+    with _sigterm_as_interrupt():
+        large = segment_large(
+            image, scheduler=scheduler, page=page, chunks=int(chunk) if chunk else None, workdir=folder, **kwargs
+        )
+        try:
+            large.save(folder, **write)
+        finally:
+            large.close()
+        seg = large.preview
+        if save_model is not None:
+            write_model(seg, save_model)
+        if report:
+            from .report import write_report
+
+            write_report(folder)
+    if quiet:
+        return
+    model = large.model
+    n = max(int(large.counts.sum()), 1)
+    rows = [
+        ("image", f"{image}  ({large.image.width}x{large.image.height}, out of core)"),
+        ("model", f"{large.settings.get('model')}  k={large.k}  features={'+'.join(large.spec.feature_names)}"),
+        ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
+        ("score (-J)" if large.settings.get("model") == "fcm" else "log-likelihood", _fmt(large.log_likelihood)),
+        ("cluster sizes", _sizes([c / n for c in large.counts.tolist()])),
+        ("previews", f"{seg.image.width}x{seg.image.height} (means of {large.preview_factor}x{large.preview_factor})"),
+        ("seconds", f"{time.perf_counter() - start:.2f}"),
+        ("output", str(folder)),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key:<16}{value}")
 
 
 def entry() -> None:

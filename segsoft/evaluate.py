@@ -89,7 +89,7 @@ import stat
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ from .io import _pillow_limit_lifted, _reason, atomic_write_bytes
 __all__ = [
     "EvaluationReport",
     "ImageScore",
+    "cut_ucm",
     "evaluate_folder",
     "evaluate_labels",
     "evaluate_many",
@@ -111,6 +112,7 @@ __all__ = [
     "find_predictions",
     "load_ground_truth",
     "load_prediction",
+    "parse_thresholds",
     "probabilistic_rand_index",
     "segmentation_covering",
     "variation_of_information",
@@ -1022,6 +1024,8 @@ class ImageScore:
     covering: float
     n_regions: int  #: distinct labels in the prediction (unlabelled pixels not counted)
     n_humans: int
+    #: pixels scored, summed over the humans: the image's weight in the pooled covering (0: not known)
+    weight: int = 0
 
 
 @dataclass
@@ -1058,14 +1062,76 @@ class EvaluationReport:
     errors: dict[str, str] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)
     allow_missing: bool = False
+    thresholds: tuple[float, ...] = ()
+    sweeps: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def means(self) -> dict[str, float]:
-        """Mean of each measure over the scored images (NaN when none was)."""
+        """Each measure over the scored images (NaN when none was).
+
+        PRI, VoI and the region count are means over images; Covering is
+        pooled as the benchmark pools it: the covered pixels summed over
+        images and humans, divided by the pixels scored (each image weighs
+        its pixels times its humans). Rows without a weight (made by hand)
+        fall back to the plain mean.
+        """
         keys = ("pri", "voi", "covering", "n_regions")
         if not self.rows:
             return {k: math.nan for k in keys}
-        return {k: float(np.mean([getattr(r, k) for r in self.rows])) for k in keys}
+        means = {k: float(np.mean([getattr(r, k) for r in self.rows])) for k in keys}
+        weights = np.array([r.weight for r in self.rows], np.float64)
+        if (weights > 0).all():
+            means["covering"] = float(np.dot(weights, [r.covering for r in self.rows]) / weights.sum())
+        return means
+
+    @property
+    def ods(self) -> dict[str, tuple[float, float]]:
+        """Optimal data set scale: per measure, its best value with one threshold for every image, and that threshold.
+
+        Over :attr:`thresholds` (``evaluate_directory(..., thresholds=)``),
+        each threshold scored as :attr:`means` scores one cut (PRI and VoI
+        averaged over images, Covering pooled); the best threshold is chosen
+        for each measure on its own, as the benchmark's ODS. Empty without
+        thresholds or scored images.
+        """
+        table = self._sweep_table()
+        if table is None:
+            return {}
+        sweep, weights = table
+        pri, voi = sweep[..., 0].mean(axis=0), sweep[..., 1].mean(axis=0)
+        cov = (sweep[..., 2] * weights).sum(axis=0) / weights.sum(axis=0)
+        t = self.thresholds
+        i, j, c = int(np.argmax(pri)), int(np.argmin(voi)), int(np.argmax(cov))
+        return {"pri": (float(pri[i]), t[i]), "voi": (float(voi[j]), t[j]), "covering": (float(cov[c]), t[c])}
+
+    @property
+    def ois(self) -> dict[str, float]:
+        """Optimal image scale: each image at its own best threshold, per measure, then combined as :attr:`means`.
+
+        An upper bound for any rule that picks the cut per image; empty
+        without thresholds or scored images.
+        """
+        table = self._sweep_table()
+        if table is None:
+            return {}
+        sweep, weights = table
+        best = np.argmax(sweep[..., 2], axis=1)
+        rows = np.arange(len(sweep))
+        cov = float((sweep[rows, best, 2] * weights[rows, best]).sum() / weights[rows, best].sum())
+        return {
+            "pri": float(sweep[..., 0].max(axis=1).mean()),
+            "voi": float(sweep[..., 1].min(axis=1).mean()),
+            "covering": cov,
+        }
+
+    def _sweep_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(images, thresholds, 4) scores of the scored images and their covering weights, or None."""
+        ids = [r.id for r in self.rows if r.id in self.sweeps]
+        if not self.thresholds or not ids:
+            return None
+        sweep = np.stack([self.sweeps[i] for i in ids])
+        weights = sweep[..., 4] if (sweep[..., 4] > 0).all() else np.ones(sweep.shape[:2])
+        return sweep, weights
 
     @property
     def n_images(self) -> int:
@@ -1109,6 +1175,17 @@ class EvaluationReport:
                 f"Covering  {m['covering']:.4f}",
                 f"regions   {m['n_regions']:.1f} per image",
             ]
+            ods, ois = self.ods, self.ois
+            if ods:
+                t = self.thresholds
+                lines += [
+                    (
+                        f"ODS       PRI {ods['pri'][0]:.4f} (t={ods['pri'][1]:g}), VoI {ods['voi'][0]:.4f} bits "
+                        f"(t={ods['voi'][1]:g}), Covering {ods['covering'][0]:.4f} (t={ods['covering'][1]:g})"
+                    ),
+                    f"OIS       PRI {ois['pri']:.4f}, VoI {ois['voi']:.4f} bits, Covering {ois['covering']:.4f}",
+                    f"cuts      {len(t)} thresholds from {min(t):g} to {max(t):g}, one segmentation per image",
+                ]
         else:  # "nan" reads as a score; say that there is none
             lines += [f"{k:<10}n/a (no image scored)" for k in ("PRI", "VoI", "Covering")]
         if self.missing and self.allow_missing:
@@ -1281,6 +1358,7 @@ def evaluate_directory(
     regions: float | None = None,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    thresholds: Sequence[float] | None = None,
 ) -> EvaluationReport:
     """Score a folder of predictions -- or of images, segmented first.
 
@@ -1318,6 +1396,15 @@ def evaluate_directory(
         truth. Those without a prediction are counted (one summary line)
         and do not make the report fail. Off, they do, and the summary
         lists the first few.
+    thresholds : sequence of float, optional
+        Also cut each image's one segmentation at every threshold, for the
+        report's :attr:`~EvaluationReport.ods` and
+        :attr:`~EvaluationReport.ois`: for a folder of images with
+        ``regions``, its region hierarchy (``seg.hierarchy``); for a folder
+        of predictions, each output folder's ``ucm.npy`` (written by
+        ``--regions``), cut as the BSDS benchmark cuts it (:func:`cut_ucm`).
+        The rows still hold the scores at ``regions`` (images) or of the
+        prediction itself.
 
     Returns
     -------
@@ -1329,7 +1416,7 @@ def evaluate_directory(
         A folder is missing or holds nothing to score; no prediction (or
         image) has the id of a ground truth file; ``regions`` given for a
         folder of predictions; ``min_region`` not None nor a number in
-        [0, 1).
+        [0, 1); ``thresholds`` for a folder of images without ``regions``.
 
     Examples
     --------
@@ -1347,7 +1434,17 @@ def evaluate_directory(
             f"{path}: holds predictions, which are scored as they are (regions.npy first); "
             "--regions applies to a folder of images"
         )
-    report = EvaluationReport(allow_missing=allow_missing)
+    if thresholds is not None:
+        from .regions import check_threshold
+
+        thresholds = tuple(sorted({check_threshold(t) for t in thresholds}))
+        if not thresholds:
+            raise SegsoftError("--thresholds: no threshold given")
+        if not found and regions is None:
+            raise SegsoftError(
+                f"{path}: --thresholds cuts region hierarchies; add --regions to segment the images into regions"
+            )
+    report = EvaluationReport(allow_missing=allow_missing, thresholds=thresholds or ())
 
     def post(seg: np.ndarray, as_is: bool) -> np.ndarray:
         if min_region is None or as_is:
@@ -1371,6 +1468,10 @@ def evaluate_directory(
                     gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
                     seg = _load_prediction(name, gts[0].shape, gt_name)
                     seg = post(seg, as_is=Path(name).name == "regions.npy")  # region maps are scored as they are
+                    if thresholds:  # the hierarchy first: an image without one fails as a whole
+                        ucm = _load_ucm(found[image_id], gts[0].shape, gt_name)
+                        cuts = (cut_ucm(ucm, t) for t in thresholds)
+                        report.sweeps[image_id] = _sweep(image_id, cuts, name, gts, gt_name)
                     report.rows.append(_score(image_id, seg, name, gts, gt_name))
                 except SegsoftError as e:
                     report.errors[image_id] = str(e)
@@ -1403,6 +1504,9 @@ def evaluate_directory(
             gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
             seg = segment(images[image_id], **dict(segment_kwargs or {}))
             labels = seg.labels if regions is None else seg.regions(regions)
+            if thresholds:  # one segmentation, one hierarchy, cut at every threshold
+                cuts = (seg.hierarchy.labels(t) for t in thresholds)
+                report.sweeps[image_id] = _sweep(image_id, cuts, name, gts, gt_name)
             report.rows.append(_score(image_id, post(labels, regions is not None), name, gts, gt_name))
         except SegsoftError as e:
             report.errors[image_id] = str(e)
@@ -1410,6 +1514,26 @@ def evaluate_directory(
             progress(done, len(ids), image_id)
     report.rows.sort(key=lambda r: _natural_key(r.id))
     return report
+
+
+def _load_ucm(pred: Path, shape: tuple[int, ...], gt_name: str) -> np.ndarray:
+    """The ``ucm.npy`` of a segsoft output folder, checked by its header: float (2H+1, 2W+1) for an (H, W) image."""
+    name = os.fsdecode(Path(pred) / "ucm.npy") if Path(pred).is_dir() else os.fsdecode(pred)
+    if not name.endswith("ucm.npy") or not Path(name).is_file():
+        raise SegsoftError(f"{name}: no ucm.npy to cut at --thresholds (write one with segsoft run --regions)")
+    want = (2 * shape[0] + 1, 2 * shape[1] + 1)
+
+    def check(declared: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        if dtype is None or dtype.kind != "f" or tuple(declared) != want:
+            raise SegsoftError(
+                f"{name}: a {declared} {dtype} array; expected float {want}, the ucm2 of the "
+                f"{tuple(shape)} ground truth ({gt_name})"
+            )
+
+    ucm = _read_npy(name, check)
+    if np.isnan(ucm).any():  # inf is allowed: segsoft's boundary of transparent pixels, which never merges
+        raise SegsoftError(f"{name}: holds NaN levels")
+    return ucm
 
 
 def _check_min_region(min_region: object) -> None:
@@ -1468,4 +1592,100 @@ def _score(image_id: str, seg: np.ndarray, pred_name: str, gts: list[np.ndarray]
         raise SegsoftError(f"{pred_name}: {e}") from None
     pri, voi, cov = per_human.mean(axis=0)
     n_regions = int(np.unique(seg[seg >= 0]).size)
-    return ImageScore(image_id, float(pri), float(voi), float(cov), n_regions, len(gts))
+    return ImageScore(image_id, float(pri), float(voi), float(cov), n_regions, len(gts), _weight(seg, gts))
+
+
+def _weight(seg: np.ndarray, gts: list[np.ndarray]) -> int:
+    """Pixels labelled in both ``seg`` and each human, summed over the humans (the pooled covering's weight)."""
+    used = np.asarray(seg) >= 0
+    return int(sum(int((used & (np.asarray(g) >= 0)).sum()) for g in gts))
+
+
+def _sweep(
+    image_id: str, cuts: Iterable[np.ndarray], pred_name: str, gts: list[np.ndarray], gt_name: str
+) -> np.ndarray:
+    """(thresholds, 5) array of PRI, VoI, covering, regions and covering weight of each cut of one image."""
+    rows = []
+    for seg in cuts:
+        r = _score(image_id, seg, pred_name, gts, gt_name)
+        rows.append((r.pri, r.voi, r.covering, r.n_regions, r.weight))
+    return np.array(rows, np.float64).reshape(-1, 5)
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """Thresholds from ``START:STOP:STEP`` (STOP included) or a comma-separated list, sorted, each >= 0.
+
+    Parameters
+    ----------
+    text : str
+        ``"0.05:0.4:0.025"`` or ``"0.1,0.15,0.2"``.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    SegsoftError
+        Naming ``--thresholds`` and what is wrong.
+
+    Examples
+    --------
+    >>> parse_thresholds("0.1:0.2:0.05")
+    (0.1, 0.15, 0.2)
+    >>> parse_thresholds("0.3, 0.1")
+    (0.1, 0.3)
+    """
+    from .regions import check_threshold
+
+    bad = f"--thresholds {text!r}: expected START:STOP:STEP (e.g. 0.05:0.4:0.025) or a list such as 0.1,0.15,0.2"
+    try:
+        if ":" in text:
+            parts = [float(x) for x in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if not (step > 0 and stop >= start and math.isfinite(stop)):
+                raise SegsoftError(f"{bad} (STEP must be > 0 and STOP >= START)")
+            n = math.floor((stop - start) / step + 1e-9) + 1
+            if n > 1000:
+                raise SegsoftError(f"--thresholds {text!r}: {n} thresholds, more than the 1000 that evaluate cuts")
+            # rounded to the step's decimals: 0.05 + 3 * 0.025 is 0.125, not 0.12500000000000003
+            values = [round(start + i * step, 12) for i in range(n)]
+        else:
+            values = [float(x) for x in text.split(",") if x.strip()]
+        values = [check_threshold(v) for v in values]
+    except ValueError:
+        raise SegsoftError(bad) from None
+    if not values:
+        raise SegsoftError(bad)
+    return tuple(sorted(set(values)))
+
+
+def cut_ucm(ucm2: np.ndarray, threshold: float) -> np.ndarray:
+    """Regions of a BSDS-style ultrametric contour map cut at ``threshold``, as the BSDS benchmark cuts it.
+
+    The 8-connected components of ``ucm2 <= threshold``, kept on the pixel
+    grid ``[1::2, 1::2]``.
+
+    Parameters
+    ----------
+    ucm2 : ndarray of float (2H+1, 2W+1)
+        Boundary levels between pixels (segsoft's ``ucm.npy``, BSDS500's ``ucm2``).
+    threshold : float
+
+    Returns
+    -------
+    ndarray of int32 (H, W)
+        Region ids from 0.
+
+    Examples
+    --------
+    >>> u = np.zeros((5, 7)); u[:, 4] = 0.5  # one vertical boundary between pixel columns 1 and 2
+    >>> cut_ucm(u, 0.4).tolist(), cut_ucm(u, 0.5).tolist()
+    ([[0, 0, 1], [0, 0, 1]], [[0, 0, 0], [0, 0, 0]])
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(np.asarray(ucm2) <= threshold, structure=np.ones((3, 3), bool))
+    return (labels[1::2, 1::2] - 1).astype(np.int32)

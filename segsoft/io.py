@@ -535,6 +535,13 @@ def _array_image(
     return Image(_unit_rgb(a), used, None, bit_depth, "array", gray, None, names)
 
 
+def _too_many(name: str, w: int, h: int, max_pixels: int) -> str:
+    return (
+        f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} "
+        "(use --max-pixels to raise it, or --scheduler local to segment it tile by tile)"
+    )
+
+
 def _unit_bands(a: np.ndarray) -> np.ndarray:
     """(H, W, C) uint8/uint16/float array -> C-contiguous float32 (H, W, C).
 
@@ -1077,7 +1084,7 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
             h, w = shape[axes.index("Y")], shape[axes.index("X")]
             if max_pixels is not None and h * w > max_pixels:
                 raise SegsoftError(
-                    f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
+                    _too_many(name, w, h, max_pixels)
                 )
             p0 = s.pages[0] if s.pages and s.pages[0] is not None else tif.pages[0]
             arr = s.asarray()
@@ -1183,7 +1190,7 @@ def _load_npy(fp: BinaryIO, size: int, name: str, max_pixels: int | None) -> np.
     h, w = shape[0], shape[1]
     if max_pixels is not None and h * w > max_pixels:
         raise SegsoftError(
-            f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
+            _too_many(name, w, h, max_pixels)
         )
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = size - fp.tell()
@@ -1375,7 +1382,7 @@ def _from_pil(
     w, h = pil.size
     if max_pixels is not None and w * h > max_pixels:
         raise SegsoftError(
-            f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (use --max-pixels to raise it)"
+            _too_many(name, w, h, max_pixels)
         )
     if w <= 0 or h <= 0:
         raise SegsoftError(f"{name}: image has no pixels ({w}x{h})")

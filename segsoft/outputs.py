@@ -47,10 +47,11 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -60,6 +61,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from . import __version__, render
+from .boundaries import boundary_image
 from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes, inside, safe_component, signals_deferred
@@ -176,18 +178,21 @@ def output_files(k: int, auto: bool = False, regions: bool = False, probabilitie
         + [f"prob_{j}.png" for j in range(k)]
         + ["montage.png", *probability_files(probabilities), "model.json"]
         + (["k_selection.png"] if auto else [])
-        + (["regions.png", "regions.npy"] if regions else [])
+        + (["regions.png", "regions.npy", "boundaries.png", "ucm.npy"] if regions else [])
     )
 
 
 def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
+    extra: dict[str, Any] = {}
     if isinstance(picture, render.IndexedImage):
         img = PILImage.fromarray(picture.indices)
         img.putpalette(picture.palette.tobytes())  # turns the L image into P
+        if picture.transparent is not None:  # transparent pixels: a tRNS entry, so the file stays a palette PNG
+            extra["transparency"] = int(picture.transparent)
     else:
-        img = PILImage.fromarray(picture)
+        img = PILImage.fromarray(picture)  # RGBA where the image has transparent pixels
     buf = _io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
     return buf.getvalue()
 
 
@@ -338,7 +343,8 @@ def image_folder(output: str | os.PathLike, stem: str | os.PathLike) -> Path:
 
 #: Names in an image folder that :func:`write` creates, replaces or removes.
 _OWNED = re.compile(
-    r"^(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)\.(png|npy|json|tif)$"
+    r"^(overlay|labels|regions|boundaries|ucm|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+    r"\.(png|npy|json|tif)$"
 )
 
 
@@ -540,7 +546,7 @@ def _lock_owner(fd: int) -> str:
 
 
 _FOLDER_TEMP = re.compile(
-    r"^\.(overlay|labels|regions|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
+    r"^\.(overlay|labels|regions|boundaries|ucm|uncertainty|montage|k_selection|probabilities|model|prob_\d+)"
     r"\.[0-9a-f]{8}\.tmp\.(png|npy|json|tif)$"
 )
 
@@ -564,13 +570,18 @@ def _start_folder(folder: Path) -> None:
 def _remove_stale(folder: Path, k: int, auto: bool, regions: bool = False, probabilities: str = "npy") -> None:
     """Files of an earlier run with more clusters (or k="auto", or regions, or
     another ``probabilities`` format) would be mistaken for this one's."""
-    kept = set(probability_files(probabilities))
+    external = probabilities == "external"  # out of core: the zarr stores are this run's, the rest stale
+    kept = set() if external else set(probability_files(probabilities))
+    if not external:
+        for store in ("probabilities.zarr", "uncertainty.zarr"):
+            if (folder / store).is_dir() and not (folder / store).is_symlink():
+                shutil.rmtree(folder / store, ignore_errors=True)
     for entry in os.scandir(folder):
         m = re.fullmatch(r"prob_(\d+)\.png", entry.name)
         if (
             (m and int(m.group(1)) >= k)
             or (entry.name == "k_selection.png" and not auto)
-            or (entry.name in ("regions.png", "regions.npy") and not regions)
+            or (entry.name in ("regions.png", "regions.npy", "boundaries.png", "ucm.npy") and not regions)
             or (entry.name in ("probabilities.npy", "probabilities.tif", "labels.tif") and entry.name not in kept)
         ):
             with suppress(OSError):
@@ -654,7 +665,10 @@ def _write_locked(
     regions: bool,
     region_threshold: float,
     stored: dict[str, Any] | None = None,
+    record_patch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Path]:
+    # stored["format"] "external": the caller writes the memberships (out of core: OME-Zarr)
+    # and record_patch puts what it wrote into model.json's record
     stored = stored or probability_settings()
     fmt, dtype = stored["format"], stored["dtype"]
     _start_folder(folder)
@@ -677,7 +691,9 @@ def _write_locked(
             submit(lambda: atomic_write_bytes(written[name], _png_bytes(picture)))
 
         record_probabilities: dict[str, Any] = {**stored, "file": None, "labels_file": None}
-        if fmt == "npy":
+        if fmt == "external":
+            pass
+        elif fmt == "npy":
 
             def put_npy() -> None:
                 with atomic_path(folder / "probabilities.npy") as tmp:
@@ -695,7 +711,7 @@ def _write_locked(
             record_probabilities.update(
                 labels_file="labels.tif", georeferenced=bool(geo), **({"georeference_note": note} if note else {})
             )
-        if fmt != "none":
+        if fmt not in ("none", "external"):
             h, w = seg.image.height, seg.image.width
             record_probabilities.update(
                 file=f"probabilities.{'npy' if fmt == 'npy' else 'tif'}",
@@ -712,14 +728,24 @@ def _write_locked(
 
             written["regions.npy"] = folder / "regions.npy"
             submit(put_regions)
-        tiles = [("original", seg.original(MONTAGE_TILE_WIDTH))] if montage else []
+            # the whole hierarchy: each boundary's merge level, BSDS500's ucm2 layout (2H+1, 2W+1)
+            ucm = seg.hierarchy.ucm()
+
+            def put_ucm() -> None:
+                with atomic_path(folder / "ucm.npy") as tmp:
+                    np.save(tmp, ucm)
+
+            written["ucm.npy"] = folder / "ucm.npy"
+            submit(put_ucm)
+            put_png("boundaries.png", boundary_image(ucm))
+        tiles = []  # shrunk as they are made: the montage never holds every full-size picture
         for name, title, make in seg.pictures(alpha, cmap, regions, region_threshold):
             picture = make()
             put_png(name, picture)
             if montage:
-                tiles.append((title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
+                tiles.append((name, title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
         if montage:
-            put_png("montage.png", render.montage(tiles, tile_width=MONTAGE_TILE_WIDTH))
+            put_png("montage.png", seg.montage_sheet(tiles, cmap=cmap, tile_width=MONTAGE_TILE_WIDTH))
         if seg.selection is not None:
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:
@@ -729,6 +755,9 @@ def _write_locked(
     if regions:
         record["regions"] = {"threshold": region_threshold, "count": int(region_map.max()) + 1}
     record["probabilities"] = _jsonable(record_probabilities)
+    if record_patch is not None:
+        record_patch(record)
+        record = _jsonable(record)
     seg.timings["render_write"] = record["timings"]["render_write"] = time.perf_counter() - t0
     written["model.json"] = _write_json(record, folder / "model.json")
     return written

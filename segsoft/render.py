@@ -19,6 +19,8 @@ import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -42,6 +44,13 @@ __all__ = [
     "normalized_entropy",
     "uncertainty_image",
     "montage",
+    "montage_layout",
+    "MontageLayout",
+    "Tile",
+    "legend_entries",
+    "checkerboard",
+    "with_alpha",
+    "font",
     "fit_box",
     "shrink",
     "shrink_factors",
@@ -95,6 +104,29 @@ _CHUNK_PIXELS = 1 << 18
 # Montage layout, in pixels.
 _MARGIN = 8
 _TITLE_PAD = 3
+_LINE_GAP = 3
+_BAR_GAP = 4  # between a tile and its colour bar
+_BAR_HEIGHT = 10
+_TICK_LENGTH = 3
+_SWATCH = 12
+_SWATCH_GAP = 5
+_ENTRY_GAP = 18  # between legend columns
+_MIN_ANNOTATED_WIDTH = 360  # a sheet with a header or a legend is at least this wide
+# Font sizes in pixels (DejaVu Sans): legible at 100 %, as in a matplotlib figure at 100 dpi.
+_HEADER_SIZE = 16
+_DETAIL_SIZE = 13
+_TITLE_SIZE = 14
+_LEGEND_SIZE = 13
+_TICK_SIZE = 11
+_FIELD_SEP = "   \u00b7   "  # a middle dot between header fields
+_LEGEND_TITLE = "clusters: number and share of the pixels labelled"
+_INK = (0, 0, 0)
+_INK_SOFT = (60, 60, 60)
+_INK_LIGHT = (110, 110, 110)
+_RULE = (210, 210, 210)
+# Transparent pixels are drawn on this checkerboard of light greys (the palette keeps away from 204).
+_CHECKER = ((204, 204, 204), (240, 240, 240))
+_CHECKER_SQUARE = 8
 # Montage tiles fit a box this many times as tall as it is wide: portraits keep a useful size,
 # while tall strips are bounded instead of being scaled to the full tile width.
 TILE_HEIGHT_RATIO = 2
@@ -369,6 +401,9 @@ class IndexedImage:
 
     indices: np.ndarray  # uint8 (H, W)
     palette: np.ndarray  # uint8 (n <= 256, 3)
+    # The index of unused (transparent / masked) pixels, or None when every pixel is used:
+    # written as the PNG's tRNS entry, and drawn as a checkerboard in montages.
+    transparent: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -377,6 +412,20 @@ class IndexedImage:
     def to_rgb(self) -> np.ndarray:
         """uint8 RGB (H, W, 3)."""
         return np.take(self.palette, self.indices, axis=0)
+
+    def to_rgba(self) -> np.ndarray:
+        """uint8 RGBA (H, W, 4): alpha 0 on the ``transparent`` index, 255 elsewhere.
+
+        Examples
+        --------
+        >>> pic = IndexedImage(np.array([[0, 1]], np.uint8), np.array([[9, 9, 9], [0, 0, 0]], np.uint8), 1)
+        >>> pic.to_rgba().tolist()
+        [[[9, 9, 9, 255], [0, 0, 0, 0]]]
+        """
+        alpha = np.full((len(self.palette), 1), 255, np.uint8)
+        if self.transparent is not None:
+            alpha[self.transparent] = 0
+        return np.take(np.hstack([self.palette, alpha]), self.indices, axis=0)
 
 
 def _indexed_levels(lut: np.ndarray, any_bad: bool) -> tuple[np.ndarray, int]:
@@ -497,7 +546,8 @@ def heatmap(
         matplotlib colormap name; membership 0 maps to its bottom colour and 1
         to its top.
     mask : ndarray, bool (H, W), optional
-        False on unused pixels. Unused (or NaN) pixels are black.
+        False on unused pixels. Unused (or NaN) pixels are black here, and
+        transparent in the indexed form (``IndexedImage.transparent``).
 
     Returns
     -------
@@ -536,7 +586,7 @@ def heatmap_indexed(
     for rows, cs in _blocks(h, w):
         values = p[rows, cs, j].astype(np.float32)  # a copy: _index_rows overwrites it
         _index_rows(values, top, None if keep is None else keep[rows, cs], out[rows, cs])
-    return IndexedImage(out, palette)
+    return IndexedImage(out, palette, 255 if top < 255 else None)
 
 
 def label_image(
@@ -565,7 +615,7 @@ def region_image(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True)
     pixels : ndarray, float (H, W, 3)
         The image, RGB in [0, 1].
     regions : ndarray, int (H, W)
-        Region ids, -1 on unused pixels (drawn black).
+        Region ids, -1 on unused pixels (drawn black; transparent in the indexed form).
     boundaries : bool
         Draw the pixels where the region changes (to the right or below) white.
 
@@ -609,7 +659,7 @@ def region_indexed(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = Tru
         edge[:-1, :] |= reg[:-1, :] != reg[1:, :]
         index = np.where(edge & (reg >= 0), n + 1, index)
     if n + 2 <= 256:
-        return IndexedImage(index.astype(np.uint8), palette)
+        return IndexedImage(index.astype(np.uint8), palette, n if (flat < 0).any() else None)
     return np.take(palette, index, axis=0)
 
 
@@ -623,7 +673,8 @@ def label_indexed(
     Parameters
     ----------
     labels : ndarray, int (H, W)
-        Cluster index of each pixel, or -1 for unused pixels (drawn black).
+        Cluster index of each pixel, or -1 for unused pixels (drawn black, and
+        marked ``IndexedImage.transparent``).
     colors : array_like (n, 3) of 0..255, optional
         Cluster colours; default ``cluster_colors(k)``.
     k : int, optional
@@ -656,7 +707,9 @@ def label_indexed(
     # Label -1 indexes the appended black row.
     lut = np.concatenate([cols, np.zeros((1, 3), np.uint8)])
     if len(lut) <= 256:
-        return IndexedImage(lab.astype(np.uint8) if lo >= 0 else np.where(lab < 0, n, lab).astype(np.uint8), lut)
+        if lo >= 0:
+            return IndexedImage(lab.astype(np.uint8), lut)
+        return IndexedImage(np.where(lab < 0, n, lab).astype(np.uint8), lut, n)
     return np.ascontiguousarray(lut[lab])
 
 
@@ -711,7 +764,8 @@ def uncertainty_image(
         matplotlib colormap name; certain pixels (entropy 0) get its bottom
         colour, evenly split ones (entropy 1) its top.
     mask : ndarray, bool (H, W), optional
-        False on unused pixels. Unused (or NaN) pixels are black.
+        False on unused pixels. Unused (or NaN) pixels are black here, and
+        transparent in the indexed form (``IndexedImage.transparent``).
 
     Returns
     -------
@@ -750,7 +804,7 @@ def uncertainty_indexed(
         else:
             values = np.where(np.isnan(p[rows, cs, 0]), np.float32(np.nan), np.float32(0.0))
         _index_rows(values, top, None if keep is None else keep[rows, cs], out[rows, cs])
-    return IndexedImage(out, palette)
+    return IndexedImage(out, palette, 255 if top < 255 else None)
 
 
 # ----------------------------------------------------------------------------- montage
@@ -810,52 +864,15 @@ def shrink_factors(shape: Sequence[int], width: int, height: int | None = None) 
     return max(1, h // tile_h), max(1, w // tile_w)
 
 
-def _tile_image(pixels: np.ndarray, box: tuple[int, int], title: str) -> Image.Image:
-    """One tile as a Pillow RGB image scaled to fit ``box`` (width, height)."""
-    a = np.asarray(pixels)
-    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise SegsoftError(f"montage tile {title!r}: expected uint8 (H, W, 3), got {a.dtype} {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise SegsoftError(f"montage tile {title!r} is empty")
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., :3]
-    img = Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
-    w, h = img.size
-    size = fit_box(w, h, *box)
-    # fit_box scales both sides by one factor (a side clamped at 1 pixel was already 1 or less
-    # after scaling), so a tile is either shrunk on both axes or enlarged on both.
-    if size[0] * size[1] < w * h:
-        # BOX averages whole source pixels: fast on 12-MP inputs and alias-free enough for a preview;
-        # reducing_gap lets Pillow first shrink by an integer factor, which is faster still.
-        return img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
-    if size != (w, h):
-        # Enlarge small tiles with crisp pixels so tiny test images stay legible.
-        return img.resize(size, Image.Resampling.NEAREST)
-    return img
-
-
-def _fit_title(
-    draw: ImageDraw.ImageDraw, title: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
-) -> str:
-    if draw.textlength(title, font=font) <= width:
-        return title
-    while title and draw.textlength(title + "...", font=font) > width:
-        title = title[:-1]
-    return title + "..."
-
-
-def _title_band_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    left, top, right, bottom = font.getbbox("Ag")
-    return int(bottom) + 2 * _TITLE_PAD
-
-
 def shrink(picture: np.ndarray | IndexedImage, width: int, height: int | None = None) -> np.ndarray:
     """Cheaply shrink a picture by integer factors towards a ``width`` x ``height`` tile.
 
     Keeps memory low when many full-size pictures feed a montage: the result
     is at most about twice the tile (see :func:`shrink_factors`) whatever the
     picture's size or aspect ratio, and never smaller than the tile, so the
-    montage's exact final resize only shrinks. Returns uint8 RGB.
+    montage's exact final resize only shrinks. Returns uint8 RGB, or RGBA
+    when the picture has transparent pixels (an RGBA array, or an
+    :class:`IndexedImage` with a ``transparent`` index).
 
     Parameters
     ----------
@@ -876,52 +893,293 @@ def shrink(picture: np.ndarray | IndexedImage, width: int, height: int | None = 
     if isinstance(picture, IndexedImage):
         # subsample the indices to about twice the size, then average the last factor (2 or 3) in RGB
         sy, sx = max(fy // 2, 1), max(fx // 2, 1)
-        picture = IndexedImage(picture.indices[::sy, ::sx], picture.palette).to_rgb()
+        picture = _as_array(IndexedImage(picture.indices[::sy, ::sx], picture.palette, picture.transparent))
         fy, fx = fy // sy, fx // sx
     if fy < 2 and fx < 2:
         return np.asarray(picture)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(picture)).reduce((fx, fy)))
+    img = Image.fromarray(np.ascontiguousarray(picture))
+    if img.mode == "RGBA":  # averaged premultiplied, so masked pixels' colour does not bleed in
+        return np.asarray(img.convert("RGBa").reduce((fx, fy)).convert("RGBA"))
+    return np.asarray(img.reduce((fx, fy)))
 
 
-def montage(
-    tiles: Sequence[tuple[str, np.ndarray]],
-    tile_width: int = 256,
-    columns: int | None = None,
-    tile_height: int | None = None,
-) -> np.ndarray:
-    """Lay titled pictures out on a white contact sheet.
-
-    Each picture is scaled to fit a ``tile_width`` x ``tile_height`` box,
-    keeping its aspect ratio (shrunk with a box filter, enlarged with nearest
-    neighbour, see :func:`fit_box`), and placed, centred, under its title in
-    a grid, left to right then top to bottom. The box bounds the sheet
-    whatever the pictures' shapes: a 1 x 5000 strip is drawn as a thin line
-    512 pixels tall, not stretched to 256 x 1280000.
-
-    Parameters
-    ----------
-    tiles : sequence of (str, ndarray)
-        Title and uint8 RGB picture (H, W, 3) of any size; grey (H, W) and
-        RGBA are accepted.
-    tile_width : int
-        Width of every grid cell, and the most a tile may be, in pixels.
-    columns : int, optional
-        Tiles per row; default ``min(4, len(tiles))``.
-    tile_height : int, optional
-        The most a tile may be tall; default ``TILE_HEIGHT_RATIO * tile_width``.
-
-    Returns
-    -------
-    ndarray, uint8 (H, W, 3)
-        The sheet: ``8 + columns * (tile_width + 8)`` pixels wide, each row as
-        tall as its title band plus its tallest tile plus an 8-pixel margin.
+def checkerboard(width: int, height: int, square: int = _CHECKER_SQUARE) -> np.ndarray:
+    """The grey checkerboard transparent pixels are drawn on, uint8 RGB (height, width, 3).
 
     Examples
     --------
-    >>> red = np.full((16, 16, 3), (255, 0, 0), np.uint8)
-    >>> sheet = montage([("a", red), ("b", red), ("c", red)], tile_width=32, columns=2)
-    >>> sheet.shape[1], sheet.dtype
-    (88, dtype('uint8'))
+    >>> board = checkerboard(16, 8)
+    >>> board.shape, board[0, 0].tolist(), board[0, 8].tolist()
+    ((8, 16, 3), [204, 204, 204], [240, 240, 240])
+    """
+    rows = (np.arange(height) // square)[:, None]
+    cols = (np.arange(width) // square)[None, :]
+    return np.array(_CHECKER, np.uint8)[(rows + cols) & 1]
+
+
+def with_alpha(picture: np.ndarray, mask: ArrayLike | None) -> np.ndarray:
+    """``picture`` (uint8 RGB (H, W, 3)) with an alpha channel from ``mask``, when any pixel is masked.
+
+    Parameters
+    ----------
+    picture : ndarray, uint8 (H, W, 3)
+    mask : ndarray, bool (H, W), or None
+        False on unused (transparent) pixels.
+
+    Returns
+    -------
+    ndarray, uint8 (H, W, 4) with alpha 0 where ``mask`` is False; ``picture``
+    itself when there is no mask or every pixel is used.
+
+    Examples
+    --------
+    >>> with_alpha(np.zeros((1, 2, 3), np.uint8), np.array([[True, False]]))[..., 3].tolist()
+    [[255, 0]]
+    """
+    keep = _check_mask(mask, picture.shape[:2])
+    if keep is None or keep.all():
+        return picture
+    out = np.empty((*picture.shape[:2], 4), np.uint8)
+    out[..., :3] = picture
+    np.multiply(keep, np.uint8(255), out=out[..., 3], casting="unsafe")
+    return out
+
+
+def _as_array(pixels: np.ndarray | IndexedImage) -> np.ndarray:
+    """uint8 RGB, or RGBA when the picture has transparent pixels."""
+    if isinstance(pixels, IndexedImage):
+        return pixels.to_rgba() if pixels.transparent is not None else pixels.to_rgb()
+    return np.asarray(pixels)
+
+
+def _tile_image(pixels: np.ndarray | IndexedImage, box: tuple[int, int], title: str) -> Image.Image:
+    """One tile as a Pillow RGB image scaled to fit ``box`` (width, height); transparent pixels on a checkerboard."""
+    a = _as_array(pixels)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise SegsoftError(f"montage tile {title!r}: expected uint8 (H, W, 3), got {a.dtype} {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise SegsoftError(f"montage tile {title!r} is empty")
+    if a.ndim == 3 and a.shape[2] == 4 and (a[..., 3] == 255).all():
+        a = a[..., :3]  # opaque after all: no checkerboard to draw
+    img = Image.fromarray(np.ascontiguousarray(a))
+    img = img.convert("RGBA" if img.mode == "RGBA" else "RGB")
+    w, h = img.size
+    size = fit_box(w, h, *box)
+    # fit_box scales both sides by one factor (a side clamped at 1 pixel was already 1 or less
+    # after scaling), so a tile is either shrunk on both axes or enlarged on both.
+    if size[0] * size[1] < w * h:
+        # BOX averages whole source pixels: fast on 12-MP inputs and alias-free enough for a preview;
+        # reducing_gap lets Pillow first shrink by an integer factor, which is faster still. Pillow
+        # premultiplies RGBA for the resize, so masked pixels' colour does not bleed into their neighbours.
+        img = img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+    elif size != (w, h):
+        # Enlarge small tiles with crisp pixels so tiny test images stay legible.
+        img = img.resize(size, Image.Resampling.NEAREST)
+    if img.mode == "RGBA":
+        board = Image.fromarray(checkerboard(*img.size)).convert("RGBA")
+        board.alpha_composite(img)
+        img = board.convert("RGB")
+    return img
+
+
+@lru_cache(maxsize=16)
+def font(size: int = 13, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (the font matplotlib ships) at ``size`` pixels, for the pictures' text.
+
+    Falls back on Pillow's built-in scalable font when matplotlib's copy
+    cannot be found. Cached.
+
+    Examples
+    --------
+    >>> font(13).getbbox("soft overlay")[2] > font(13).getbbox("softoverlay")[2]
+    True
+    """
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    try:
+        # The file itself, not font_manager.findfont: that may first build matplotlib's font cache.
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size=size)
+
+
+def _line_height(f: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """Height of one line of text: ascent plus descent, so "Ag" and "g_" both fit."""
+    if hasattr(f, "getmetrics"):
+        ascent, descent = f.getmetrics()
+        return int(ascent + descent)
+    return int(f.getbbox("Ag")[3])
+
+
+def _text_width(text: str, f: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:
+    return float(f.getlength(text))
+
+
+def _fit_text(text: str, f: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
+    """``text``, cut short with "..." where it is wider than ``width`` pixels in font ``f``."""
+    if _text_width(text, f) <= width:
+        return text
+    while text and _text_width(text + "...", f) > width:
+        text = text[:-1]
+    return text + "..." if text else ""
+
+
+def _wrap_fields(fields: Sequence[str], f: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
+    """Fields joined by a wide separator, broken into lines between fields to fit ``width``."""
+    lines: list[str] = []
+    line = ""
+    for field in fields:
+        candidate = f"{line}{_FIELD_SEP}{field}" if line else field
+        if _text_width(candidate, f) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = _fit_text(field, f, width)
+    if line:
+        lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One montage picture with its title, and optionally a colour bar and a colour swatch.
+
+    Parameters
+    ----------
+    title : str
+        Drawn above the picture (cut short with "..." if wider than the cell).
+    pixels : ndarray or IndexedImage
+        uint8 RGB (H, W, 3), RGBA (alpha 0 drawn as a checkerboard), grey
+        (H, W), or an :class:`IndexedImage` (its ``transparent`` index drawn
+        as a checkerboard).
+    colorbar : str, optional
+        A matplotlib colormap name: draw a colour bar for values 0 to 1
+        under the picture, labelled with ``ticks``.
+    ticks : tuple of (float, str)
+        Positions in [0, 1] along the colour bar and their labels; labels
+        that would overlap are left out (the middle ones first).
+    swatch : (int, int, int), optional
+        A colour square drawn before the title (a heatmap's cluster colour).
+
+    Examples
+    --------
+    >>> Tile("cluster 0", np.zeros((4, 4), np.uint8), colorbar="viridis", swatch=(31, 119, 180)).colorbar
+    'viridis'
+    """
+
+    title: str
+    pixels: Any
+    colorbar: str | None = None
+    ticks: tuple[tuple[float, str], ...] = ((0.0, "0"), (0.5, "0.5"), (1.0, "1"))
+    swatch: tuple[int, int, int] | None = None
+
+
+def legend_entries(colors: ArrayLike, shares: ArrayLike | None = None) -> list[tuple[str, tuple[int, int, int]]]:
+    """Legend labels (cluster number and share of the pixels) with each cluster's colour.
+
+    Parameters
+    ----------
+    colors : array_like, uint8 (k, 3)
+        Cluster colours.
+    shares : array_like, float (k,), optional
+        Each cluster's share of the pixels, in [0, 1]; left out when None.
+
+    Returns
+    -------
+    list of (str, (r, g, b))
+
+    Examples
+    --------
+    >>> legend_entries([[255, 0, 0], [0, 0, 255]], [0.75, 0.25])
+    [('0  75.0 %', (255, 0, 0)), ('1  25.0 %', (0, 0, 255))]
+    """
+    cols = np.asarray(colors)
+    out = []
+    for j, c in enumerate(cols):
+        label = f"{j}" if shares is None else f"{j}  {100.0 * float(np.asarray(shares)[j]):.1f} %"
+        out.append((label, (int(c[0]), int(c[1]), int(c[2]))))
+    return out
+
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), in sheet pixels
+
+
+@dataclass(frozen=True)
+class MontageLayout:
+    """Where everything goes on a montage sheet; boxes are (left, top, right, bottom), right and bottom exclusive.
+
+    Attributes
+    ----------
+    width, height : int
+        Size of the sheet.
+    header : Box or None
+        The header block (image name and details).
+    header_lines : list of str
+        The header's detail lines, wrapped to the sheet's width.
+    titles, tiles : list of Box
+        Each tile's title band and picture.
+    colorbars : list of Box or None
+        Each tile's colour bar (the bar itself, labels below it), or None.
+    legend : Box or None
+        The legend block (heading and every entry).
+    legend_entries : list of Box
+        Each legend entry: swatch and label.
+    """
+
+    width: int
+    height: int
+    header: Box | None
+    header_lines: list[str]
+    titles: list[Box]
+    tiles: list[Box]
+    colorbars: list[Box | None]
+    legend: Box | None
+    legend_entries: list[Box]
+    legend_columns: int
+
+
+def _as_tile(tile: Tile | tuple) -> Tile:
+    if isinstance(tile, Tile):
+        return tile
+    title, pixels, *rest = tile
+    return Tile(str(title), pixels, *rest)
+
+
+def _tile_shape(pixels: Any) -> tuple[int, int]:
+    shape = pixels.shape if isinstance(pixels, IndexedImage) else np.shape(pixels)
+    if len(shape) < 2:
+        raise SegsoftError(f"montage tile: expected an (H, W, 3) picture, got shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def _colorbar_height() -> int:
+    return _BAR_GAP + _BAR_HEIGHT + _TICK_LENGTH + _line_height(font(_TICK_SIZE))
+
+
+def montage_layout(
+    tiles: Sequence[Tile | tuple],
+    tile_width: int = 256,
+    columns: int | None = None,
+    tile_height: int | None = None,
+    *,
+    header: str | None = None,
+    details: Sequence[str] = (),
+    legend: Sequence[tuple[str, tuple[int, int, int]]] | None = None,
+    legend_title: str = _LEGEND_TITLE,
+) -> MontageLayout:
+    """The layout :func:`montage` draws, from the tiles' shapes alone (no pixel is touched).
+
+    Takes the arguments of :func:`montage`. Useful to check that nothing
+    overlaps, or to find a tile on the sheet.
+
+    Examples
+    --------
+    >>> lay = montage_layout([("a", np.zeros((10, 20, 3), np.uint8))], tile_width=64,
+    ...                      legend=legend_entries([[255, 0, 0]], [1.0]))
+    >>> lay.tiles[0][2] - lay.tiles[0][0], lay.legend is not None, len(lay.legend_entries)
+    (64, True, 1)
     """
     tile_width = operator.index(tile_width)
     if tile_width < 1:
@@ -936,26 +1194,234 @@ def montage(
     columns = operator.index(columns)
     if columns < 1:
         raise SegsoftError(f"columns must be at least 1, got {columns}")
+    items = [_as_tile(t) for t in tiles]
 
-    font = ImageFont.load_default()
-    band = _title_band_height(font)
-    box = (tile_width, tile_height)
-    images = [(str(title), _tile_image(pixels, box, str(title))) for title, pixels in tiles]
-    grid = [images[i : i + columns] for i in range(0, len(images), columns)]
-    row_heights = [max(img.height for _, img in row) for row in grid]
-
+    title_font, legend_font = font(_TITLE_SIZE), font(_LEGEND_SIZE)
+    band = _line_height(title_font) + 2 * _TITLE_PAD
+    bar_h = _colorbar_height()
     width = _MARGIN + columns * (tile_width + _MARGIN)
-    height = _MARGIN + sum(band + rh + _MARGIN for rh in row_heights)
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
+    annotated = header is not None or bool(details) or bool(legend)
+    if annotated:
+        # room for the header and for a legend column, however narrow the tiles
+        width = max(width, _MIN_ANNOTATED_WIDTH)
+    inner = width - 2 * _MARGIN
+
     y = _MARGIN
-    for row, row_height in zip(grid, row_heights):
-        for col, (title, img) in enumerate(row):
+    header_box: Box | None = None
+    header_lines: list[str] = []
+    if header is not None or details:
+        top = y
+        if header is not None:
+            y += _line_height(font(_HEADER_SIZE, bold=True))
+        header_lines = _wrap_fields(list(details), font(_DETAIL_SIZE), inner)
+        y += len(header_lines) * (_line_height(font(_DETAIL_SIZE)) + _LINE_GAP)
+        header_box = (_MARGIN, top, width - _MARGIN, y)
+        y += _MARGIN  # and a rule halfway through this margin
+
+    titles: list[Box] = []
+    boxes: list[Box] = []
+    bars: list[Box | None] = []
+    for r0 in range(0, len(items), columns):
+        row = items[r0 : r0 + columns]
+        sizes = []
+        for t in row:
+            h, w = _tile_shape(t.pixels)
+            if h == 0 or w == 0:
+                raise SegsoftError(f"montage tile {t.title!r} is empty")
+            sizes.append(fit_box(w, h, tile_width, tile_height))
+        row_h = max(s[1] for s in sizes)
+        has_bar = any(t.colorbar is not None for t in row)
+        for col, (t, (tw, th)) in enumerate(zip(row, sizes)):
             x = _MARGIN + col * (tile_width + _MARGIN)
-            draw.text((x, y + _TITLE_PAD), _fit_title(draw, title, font, tile_width), fill=(0, 0, 0), font=font)
-            sheet.paste(img, (x + (tile_width - img.width) // 2, y + band))  # narrow tiles: centred in the cell
-        y += band + row_height + _MARGIN
-    return np.array(sheet, dtype=np.uint8)  # np.array (not asarray): writable and C-contiguous
+            titles.append((x, y, x + tile_width, y + band))
+            left = x + (tile_width - tw) // 2  # narrow tiles: centred in the cell
+            boxes.append((left, y + band, left + tw, y + band + th))
+            bar_top = y + band + row_h
+            bars.append((x, bar_top, x + tile_width, bar_top + bar_h) if t.colorbar is not None else None)
+        y += band + row_h + (bar_h if has_bar else 0) + _MARGIN
+
+    legend_box: Box | None = None
+    entry_boxes: list[Box] = []
+    n_cols = 0
+    if legend:
+        top = y
+        y += _line_height(legend_font) + _LINE_GAP  # the heading
+        text_w = max(math.ceil(_text_width(label, legend_font)) for label, _ in legend)
+        entry_w = _SWATCH + _SWATCH_GAP + text_w
+        n_cols = max(1, min(len(legend), (inner + _ENTRY_GAP) // (entry_w + _ENTRY_GAP)))
+        n_rows = math.ceil(len(legend) / n_cols)
+        n_cols = math.ceil(len(legend) / n_rows)  # balanced: 64 entries in 8 x 8, not 9 + 1 short column
+        entry_h = max(_line_height(legend_font), _SWATCH)
+        # entries run down the columns: cluster numbers read in order
+        for i in range(len(legend)):
+            c, r = divmod(i, n_rows)
+            ex = _MARGIN + c * (entry_w + _ENTRY_GAP)
+            ey = y + r * (entry_h + _LINE_GAP)
+            entry_boxes.append((ex, ey, ex + entry_w, ey + entry_h))
+        y += n_rows * (entry_h + _LINE_GAP)
+        legend_box = (_MARGIN, top, width - _MARGIN, y)
+        y += _MARGIN
+    return MontageLayout(width, y, header_box, header_lines, titles, boxes, bars, legend_box, entry_boxes, n_cols)
+
+
+def _draw_colorbar(
+    sheet: Image.Image, draw: ImageDraw.ImageDraw, box: Box, cmap: str, ticks: Sequence[tuple[float, str]]
+) -> None:
+    """A horizontal colour bar for values 0..1 in ``box``, outlined, with tick marks and labels under it."""
+    x0, y0, x1, _ = box
+    width = x1 - x0
+    lut = colormap_lut(cmap)
+    row = lut[np.rint(np.linspace(0.0, 255.0, width)).astype(np.intp)]
+    bar_top = y0 + _BAR_GAP
+    sheet.paste(Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (_BAR_HEIGHT, width, 3)))), (x0, bar_top))
+    draw.rectangle((x0, bar_top, x1 - 1, bar_top + _BAR_HEIGHT - 1), outline=_INK_LIGHT)
+    tick_font = font(_TICK_SIZE)
+    # Place labels at their ticks (the end ones flush with the bar's ends), then drop those that would
+    # collide: middle ones first, so a narrow bar keeps "0" and "1".
+    placed: list[tuple[float, float, float, str]] = []
+    for pos, text in ticks:
+        tx = x0 + float(pos) * (width - 1)
+        w = _text_width(text, tick_font)
+        left = x0 if pos <= 0.0 else (x1 - w if pos >= 1.0 else tx - w / 2)
+        placed.append((tx, left, left + w, text))
+    order = sorted(range(len(placed)), key=lambda i: (0 < ticks[i][0] < 1, i))  # ends first
+    kept: list[int] = []
+    for i in order:
+        _, a, b, _ = placed[i]
+        if a >= x0 - 0.5 and b <= x1 + 0.5 and all(b + 4 <= placed[j][1] or placed[j][2] + 4 <= a for j in kept):
+            kept.append(i)
+    text_top = bar_top + _BAR_HEIGHT + _TICK_LENGTH
+    for i in sorted(kept):
+        tx, left, _, text = placed[i]
+        draw.line((round(tx), bar_top + _BAR_HEIGHT, round(tx), text_top - 1), fill=_INK_LIGHT)
+        draw.text((left, text_top), text, fill=_INK, font=tick_font)
+
+
+def montage(
+    tiles: Sequence[Tile | tuple],
+    tile_width: int = 256,
+    columns: int | None = None,
+    tile_height: int | None = None,
+    *,
+    header: str | None = None,
+    details: Sequence[str] = (),
+    legend: Sequence[tuple[str, tuple[int, int, int]]] | None = None,
+    legend_title: str = _LEGEND_TITLE,
+    return_layout: bool = False,
+) -> np.ndarray | tuple[np.ndarray, MontageLayout]:
+    """Lay titled pictures out on a white contact sheet, with a header, colour bars and a legend.
+
+    Each picture is scaled to fit a ``tile_width`` x ``tile_height`` box,
+    keeping its aspect ratio (shrunk with a box filter, enlarged with nearest
+    neighbour, see :func:`fit_box`), and placed, centred, under its title in
+    a grid, left to right then top to bottom. The box bounds the sheet
+    whatever the pictures' shapes: a 1 x 5000 strip is drawn as a thin line
+    512 pixels tall, not stretched to 256 x 1280000. Transparent pixels
+    (alpha 0, or an :class:`IndexedImage`'s ``transparent`` index) are drawn
+    on a grey checkerboard (:func:`checkerboard`). Text is DejaVu Sans
+    (:func:`font`), measured so that nothing overlaps: titles too wide for
+    their cell are cut short with "...", header details wrap between
+    fields, colour-bar labels that would collide are left out.
+
+    Parameters
+    ----------
+    tiles : sequence of Tile or (str, ndarray)
+        Pictures with their titles (and optionally a colour bar and a
+        swatch, see :class:`Tile`): uint8 RGB (H, W, 3) of any size, grey
+        (H, W), RGBA, or :class:`IndexedImage`.
+    tile_width : int
+        Width of every grid cell, and the most a tile may be, in pixels.
+    columns : int, optional
+        Tiles per row; default ``min(4, len(tiles))``.
+    tile_height : int, optional
+        The most a tile may be tall; default ``TILE_HEIGHT_RATIO * tile_width``.
+    header : str, optional
+        A bold first line (the image's name).
+    details : sequence of str
+        Header fields (size, model, k, ...), joined on lines as wide as the sheet.
+    legend : sequence of (str, (r, g, b)), optional
+        Legend entries drawn as a colour swatch and its label, in columns
+        under the tiles (see :func:`legend_entries`); as many columns as fit
+        the sheet, numbered down each column.
+    legend_title : str
+        The legend's heading.
+    return_layout : bool
+        Also return the :class:`MontageLayout` (where each tile, colour bar
+        and legend entry is on the sheet).
+
+    Returns
+    -------
+    ndarray, uint8 (H, W, 3), or (ndarray, MontageLayout) with ``return_layout``
+        The sheet, laid out as :func:`montage_layout` says: at least
+        ``8 + columns * (tile_width + 8)`` pixels wide (360 with a header or
+        a legend), each row as tall as its title band plus its tallest tile
+        (plus a colour bar) plus an 8-pixel margin.
+
+    Examples
+    --------
+    >>> red = np.full((16, 16, 3), (255, 0, 0), np.uint8)
+    >>> sheet = montage([("a", red), ("b", red), ("c", red)], tile_width=32, columns=2)
+    >>> sheet.shape[1], sheet.dtype
+    (88, dtype('uint8'))
+    >>> sheet = montage([Tile("cluster 0", red[..., 0], colorbar="viridis")], header="red.png",
+    ...                 details=["16 x 16 px", "k = 1"], legend=legend_entries([[255, 0, 0]], [1.0]))
+    >>> sheet.shape[1]
+    360
+    """
+    layout = montage_layout(
+        tiles,
+        tile_width,
+        columns,
+        tile_height,
+        header=header,
+        details=details,
+        legend=legend,
+        legend_title=legend_title,
+    )
+    tile_height = TILE_HEIGHT_RATIO * tile_width if tile_height is None else tile_height
+    items = [_as_tile(t) for t in tiles]
+    sheet = Image.new("RGB", (layout.width, layout.height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+
+    if layout.header is not None:
+        x, y, right, bottom = layout.header
+        if header is not None:
+            bold = font(_HEADER_SIZE, bold=True)
+            draw.text((x, y), _fit_text(header, bold, right - x), fill=_INK, font=bold)
+            y += _line_height(bold)
+        detail_font = font(_DETAIL_SIZE)
+        for line in layout.header_lines:
+            draw.text((x, y), line, fill=_INK_SOFT, font=detail_font)
+            y += _line_height(detail_font) + _LINE_GAP
+        rule = bottom + _MARGIN // 2
+        draw.line((x, rule, right - 1, rule), fill=_RULE)
+
+    title_font = font(_TITLE_SIZE)
+    for t, title_box, tile_box, bar_box in zip(items, layout.titles, layout.tiles, layout.colorbars):
+        x, y, right, _ = title_box
+        tx = x
+        if t.swatch is not None:
+            s = _SWATCH
+            sy = y + _TITLE_PAD + (_line_height(title_font) - s) // 2
+            draw.rectangle((x, sy, x + s - 1, sy + s - 1), fill=tuple(int(v) for v in t.swatch), outline=_INK_LIGHT)
+            tx = x + s + _SWATCH_GAP
+        draw.text((tx, y + _TITLE_PAD), _fit_text(t.title, title_font, right - tx), fill=_INK, font=title_font)
+        img = _tile_image(t.pixels, (tile_width, tile_height), t.title)
+        sheet.paste(img, tile_box[:2])
+        if bar_box is not None:
+            _draw_colorbar(sheet, draw, bar_box, str(t.colorbar), t.ticks)
+
+    if layout.legend is not None and legend:
+        legend_font = font(_LEGEND_SIZE)
+        x, y, right, _ = layout.legend
+        draw.text((x, y), _fit_text(legend_title, legend_font, right - x), fill=_INK_SOFT, font=legend_font)
+        entry_h = max(_line_height(legend_font), _SWATCH)
+        for (label, colour), (ex, ey, _, _) in zip(legend, layout.legend_entries):
+            sy = ey + (entry_h - _SWATCH) // 2
+            draw.rectangle((ex, sy, ex + _SWATCH - 1, sy + _SWATCH - 1), fill=tuple(colour), outline=_INK_LIGHT)
+            draw.text((ex + _SWATCH + _SWATCH_GAP, ey), label, fill=_INK, font=legend_font)
+    out = np.array(sheet, dtype=np.uint8)  # np.array (not asarray): writable and C-contiguous
+    return (out, layout) if return_layout else out
 
 
 def selection_plot(selection: dict, width: float = 6.0, height: float = 3.5) -> np.ndarray:

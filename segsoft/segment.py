@@ -39,10 +39,25 @@ __all__ = [
 
 MODELS = ("gmm", "soft-kmeans", "fcm")
 PALETTES = ("categorical", "mean")
+# The uncertainty map's colour bar: normalised entropy, 0 (one cluster) to 1 (split evenly over all k).
+_ENTROPY_TICKS = ((0.0, "0 certain"), (0.5, "0.5"), (1.0, "1 split evenly"))
+_THUMB_TILE = 160  # the notebook thumbnail's tile width: four tiles make a 680-pixel sheet
+
 DEFAULT_SAMPLE = 200_000
 # MAX_K (segsoft.limits) is the most clusters the pipeline fits: every cluster adds an output picture,
 # a montage tile and a probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes
 # of work, hundreds of files and gigabytes; -k auto fits every k up to it. The engines allow any k.
+
+
+def _png(picture: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 RGB picture."""
+    import io as _io
+
+    from PIL import Image as PILImage
+
+    buf = _io.BytesIO()
+    PILImage.fromarray(picture).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 @dataclass(repr=False)
@@ -89,6 +104,8 @@ class SoftSegmentation:
     selection: dict[str, Any] | None = None
     _region_maps: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     palette: str = field(default="categorical", init=False, compare=False)
+    # A preview (see _preview) describes the full segmentation it was cut from, not its own small arrays.
+    _source: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         """A line a notebook can show: the image, its size, k, the model and the score; never an array.
@@ -244,22 +261,30 @@ class SoftSegmentation:
         Renderers return uint8 RGB arrays or, for the pictures with at most
         256 colours, :class:`~segsoft.render.IndexedImage` (exact, and much
         faster to write as PNG). With ``regions``, the regions at
-        ``region_threshold`` are drawn too (``regions.png``).
+        ``region_threshold`` are drawn too (``regions.png``). Where the
+        image has transparent (or nodata) pixels (:attr:`mask`), they are
+        transparent in every picture: RGBA arrays, or indexed pictures with
+        a ``transparent`` index (a PNG ``tRNS`` entry).
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> [name for name, title, make in segment(rgb, k=2).pictures()]
+        ['overlay.png', 'labels.png', 'uncertainty.png', 'prob_0.png', 'prob_1.png']
         """
         check_regions_flag(regions)
         labels = self.labels
         pics = [
-            ("overlay.png", "soft overlay", lambda: self.overlay(alpha)),
+            ("overlay.png", "soft overlay", lambda: render.with_alpha(self.overlay(alpha), self.mask)),
             ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
         ]
         if regions:
-            pics.append(
-                (
-                    "regions.png",
-                    "regions",
-                    lambda: render.region_indexed(self.image.pixels, self.regions(region_threshold)),
-                )
-            )
+
+            def region_picture() -> Any:
+                pic = render.region_indexed(self.image.pixels, self.regions(region_threshold))
+                return pic if isinstance(pic, render.IndexedImage) else render.with_alpha(pic, self.mask)
+
+            pics.append(("regions.png", "regions", region_picture))
         pics += [
             ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
         ]
@@ -273,7 +298,7 @@ class SoftSegmentation:
         ]
         return pics
 
-    def original(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+    def original(self, width: int | None = None, height: int | None = None, alpha: bool = False) -> np.ndarray:
         """The input image as uint8 RGB, optionally shrunk for a montage tile.
 
         Parameters
@@ -287,10 +312,14 @@ class SoftSegmentation:
             None: full size.
         height : int, optional
             Tile height; default ``render.TILE_HEIGHT_RATIO * width``.
+        alpha : bool
+            Where the image has transparent pixels, return RGBA: alpha is
+            the share of used pixels in each block, colours the mean of the
+            used ones (so transparent pixels' colour never bleeds in).
 
         Returns
         -------
-        ndarray, uint8 (h, w, 3)
+        ndarray, uint8 (h, w, 3), or (h, w, 4) with ``alpha`` and a mask
 
         Examples
         --------
@@ -301,7 +330,8 @@ class SoftSegmentation:
         pixels = self.image.pixels
         fy, fx = (1, 1) if width is None else render.shrink_factors(pixels.shape, width, height)
         h, w = pixels.shape[0] // fy, pixels.shape[1] // fx  # whole blocks only: at most f - 1 lines lost
-        out = np.empty((h, w, 3), np.uint8)
+        mask = self.mask if alpha and self.mask is not None and not self.mask.all() else None
+        out = np.empty((h, w, 3 if mask is None else 4), np.uint8)
         # bands of block rows, and of block columns for very wide images, of about a quarter megapixel
         band_rows = max(1, (1 << 18) // max(fy * w * fx, 1))
         band_cols = w if band_rows > 1 else max(1, (1 << 18) // (fy * fx))
@@ -310,9 +340,17 @@ class SoftSegmentation:
             for c0 in range(0, w, band_cols):
                 c1 = min(c0 + band_cols, w)
                 block = pixels[r0 * fy : r1 * fy, c0 * fx : c1 * fx]
+                if mask is not None:
+                    used = mask[r0 * fy : r1 * fy, c0 * fx : c1 * fx].astype(np.float32)
+                    block = block * used[..., None]
+                    if fy > 1 or fx > 1:
+                        used = used.reshape(r1 - r0, fy, c1 - c0, fx).mean(axis=(1, 3))
                 if fy > 1 or fx > 1:
                     block = block.reshape(r1 - r0, fy, c1 - c0, fx, 3).mean(axis=(1, 3), dtype=np.float32)
-                out[r0:r1, c0:c1] = np.rint(block * np.float32(255.0))
+                if mask is not None:
+                    block = block / np.maximum(used, np.float32(1e-6))[..., None]  # mean of the used pixels
+                    out[r0:r1, c0:c1, 3] = np.rint(used * np.float32(255.0))
+                out[r0:r1, c0:c1, :3] = np.rint(np.clip(block, 0.0, 1.0) * np.float32(255.0))
         return out
 
     def montage(
@@ -326,14 +364,418 @@ class SoftSegmentation:
     ) -> np.ndarray:
         """Original, overlay, labels, (regions,) uncertainty and every heatmap on one sheet.
 
-        Tiles fit a ``tile_width`` x ``tile_height`` box (see :func:`segsoft.render.montage`).
+        The sheet has a header (image name, size, model, k, features,
+        log-likelihood or score, iterations), a colour bar under the
+        uncertainty map and under each heatmap, and a legend of the cluster
+        colours with each cluster's number and share of the pixels
+        (:attr:`shares`). Transparent pixels are drawn on a grey
+        checkerboard. Tiles fit a ``tile_width`` x ``tile_height`` box (see
+        :func:`segsoft.render.montage`).
+
+        Returns
+        -------
+        ndarray, uint8 (H, W, 3)
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> sheet = segment(rgb, k=2).montage(tile_width=64)
+        >>> sheet.dtype, sheet.shape[1]
+        (dtype('uint8'), 360)
         """
-        tiles = [("original", self.original(tile_width, tile_height))]
-        tiles += [
-            (title, render.shrink(make(), tile_width, tile_height))
-            for _, title, make in self.pictures(alpha, cmap, regions, region_threshold)
+        rendered = [
+            (name, title, render.shrink(make(), tile_width, tile_height))
+            for name, title, make in self.pictures(alpha, cmap, regions, region_threshold)
         ]
-        return render.montage(tiles, tile_width=tile_width, tile_height=tile_height)
+        return self.montage_sheet(rendered, cmap=cmap, tile_width=tile_width, tile_height=tile_height)
+
+    def montage_sheet(
+        self,
+        pictures: Sequence[tuple[str, str, Any]],
+        cmap: str = "viridis",
+        tile_width: int = 256,
+        tile_height: int | None = None,
+        columns: int | None = None,
+        header: bool = True,
+        return_layout: bool = False,
+    ) -> Any:
+        """The montage of pictures already made: :meth:`pictures`' (file name, title, picture) triples.
+
+        What :meth:`montage` and :func:`segsoft.outputs.write` share: the
+        original comes first, the uncertainty and the heatmaps (``prob_j.png``,
+        drawn through ``cmap``) get colour bars, each heatmap's title a swatch
+        of its cluster's colour, and the legend and header are added. The
+        pictures may be shrunk already (:func:`segsoft.render.shrink`), which
+        keeps a caller rendering full-size files from holding them all.
+        With ``header=False`` the header is left out; with ``return_layout``
+        the :class:`~segsoft.render.MontageLayout` is returned too.
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> seg = segment(rgb, k=2)
+        >>> pics = [(name, title, make()) for name, title, make in seg.pictures()]
+        >>> seg.montage_sheet(pics, tile_width=64).shape == seg.montage(tile_width=64).shape
+        True
+        """
+        shares = self.shares
+        tiles = [render.Tile("original", self.original(tile_width, tile_height, alpha=True))]
+        for name, title, picture in pictures:
+            if name == "uncertainty.png":
+                tiles.append(render.Tile(title, picture, colorbar="magma", ticks=_ENTROPY_TICKS))
+            elif name.startswith("prob_") and name.endswith(".png"):
+                j = int(name[5:-4])
+                colour = tuple(int(v) for v in self.colors[j])
+                tiles.append(render.Tile(f"{title}  {100.0 * shares[j]:.1f} %", picture, colorbar=cmap, swatch=colour))
+            else:
+                tiles.append(render.Tile(title, picture))
+        title, details = self._header() if header else (None, ())
+        return render.montage(
+            tiles,
+            tile_width=tile_width,
+            tile_height=tile_height,
+            columns=columns,
+            header=title,
+            details=details,
+            legend=render.legend_entries(self.colors, shares),
+            return_layout=return_layout,
+        )
+
+    @cached_property
+    def shares(self) -> np.ndarray:
+        """Each cluster's share of the used pixels: the fraction whose most probable cluster it is, float (k,).
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 6:] = 200
+        >>> segment(rgb, k=2).shares.tolist()
+        [0.75, 0.25]
+        """
+        counts = np.bincount(self.labels.ravel() + 1, minlength=self.k + 1)[1:]  # label -1 (masked) falls in bin 0
+        return counts / max(int(counts.sum()), 1)
+
+    @property
+    def model_name(self) -> str:
+        """The model as the command line names it: ``gmm``, ``soft-kmeans`` or ``fcm``."""
+        name = self.settings.get("model")
+        if name:
+            return str(name)
+        return {"GaussianMixture": "gmm", "SoftKMeans": "soft-kmeans", "FuzzyCMeans": "fcm"}.get(
+            type(self.model).__name__, type(self.model).__name__
+        )
+
+    def _describe(self) -> dict[str, str]:
+        """What the header, the HTML summary and the figure say about the run, as label: text."""
+        if self._source is not None:
+            return self._source._describe()
+        img = self.image
+        name = "array" if img.path is None else img.path.name
+        if img.frame is not None:
+            name += f" [frame {img.frame}]"
+        size = f"{img.width} x {img.height} px"
+        if self.mask is not None and not self.mask.all():
+            size += f" ({100.0 * (1.0 - self.n_used / (img.width * img.height)):.1f} % masked out)"
+        model = self.model_name
+        if model == "gmm":
+            model += f", {getattr(self.model, 'covariance', self.settings.get('covariance', 'full'))} covariance"
+        elif model == "fcm":
+            model += f", m = {getattr(self.model, 'm', self.settings.get('m', 2.0)):g}"
+        k = f"{self.k}"
+        if self.selection is not None:
+            ks = self.selection.get("ks") or [self.k]
+            k += f" (by {str(self.selection.get('criterion', 'icl')).upper()} over {ks[0]}..{ks[-1]})"
+        spec = self.spec
+        if spec.color == "bands":
+            names = spec.band_names or tuple(f"b{b}" for b in (spec.bands or ()))
+            features = "bands " + ",".join(names) if names else "all bands"
+        else:
+            features = spec.color
+        if spec.spatial_weight:
+            features += f" + x, y (weight {spec.spatial_weight:g})"
+        smoothing = float(self.settings.get("smoothing") or 0.0)
+        if smoothing:
+            features += f", smoothing {smoothing:g}"
+        score_name = "score" if self.model_name == "fcm" else "mean log-likelihood"
+        n_iter = getattr(self.model, "n_iter_", None)
+        converged = getattr(self.model, "converged_", None)
+        fit = "" if n_iter is None else f"{n_iter} iterations"
+        if converged is not None:
+            fit += (", " if fit else "") + ("converged" if converged else "not converged")
+        out = {"image": name, "size": size, "model": model, "k": k, "features": features}
+        shown = self.settings.get("display_bands")
+        if shown:  # a false-colour composite: say which bands the pictures show as red, green, blue
+            out["display"] = "bands " + ",".join(str(b) for b in shown) + " as RGB"
+        out[score_name] = f"{self.log_likelihood:.4f}"
+        if fit:
+            out["fit"] = fit
+        return out
+
+    def _header(self) -> tuple[str, list[str]]:
+        d = self._describe()
+        score = "score" if "score" in d else "mean log-likelihood"
+        details = [d["size"], f"model {d['model']}", f"k = {d['k']}", f"features {d['features']}"]
+        if "display" in d:
+            details.append(f"display {d['display']}")
+        details.append(f"{score} {d[score]}")
+        if "fit" in d:
+            details.append(d["fit"])
+        return d["image"], details
+
+    # ------------------------------------------------------------------ notebooks and figures
+
+    def _preview(self, max_side: int) -> SoftSegmentation:
+        """This segmentation on every n-th pixel, at most ``max_side`` pixels a side: cheap pictures of any image.
+
+        Colours, shares and the description stay those of the full segmentation.
+        """
+        h, w = self.image.height, self.image.width
+        sy, sx = -(-h // max_side), -(-w // max_side)
+        if sy == 1 and sx == 1:
+            return self
+        img = self.image
+        mask = None if img.mask is None else np.ascontiguousarray(img.mask[::sy, ::sx])
+        small = Image(np.ascontiguousarray(img.pixels[::sy, ::sx]), mask, path=img.path, frame=img.frame)
+        preview = SoftSegmentation(
+            small,
+            np.ascontiguousarray(self.probabilities[::sy, ::sx]),
+            self.model,
+            self.spec,
+            self.log_likelihood,
+            self.settings,
+            self.timings,
+            self.selection,
+        )
+        preview.palette = self.palette
+        preview.__dict__["colors"] = self.colors  # the mean palette comes from every pixel, not the sample
+        preview.__dict__["shares"] = self.shares
+        preview._source = self
+        return preview
+
+    def _repr_png_(self) -> bytes:
+        """The montage (:meth:`montage`) of a preview, as PNG bytes, for notebooks.
+
+        Drawn from every n-th pixel of at most about 640 pixels a side, with
+        160-pixel tiles (120 pixels, six to a row, past k = 12), so it stays
+        small and quick for any image size and k.
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> segment(rgb, k=2)._repr_png_()[:8]
+        b'\\x89PNG\\r\\n\\x1a\\n'
+        """
+        wide = self.k > 12
+        tile = 120 if wide else 160
+        preview = self._preview(4 * tile)
+        sheet = preview.montage_sheet(
+            [(name, title, make()) for name, title, make in preview.pictures()],
+            tile_width=tile,
+            columns=6 if wide else 4,
+        )
+        return _png(sheet)
+
+    def _repr_html_(self) -> str:
+        """A thumbnail (original, overlay, labels, uncertainty and the legend) and a summary table, for notebooks.
+
+        The thumbnail is an inline base64 PNG (no files, no network) of at
+        most 680 pixels wide, drawn from a preview of the image; the table
+        lists the image, its size, k, the model, the features, iterations,
+        convergence, the mean log-likelihood (score for fuzzy c-means), BIC
+        and each cluster's colour and share of the pixels.
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> html = segment(rgb, k=2)._repr_html_()
+        >>> html.startswith("<div") and "data:image/png;base64," in html and "<table" in html
+        True
+        """
+        import base64
+        import html as _html
+
+        preview = self._preview(4 * _THUMB_TILE)
+        keep = {"overlay.png", "labels.png", "uncertainty.png"}
+        sheet = preview.montage_sheet(
+            [(name, title, make()) for name, title, make in preview.pictures() if name in keep],
+            tile_width=_THUMB_TILE,
+            header=False,
+        )
+        png = base64.b64encode(_png(sheet)).decode("ascii")
+        d = self._describe()
+        rows = [(label, text) for label, text in d.items() if label != "fit"]
+        n_iter, converged = getattr(self.model, "n_iter_", None), getattr(self.model, "converged_", None)
+        if n_iter is not None:
+            rows.append(("iterations", str(n_iter)))
+        if converged is not None:
+            rows.append(("converged", "yes" if converged else "no"))
+        if self.bic is not None:
+            rows.append(("BIC", f"{self.bic:.1f}"))
+        cell = "padding:1px 8px;text-align:left;vertical-align:top"
+        table = "".join(
+            f'<tr><th style="{cell}">{_html.escape(label)}</th><td style="{cell}">{_html.escape(text)}</td></tr>'
+            for label, text in rows
+        )
+        swatches = " ".join(
+            f'<span style="white-space:nowrap;margin-right:6px">'
+            f'<span style="display:inline-block;width:0.9em;height:0.9em;vertical-align:middle;'
+            f'border:1px solid #666;background:#{r:02x}{g:02x}{b:02x}"></span> {j}: {100.0 * share:.1f}&nbsp;%</span>'
+            for j, ((r, g, b), share) in enumerate(zip(self.colors.tolist(), self.shares.tolist()))
+        )
+        table += f'<tr><th style="{cell}">cluster shares</th><td style="{cell}">{swatches}</td></tr>'
+        return (
+            '<div class="segsoft-segmentation">'
+            f'<img src="data:image/png;base64,{png}" width="{sheet.shape[1]}" height="{sheet.shape[0]}" '
+            f'alt="{_html.escape(d["image"])}: segsoft montage" style="max-width:100%;height:auto">'
+            f'<table style="border-collapse:collapse;font-size:90%">{table}</table></div>'
+        )
+
+    def plot(
+        self,
+        fig: Any = None,
+        *,
+        ax: Any = None,
+        alpha: float = 0.5,
+        cmap: str = "viridis",
+        heatmaps: bool | Sequence[int] = True,
+        columns: int = 4,
+        max_side: int = 768,
+    ) -> Any:
+        """A matplotlib figure of the segmentation, with the legend and colour bars, to compose with your own.
+
+        Panels: the original, the soft overlay, the labels, the uncertainty
+        (with its colour bar, normalised entropy 0..1) and one heatmap per
+        cluster (sharing one membership colour bar, 0..1); the legend gives
+        each cluster's colour, number and share of the pixels. Transparent
+        pixels are left transparent. Pictures are drawn from every n-th pixel
+        (at most ``max_side`` a side), so large images plot quickly.
+        Uses :class:`matplotlib.figure.Figure` directly: pyplot's global
+        state is never touched, and nothing is shown until you display it.
+
+        Parameters
+        ----------
+        fig : matplotlib Figure or SubFigure, optional
+            Draw into this (e.g. ``fig.subfigures(1, 2)[0]``); default a new
+            Figure with a constrained layout, sized for the panels.
+        ax : matplotlib Axes, optional
+            Draw only the label map, with the legend, into this Axes.
+        alpha : float
+            The overlay's colour weight (see :meth:`overlay`).
+        cmap : str
+            The heatmaps' colormap.
+        heatmaps : bool or sequence of int
+            Which clusters get a heatmap: all (True), none (False), or these.
+        columns : int
+            Panels per row.
+        max_side : int
+            Longest side, in pixels, of the pictures drawn.
+
+        Returns
+        -------
+        matplotlib.figure.Figure (or the SubFigure given, or ``ax.figure``)
+
+        Examples
+        --------
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8); rgb[:, 4:] = 200
+        >>> fig = segment(rgb, k=2).plot()
+        >>> type(fig).__name__, len(fig.legends)
+        ('Figure', 1)
+        >>> fig.savefig(io.BytesIO(), format="png")  # doctest: +SKIP
+        """
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+
+        columns = int(columns)
+        if columns < 1:
+            raise SegsoftError(f"columns must be at least 1, got {columns}")
+        if heatmaps is True:
+            js = list(range(self.k))
+        elif heatmaps is False:
+            js = []
+        else:
+            js = [int(j) for j in heatmaps]
+            bad = [j for j in js if not 0 <= j < self.k]
+            if bad:
+                raise SegsoftError(f"heatmaps: cluster {bad[0]} out of range: there are {self.k} clusters")
+        small = self._preview(max_side)
+        entries = render.legend_entries(self.colors, self.shares)
+        handles = [Patch(facecolor=np.array(c) / 255.0, edgecolor="0.4", label=label) for label, c in entries]
+        legend_title = "cluster  share of the pixels"
+        labels_rgba = render.label_indexed(small.labels, colors=self.colors, k=self.k)
+        labels_rgba = labels_rgba.to_rgba() if isinstance(labels_rgba, render.IndexedImage) else labels_rgba
+
+        if ax is not None:
+            ax.imshow(labels_rgba, interpolation="nearest")
+            ax.set_title("labels")
+            ax.set_axis_off()
+            ax.legend(
+                handles=handles,
+                title=legend_title,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+                ncols=max(1, -(-self.k // 16)),
+                fontsize="small",
+                frameon=False,
+            )
+            return ax.figure
+
+        n_panels = 4 + len(js)
+        ncols = min(columns, n_panels)
+        nrows = -(-n_panels // ncols)
+        legend_cols = min(self.k, 8)
+        if fig is None:
+            aspect = min(max(small.image.height / small.image.width, 0.1), 1.5)  # thin strips stay thin lines
+            legend_rows = -(-self.k // legend_cols)
+            fig = Figure(
+                figsize=(2.8 * ncols, nrows * (2.8 * aspect + 0.9) + 0.6 + 0.22 * legend_rows), layout="constrained"
+            )
+            FigureCanvasAgg(fig)  # renders off-screen whatever backend matplotlib is configured with
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for a in axes:
+            a.set_axis_off()
+
+        def bad_clear(name: str) -> Any:
+            return matplotlib.colormaps[name].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # masked: transparent
+
+        unused = None if small.mask is None else ~small.mask
+        axes[0].imshow(small.original(alpha=True), interpolation="nearest")
+        axes[0].set_title("original")
+        axes[1].imshow(render.with_alpha(small.overlay(alpha), small.mask), interpolation="nearest")
+        axes[1].set_title("soft overlay")
+        axes[2].imshow(labels_rgba, interpolation="nearest")
+        axes[2].set_title("labels")
+        entropy = np.ma.masked_invalid(small.entropy())
+        if unused is not None:
+            entropy = np.ma.masked_where(unused, entropy)
+        im = axes[3].imshow(entropy, cmap=bad_clear("magma"), vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes[3].set_title("uncertainty")
+        # an inset under the panel, so the uncertainty map keeps the size of its neighbours
+        cax = axes[3].inset_axes((0.0, -0.16, 1.0, 0.06))
+        fig.colorbar(im, cax=cax, orientation="horizontal", label="normalised entropy (0 = certain)")
+        heat_axes = []
+        heat_cmap = bad_clear(cmap)
+        for a, j in zip(axes[4:], js):
+            plane = np.ma.masked_invalid(small.probabilities[..., j])
+            if unused is not None:
+                plane = np.ma.masked_where(unused, plane)
+            im = a.imshow(plane, cmap=heat_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            a.set_title(f"cluster {j}", color=np.array(self.colors[j]) / 255.0 * 0.75)  # darkened: legible on white
+            heat_axes.append(a)
+        if heat_axes:
+            fig.colorbar(im, ax=heat_axes, label="membership", shrink=0.8)
+        root = fig.figure if hasattr(fig, "figure") and fig.figure is not None else fig
+        engine = root.get_layout_engine()
+        constrained = engine is not None and type(engine).__name__ == "ConstrainedLayoutEngine"
+        fig.legend(
+            handles=handles,
+            title=legend_title,
+            loc="outside lower center" if constrained else "lower center",
+            ncols=legend_cols,
+            fontsize="small",
+            frameon=False,
+        )
+        return fig
 
     def save(
         self,
@@ -668,7 +1110,11 @@ def _distinct_colors(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
 
 
 def _exact_distinct_fit(
-    img: Image, spec: FeatureSpec, estimator: Any, progress: Callable | None
+    img: Image,
+    spec: FeatureSpec,
+    estimator: Any,
+    progress: Callable | None,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> tuple[np.ndarray, float, FeatureSpec, Any, int] | None:
     """The full-data EM fitted on the distinct colours with their counts as weights.
 
@@ -699,7 +1145,9 @@ def _exact_distinct_fit(
     colors = np.ascontiguousarray(flat[src_rows][None])
     palette = replace(img, pixels=colors, bands=None, mask=None)
     Xd = extract(palette, spec)
+    stage("fitting")
     estimator.fit(Xd, progress=progress, sample_weight=counts)
+    stage("memberships")
     probs_d = np.empty((n_d, k), dtype=np.float32)
     _, mean = estimator.predict_proba_and_score(Xd, out=probs_d, sample_weight=counts)
     h, w = img.height, img.width
@@ -778,6 +1226,7 @@ def segment(
     page: int | None = None,
     scheduler: str | None = None,
     progress: Callable[[int, float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> SoftSegmentation:
     """Soft-segment one image into ``k`` clusters.
 
@@ -837,7 +1286,15 @@ def segment(
         (the ``dask`` extra): ``"local"`` (a LocalCluster on this machine),
         ``"threads"`` or a scheduler address; same numbers as in memory.
     progress : callable(iteration, log_likelihood), optional
-        Called after every EM iteration.
+        Called after every EM iteration with the iteration number (counted
+        on across the sample fit and the polish on all pixels) and the mean
+        log-likelihood per pixel (fuzzy c-means: its score, -J).
+    on_stage : callable(name), optional
+        Called as each stage begins, with a short name: ``"reading"``,
+        ``"features"``, ``"fitting"`` (``"fitting k=3 (2 of 9)"`` for each
+        candidate of ``k="auto"``) and ``"memberships"``. With ``progress``,
+        enough for a status line (``segsoft run`` draws one on a terminal);
+        the library itself never prints.
 
     Returns
     -------
@@ -847,11 +1304,20 @@ def segment(
     --------
     >>> import segsoft
     >>> seg = segsoft.segment("images/coffee.jpg", k=3, seed=0)  # doctest: +SKIP
+    >>> stages = []
+    >>> seg = segsoft.segment(np.eye(8), k=2, on_stage=stages.append)
+    >>> stages
+    ['reading', 'features', 'fitting', 'memberships']
     >>> seg.probabilities.sum(-1).round(4).min()  # doctest: +SKIP
     1.0
     >>> seg.save("outputs/coffee")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name)
+
     bands = None if bands is None else tuple(int(b) for b in bands)
     display_bands = None if display_bands is None else tuple(int(b) for b in display_bands)
     if color is not None and color != "bands" and bands is not None:
@@ -909,6 +1375,11 @@ def segment(
         )
 
     new_model(1)  # make_model checks the options: fail before the slow work
+    if isinstance(image, (str, os.PathLike)) and scheduler is None:
+        from .budget import check_fits
+
+        check_fits(image, k, smoothing > 0)  # from the header: refused before memory runs out, not killed
+    stage("reading")
     img = as_image(image, max_pixels=max_pixels, page=page)
     if display_bands is not None:
         img = img.with_display(display_bands)
@@ -923,6 +1394,7 @@ def segment(
     if img.n_used < k_min:
         raise SegsoftError(f"{name}: k={k_min} is more than the {img.n_used} usable pixels")
     check_distinct = spatial_weight == 0 and (auto or k > 1)
+    stage("features")  # the distinct-colour count below is the first look at the pixels' values
     if check_distinct:
         # On the source bands, before the features: a constant 36 MP photo used to spend
         # ~20 s in the Lab conversion only to be refused here. The features of every
@@ -934,15 +1406,16 @@ def segment(
             if auto:
                 k_hi = min(k_hi, distinct)
     if scheduler is not None:
-        if auto or smoothing > 0:
-            raise SegsoftError(
-                f"--scheduler does not support {'-k auto' if auto else '--smooth'} yet: run without --scheduler"
-            )
+        if auto:
+            raise SegsoftError("--scheduler does not support -k auto yet: give k, or run without --scheduler")
         from .cluster.em import segment_image
 
         t_feat = time.perf_counter()
+        stage("fitting")  # features, fit and memberships run together, tile by tile
         try:
-            probs, mean, spec, estimator = segment_image(img, spec, new_model(k), scheduler, progress=progress)
+            probs, mean, spec, estimator = segment_image(
+                img, spec, new_model(k), scheduler, progress=progress, smoothing=smoothing
+            )
         except ValueError as exc:
             raise SegsoftError(f"{name}: {exc}") from exc
         t_pred = time.perf_counter()
@@ -954,7 +1427,7 @@ def segment(
         # each distinct colour weighted by its count is the EM on every pixel, far cheaper
         t_feat = time.perf_counter()
         try:
-            exact = _exact_distinct_fit(img, spec, new_model(k), progress)
+            exact = _exact_distinct_fit(img, spec, new_model(k), progress, stage)
         except ValueError as exc:
             raise SegsoftError(f"{name}: {exc}") from exc
         if exact is not None:
@@ -981,7 +1454,16 @@ def segment(
     selection = None
     try:
         if auto:
-            estimator, selection = select_k(X, range(k_lo, k_hi + 1), new_model, criterion, seed=seed, sample=sample)
+            estimator, selection = select_k(
+                X,
+                range(k_lo, k_hi + 1),
+                new_model,
+                criterion,
+                seed=seed,
+                sample=sample,
+                progress=progress,
+                on_stage=on_stage,
+            )
             k = estimator.n_components
         if smoothing > 0:
             # with k chosen by the plain mixture, start the smoothed fit from its means
@@ -989,12 +1471,15 @@ def segment(
             estimator = new_model(k)
             rows, grid_mask = _fit_grid(img, sample)
             prior = PottsPrior(grid_mask.shape, smoothing, grid_mask)
+            stage("fitting")
             estimator.fit(X[rows], means_init=start, progress=progress, prior=prior)
         elif not auto:
+            stage("fitting")
             estimator = new_model(k).fit(X, progress=progress)
     except ValueError as exc:
         raise SegsoftError(f"{name}: {exc}") from exc
     t_fit = time.perf_counter()
+    stage("memberships")
     if smoothing > 0:
         probs, mean = _smoothed_memberships(img, estimator, X, smoothing)
     else:
@@ -1034,6 +1519,8 @@ def select_k(
     *,
     seed: int | None = 0,
     sample: int | None = DEFAULT_SAMPLE,
+    progress: Callable[[int, float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit one model per k and keep the one with the lowest BIC or ICL.
 
@@ -1042,6 +1529,9 @@ def select_k(
     (Biernacki, Celeux & Govaert 2000), so ICL also penalises clusters that
     overlap. Both are computed on the same rows for every k: all of them, or
     a seeded random ``sample`` of them on large inputs.
+
+    ``progress`` is handed to each fit; ``on_stage`` hears
+    ``"fitting k=3 (2 of 9)"`` as each candidate's fit begins.
 
     Returns
     -------
@@ -1064,8 +1554,11 @@ def select_k(
         rows = X[np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))]
     curve: dict[str, Any] = {"ks": [], "bic": [], "icl": [], "log_likelihood": []}
     best = None
-    for k in ks:
-        model = new_model(k).fit(X)
+    ks = list(ks)
+    for i, k in enumerate(ks):
+        if on_stage is not None:
+            on_stage(f"fitting k={k} ({i + 1} of {len(ks)})")
+        model = new_model(k).fit(X, progress=progress)
         resp, mean = model.predict_proba_and_score(rows)
         m = rows.shape[0]
         bic = -2.0 * mean * m + model.n_parameters() * np.log(m)

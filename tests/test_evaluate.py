@@ -371,7 +371,12 @@ def test_evaluate_folder(tmp_path):
         assert row.n_humans == len(gts[row.id])
     assert report.rows[0].n_regions == 3 and report.rows[2].n_regions == len(np.unique(preds["3"]))
     assert report.means["pri"] == pytest.approx(np.mean([r.pri for r in report.rows]))
-    assert report.means["covering"] == pytest.approx(np.mean([r.covering for r in report.rows]))
+    # covering pools the covered pixels over images and humans, as the benchmark does (not the mean of images)
+    weights = [r.weight for r in report.rows]
+    # pixels scored times humans: image 1's transparent pixel is left out against both humans
+    assert weights == [gts[r.id].size - (2 if r.id == "1" else 0) for r in report.rows]
+    assert report.means["covering"] == pytest.approx(np.average([r.covering for r in report.rows], weights=weights))
+    assert report.means["covering"] != pytest.approx(np.mean([r.covering for r in report.rows]))
 
     out = report.to_csv(tmp_path / "scores" / "evaluation.csv")
     with open(out, newline="") as f:

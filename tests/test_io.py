@@ -327,7 +327,10 @@ def test_pixel_limit(tmp_path):
     path = save(PILImage.new("RGB", (10, 10)), tmp_path / "big.png")
     with pytest.raises(SegsoftError) as info:
         read_image(path, max_pixels=99)
-    assert str(info.value) == f"{path}: 10x10 = 100 pixels exceeds the limit of 99 (use --max-pixels to raise it)"
+    assert str(info.value) == (
+        f"{path}: 10x10 = 100 pixels exceeds the limit of 99 "
+        "(use --max-pixels to raise it, or --scheduler local to segment it tile by tile)"
+    )
     assert read_image(path, max_pixels=100).n_pixels == 100
     assert DEFAULT_MAX_PIXELS == 100_000_000
 

@@ -256,3 +256,40 @@ def test_montage_draws_titles_and_rejects_bad_input():
         render.montage([("f", np.zeros((4, 4, 3), np.float32))])
     with pytest.raises(SegsoftError):
         render.montage([("a", blank)], tile_width=0)
+
+
+# ----------------------------------------------------------------------------- transparency
+
+
+def test_indexed_pictures_mark_unused_pixels_transparent():
+    p = np.array([[[0.2, 0.8], [np.nan, np.nan], [1.0, 0.0]]], np.float32)
+    for pic in (render.heatmap_indexed(p, 0), render.uncertainty_indexed(p)):
+        assert pic.transparent == 255 and pic.indices[0, 1] == 255
+        assert pic.to_rgba()[0, :, 3].tolist() == [255, 0, 255]
+        np.testing.assert_array_equal(pic.to_rgba()[..., :3], pic.to_rgb())
+    labels = render.label_indexed(np.array([[0, -1, 1]]))
+    assert labels.transparent == 2 and labels.to_rgba()[0, :, 3].tolist() == [255, 0, 255]
+    # every pixel used: nothing transparent, and the full 256-level palette as before
+    full = np.nan_to_num(p, nan=0.5)
+    assert render.heatmap_indexed(full, 0).transparent is None and len(render.heatmap_indexed(full, 0).palette) == 256
+    assert render.label_indexed(np.array([[0, 1]])).transparent is None
+    regions = render.region_indexed(np.ones((1, 3, 3)), np.array([[0, 1, -1]]), boundaries=False)
+    assert regions.transparent == 2
+
+
+def test_with_alpha_only_when_some_pixel_is_masked():
+    rgb = np.full((2, 3, 3), 7, np.uint8)
+    assert render.with_alpha(rgb, None) is rgb
+    assert render.with_alpha(rgb, np.ones((2, 3), bool)) is rgb
+    out = render.with_alpha(rgb, np.array([[True, False, True], [True, True, False]]))
+    assert out.shape == (2, 3, 4) and out[..., 3].tolist() == [[255, 0, 255], [255, 255, 0]]
+    np.testing.assert_array_equal(out[..., :3], rgb)
+    with pytest.raises(SegsoftError):
+        render.with_alpha(rgb, np.ones((3, 3), bool))
+
+
+def test_montage_draws_rgba_tiles_on_the_checkerboard():
+    rgba = np.zeros((16, 16, 4), np.uint8)  # wholly transparent
+    sheet, layout = render.montage([("clear", rgba)], tile_width=16, return_layout=True)
+    x0, y0, x1, y1 = layout.tiles[0]
+    np.testing.assert_array_equal(sheet[y0:y1, x0:x1], render.checkerboard(16, 16))

@@ -223,6 +223,56 @@ def column_moments_chunked(X: Any, *, mask: Any = None, split_every: int = SPLIT
     return mean, float(sq[0]) / (n * g.D)
 
 
+def _tile_moments_and_rows(
+    f: np.ndarray, m: np.ndarray | None, ys: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(count, column sums, sum of squared deviations from the tile's own mean) and the rows at (ys, xs)."""
+    rows = _rows(f, m)
+    cnt = rows.shape[0]
+    sums = rows.sum(axis=0, dtype=np.float64)
+    m2 = float(np.square(rows - sums / cnt).sum()) if cnt else 0.0
+    return np.r_[cnt, m2, sums], np.asarray(f)[ys, xs]
+
+
+def _moments_and_sample(
+    g: _Grid, ys: np.ndarray, xs: np.ndarray, split_every: int = SPLIT_EVERY
+) -> tuple[tuple[np.ndarray, float], np.ndarray]:
+    """Column moments (as :func:`column_moments_chunked`) and the rows at pixels (ys, xs), in one pass.
+
+    The tiles' squared deviations are combined with Chan et al.'s pairwise
+    formula (exact algebraically; within rounding of the two-pass value)."""
+    yb, xb = g.y0s, g.x0s
+    bi = np.searchsorted(yb, ys, side="right") - 1
+    bj = np.searchsorted(xb, xs, side="right") - 1
+    key = bi * len(xb) + bj
+    order = np.argsort(key, kind="stable")
+    tasks, where = [], []
+    ncols = len(xb) - 1
+    bounds = np.searchsorted(key[order], np.arange((len(yb) - 1) * len(xb) + 1))
+    for t, (f, m, y0, x0) in enumerate(g.tiles()):
+        i, j = divmod(t, ncols)
+        kk = i * len(xb) + j
+        sel = order[bounds[kk] : bounds[kk + 1]]
+        tasks.append(dask.delayed(_tile_moments_and_rows, pure=True)(f, m, ys[sel] - y0, xs[sel] - x0))
+        where.append(sel)
+    parts = dask.compute(*tasks)
+    D = g.D
+    picked = np.empty((ys.size, D), dtype=g.X.dtype)
+    n, total = 0.0, np.zeros(D)
+    stats = []
+    for sel, (st, rows) in zip(where, parts):
+        picked[sel] = rows
+        stats.append(st)
+        n += st[0]
+        total += st[2:]
+    mean = total / n
+    m2 = 0.0
+    for st in stats:
+        if st[0]:
+            m2 += st[1] + st[0] * float(np.square(st[2:] / st[0] - mean).sum())
+    return (mean, m2 / (n * D)), picked
+
+
 def _tile_statistics(
     model: Any, f: np.ndarray, m: np.ndarray | None, y0: int, x0: int, W: int, stats: bool
 ) -> EMStatistics:
@@ -295,9 +345,18 @@ def fit_chunked(
     model.check_params()
     g = _Grid(X, mask)
     n = g.n_used
-    moments = column_moments_chunked(g, split_every=split_every)
+    # the rows fit() will draw depend only on n and the seed: gathered in the same pass as the
+    # column moments, so the data are read once for both
+    drawn = model.sample_indices(n) if getattr(model, "_prior", None) is None else None
+    if drawn is not None:
+        ys, xs = g.pixels_of_rows(drawn)
+        moments, picked = _moments_and_sample(g, ys, xs, split_every)
+    else:
+        moments, picked = column_moments_chunked(g, split_every=split_every), None
 
     def take_rows(idx: np.ndarray | None) -> np.ndarray:
+        if picked is not None and idx is not None and np.array_equal(idx, drawn):
+            return picked
         if idx is None:
             idx = np.arange(n)
         ys, xs = g.pixels_of_rows(idx)
@@ -565,6 +624,7 @@ def segment_image(
     jobs: int | None = None,
     chunks: tuple[int, int] = (1024, 1024),
     progress: Callable[[int, float], None] | None = None,
+    smoothing: float = 0.0,
 ) -> tuple[np.ndarray, float, Any, Any]:
     """One in-memory image through the chunked passes on ``scheduler``: features, fit, memberships.
 
@@ -598,7 +658,16 @@ def segment_image(
             return_spec=True,
         )
         F = F.persist()  # every polish pass and the memberships read the features again
-        fit_chunked(model, F, mask=mask, progress=progress)
-        probs, mean = memberships_chunked(model, F, mask=mask)
-        probs, mean = dask.compute(probs, mean)
+        if smoothing > 0:
+            from .large import _smoothed_both, fit_smoothed
+
+            fit_smoothed(model, F, mask, smoothing, progress)
+            both = _smoothed_both(model, _Grid(F, mask), smoothing)
+            k = model.n_components
+            probs, total = dask.compute(both[..., :k].astype(np.float32), da.nansum(both[..., k]))
+            mean = total / (image.n_used or 1)
+        else:
+            fit_chunked(model, F, mask=mask, progress=progress)
+            probs, mean = memberships_chunked(model, F, mask=mask)
+            probs, mean = dask.compute(probs, mean)
     return np.asarray(probs, dtype=np.float32), float(mean), spec, model
