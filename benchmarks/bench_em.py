@@ -1,14 +1,26 @@
-"""EM speed and accuracy: segsoft against scikit-learn and scikit-fuzzy, side by side.
+"""EM speed and accuracy: segsoft against scikit-learn, OpenCV and scikit-fuzzy, side by side.
 
 Builds standardised Lab + x,y features (D = 5) from a sample image resized to
 each size, then fits K = 4 clusters with every tool from the same initial
 means and the same number of iterations, followed by the full posterior
 memberships. Each measurement runs in its own subprocess so its peak memory
-(resident set, features included) is its own.
+(resident set, features included) is its own. Every tool runs on one thread
+(threadpoolctl for BLAS, ``cv2.setNumThreads(1)``): scikit-learn's two
+threads fall apart when the machine is busy (20x quiet, 64-81x under load), so
+its one-thread time is the steadier reference. ``segsoft-2t`` is segsoft's
+passes on two threads (``n_jobs=2``, still one BLAS thread).
+
+The same run measures this machine's floor: dgemm GFLOP/s on one thread (numpy
+matmul of two 2048 x 2048 float64 matrices) and memory bandwidth (a 512 MiB
+array copy, read + write). One EM iteration must do at least two products of
+2 P K flops a row (logits and statistics, P = 1 + D + D(D+1)/2 quadratic
+features) and read the float32 rows once; the larger of the two is the floor
+printed beside segsoft's time per iteration.
 
     python benchmarks/bench_em.py                       # 0.25, 1, 4 MP
     python benchmarks/bench_em.py --sizes 0.25,1,4,12   # add 12 MP (scikit-learn takes minutes there)
     python benchmarks/bench_em.py --end-to-end          # also `segsoft run` on a 12 MP photo
+    python benchmarks/bench_em.py --methods segsoft,segsoft-2t --sizes 12   # the engine alone
 
 Needs the ``bench`` extra: ``pip install '.[bench]'``.
 """
@@ -30,6 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 K, ITERS, SEED = 4, 20, 0
+METHODS = ("segsoft", "segsoft-2t", "sklearn", "opencv", "segsoft-fcm", "skfuzzy")
 
 
 def features(megapixels: float) -> np.ndarray:
@@ -57,31 +70,99 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def hard_start(X64: np.ndarray, means0: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights, means, covariances) of one M-step from each row on its nearest mean: segsoft's start."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    labels = np.argmin(((X64[:, None, :] - means0[None]) ** 2).sum(-1), axis=1)
+    resp = np.zeros((len(X64), K))
+    resp[np.arange(len(X64)), labels] = 1.0
+    w, m, c = _estimate_gaussian_parameters(X64, resp, reg, "full")
+    return w / len(X64), m, c
+
+
+def sklearn_score(X64: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndarray) -> float:
+    """Mean log-likelihood of fitted parameters, by scikit-learn's own code (the same yardstick for all)."""
+    from sklearn.mixture import GaussianMixture as SkGM
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    sk = SkGM(len(weights), covariance_type="full")
+    sk.weights_, sk.means_, sk.covariances_ = weights, means, covs
+    sk.precisions_cholesky_ = _compute_precision_cholesky(covs, "full")
+    return float(sk.score(X64))
+
+
+def run_floor() -> dict:
+    """This machine's single-thread dgemm GFLOP/s and copy bandwidth (GB/s), best of a few tries."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2048, 2048)), rng.random((2048, 2048))
+    src = np.ones(64 << 20)  # 512 MiB of float64
+    dst = np.empty_like(src)
+    with threadpool_limits(1):
+        a @ b  # warm up: page faults, the BLAS kernel choice
+        gemm = min(_timed(lambda: a @ b) for _ in range(5))
+        np.copyto(dst, src)
+        copy = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
+    return {"gflops": 2 * 2048**3 / gemm / 1e9, "gbps": 2 * src.nbytes / copy / 1e9}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def run_one(method: str, megapixels: float) -> dict:
+    from threadpoolctl import threadpool_limits
+
     X = features(megapixels)
     means0 = initial_means(X)
+    with threadpool_limits(1):  # every tool on one BLAS thread (segsoft sets this itself)
+        return _run_one(method, megapixels, X, means0)
+
+
+def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) -> dict:
     start = time.perf_counter()
-    if method == "segsoft":
+    if method in ("segsoft", "segsoft-2t"):
         from segsoft.mixture import GaussianMixture
 
-        gm = GaussianMixture(K, max_iter=ITERS, tol=0.0).fit(X, means_init=means0)
+        jobs = 2 if method == "segsoft-2t" else 1
+        gm = GaussianMixture(K, max_iter=ITERS, tol=0.0, n_jobs=jobs).fit(X, means_init=means0)
         _, ll = gm.predict_proba_and_score(X)
         iters = gm.n_iter_
+    elif method == "opencv":
+        import cv2
+
+        from segsoft.mixture.base import _column_moments
+
+        cv2.setNumThreads(1)
+        reg = 1e-6 * _column_moments(X)[1]
+        X64 = X.astype(np.float64)
+        w0, m0, c0 = hard_start(X64, means0, reg)  # timed, as for scikit-learn
+        em = cv2.ml.EM_create()
+        em.setClustersNumber(K)
+        em.setCovarianceMatrixType(cv2.ml.EM_COV_MAT_GENERIC)
+        em.setTermCriteria((cv2.TERM_CRITERIA_COUNT, ITERS, 0.0))
+        # trainE starts with an E-step from the given parameters and returns the memberships
+        em.trainE(X64, m0, list(c0), w0)
+        elapsed = time.perf_counter() - start
+        covs = np.stack(em.getCovs())
+        ll = sklearn_score(X64, em.getWeights().ravel(), em.getMeans(), covs)  # not timed
+        iters = ITERS
     elif method == "sklearn":
         from sklearn.mixture import GaussianMixture as SkGM
 
         from segsoft.mixture.base import _column_moments
 
         reg = 1e-6 * _column_moments(X)[1]  # segsoft's reg_covar is relative to the data's variance
-        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
         # scikit-learn from the same start segsoft uses: each row on its nearest
         # mean, one M-step (timed: segsoft's start costs it one pass too)
         X64 = X.astype(np.float64)
-        labels = np.argmin(((X64[:, None, :] - means0[None]) ** 2).sum(-1), axis=1)
-        resp = np.zeros((len(X), K))
-        resp[np.arange(len(X)), labels] = 1.0
-        w, m, c = _estimate_gaussian_parameters(X64, resp, reg, "full")
+        w, m, c = hard_start(X64, means0, reg)
         pc = _compute_precision_cholesky(c, "full")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tol=0 runs all iterations on purpose
@@ -92,7 +173,7 @@ def run_one(method: str, megapixels: float) -> dict:
                 tol=0.0,
                 init_params="random",
                 reg_covar=reg,
-                weights_init=w / len(X),
+                weights_init=w,
                 means_init=m,
                 precisions_init=pc @ np.swapaxes(pc, 1, 2),
                 random_state=SEED,
@@ -108,7 +189,7 @@ def run_one(method: str, megapixels: float) -> dict:
         d2 = ((X64[:, None, :] - means0[None]) ** 2).sum(-1)
         u0 = np.zeros((K, len(X)))
         u0[np.argmin(d2, axis=1), np.arange(len(X))] = 1.0
-        cntr, u, *_ = skfuzzy.cluster.cmeans(X64.T, K, 2.0, error=0.0, maxiter=ITERS, init=u0, seed=SEED)
+        _centres, _u, *_ = skfuzzy.cluster.cmeans(X64.T, K, 2.0, error=0.0, maxiter=ITERS, init=u0, seed=SEED)
         ll = float("nan")
         iters = ITERS
     elif method == "segsoft-fcm":
@@ -120,12 +201,13 @@ def run_one(method: str, megapixels: float) -> dict:
         iters = fcm.n_iter_ + 1
     else:
         raise SystemExit(f"unknown method {method}")
-    if method != "sklearn":
+    if method not in ("sklearn", "opencv"):
         elapsed = time.perf_counter() - start
     return {
         "method": method,
         "mp": megapixels,
         "seconds": elapsed,
+        "rows": int(X.shape[0]),
         "iters": iters,
         "ll": float(ll),
         "peak_mib": peak_mib(),
@@ -190,12 +272,19 @@ def child(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="0.25,1,4", help="megapixels, comma-separated")
-    parser.add_argument("--methods", default="segsoft,sklearn,segsoft-fcm,skfuzzy")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
+    parser.add_argument(
+        "--opencv-max", type=float, default=0.25, help="largest size (MP) OpenCV EM runs at (default 0.25: it is slow)"
+    )
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--end-to-end", action="store_true", help="also time `segsoft run` on a 12 MP photo")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "MP"), help=argparse.SUPPRESS)
     parser.add_argument("--e2e", choices=["sample", "full"], help=argparse.SUPPRESS)
     parser.add_argument("--feat", choices=["segsoft", "skimage"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor:
+        print(json.dumps(run_floor()))
+        return
     if args.one:
         print(json.dumps(run_one(args.one[0], float(args.one[1]))))
         return
@@ -206,27 +295,54 @@ def main() -> None:
         print(json.dumps(run_features(args.feat)))
         return
 
-    print(f"# EM benchmark: K={K}, D=5 (Lab + x,y), {ITERS} iterations + full memberships, same initial means")
-    print(f"# machine: {os.cpu_count()} cores; numpy {np.__version__}")
-    header = f"{'MP':>5} {'method':<12} {'seconds':>8} {'s/iter':>8} {'peak MiB':>9} {'mean log-lik':>16} {'rel. diff':>10} {'speed-up':>9}"
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    floor = child(["--floor"])
+    d = 5
+    p = 1 + d + d * (d + 1) // 2
+    print(f"# EM benchmark: K={K}, D={d} (Lab + x,y), {ITERS} iterations + full memberships, same initial means")
+    print(f"# machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; numpy {np.__version__}")
+    print(
+        f"# floor measured in this run, one thread: dgemm {floor['gflops']:.1f} GFLOP/s, copy {floor['gbps']:.1f} GB/s;"
+        f" an iteration needs 2 x {2 * p * K} flops and {4 * d} bytes a row"
+    )
+    header = (
+        f"{'MP':>5} {'method':<12} {'seconds':>8} {'s/iter':>8} {'floor':>7} {'x floor':>7} {'peak MiB':>9} "
+        f"{'mean log-lik':>16} {'rel. diff':>10} {'speed-up':>9}"
+    )
     print(header)
     print("-" * len(header))
     for mp in [float(s) for s in args.sizes.split(",")]:
-        rows = {m: child(["--one", m, str(mp)]) for m in args.methods.split(",")}
-        for pair in (("segsoft", "sklearn"), ("segsoft-fcm", "skfuzzy")):
-            ours, ref = rows.get(pair[0]), rows.get(pair[1])
-            for r in (ref, ours):
+        rows = {}
+        for m in methods:
+            if m == "opencv" and mp > args.opencv_max:
+                continue  # about 200x segsoft a iteration: minutes per size beyond a megapixel
+            rows[m] = child(["--one", m, str(mp)])
+        for group, ref_name in (
+            (("sklearn", "opencv", "segsoft", "segsoft-2t"), "sklearn"),
+            (("skfuzzy", "segsoft-fcm"), "skfuzzy"),
+        ):
+            ref = rows.get(ref_name)
+            for name in group:
+                r = rows.get(name)
                 if r is None:
                     continue
+                per_iter = r["seconds"] / r["iters"]
                 speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else ""
                 diff = (
                     f"{abs(r['ll'] - ref['ll']) / abs(ref['ll']):.1e}"
-                    if ref and r is ours and np.isfinite(r["ll"])
+                    if ref and r is not ref and np.isfinite(r["ll"])
                     else ""
                 )
                 ll = f"{r['ll']:.10f}" if np.isfinite(r["ll"]) else "n/a"
+                low = max(
+                    2 * 2 * p * K * r["rows"] / (floor["gflops"] * 1e9), 4 * d * r["rows"] / (floor["gbps"] * 1e9)
+                )
+                floor_s, times = (f"{low:.3f}", f"{per_iter / low:.1f}") if name.startswith("segsoft") else ("", "")
                 print(
-                    f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {r['seconds'] / r['iters']:>8.3f} "
+                    f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {per_iter:>8.3f} {floor_s:>7} {times:>7} "
                     f"{r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}"
                 )
         sys.stdout.flush()

@@ -111,8 +111,15 @@ def make_big(path: Path, photo: np.ndarray, side: int) -> None:
                 yield mirror_tile(photo, y, x, TILE, TILE)
 
     tifffile.imwrite(
-        path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
-        compression="zlib", compressionargs={"level": 1}, bigtiff=True,
+        path,
+        tiles(),
+        shape=(side, side, 3),
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        photometric="rgb",
+        compression="zlib",
+        compressionargs={"level": 1},
+        bigtiff=True,
     )
 
 
@@ -126,30 +133,48 @@ def main() -> None:
     exe = [sys.executable, "-m", "segsoft"]
     try:
         photo = np.asarray(Image.open(ROOT / "images" / "astronaut.jpg").convert("RGB"))
-        side = int(math.ceil(math.sqrt(args.gigapixels * 1e9) / TILE)) * TILE
+        side = math.ceil(math.sqrt(args.gigapixels * 1e9) / TILE) * TILE
         big = work / "big.tif"
         t = time.perf_counter()
         make_big(big, photo, side)
-        print(f"made {side}x{side} = {side * side / 1e9:.2f} GP tiled TIFF ({big.stat().st_size / 2**30:.2f} GiB) "
-              f"in {time.perf_counter() - t:.0f} s")
+        print(
+            f"made {side}x{side} = {side * side / 1e9:.2f} GP tiled TIFF ({big.stat().st_size / 2**30:.2f} GiB) "
+            f"in {time.perf_counter() - t:.0f} s"
+        )
         mid = work / "mid.tif"
         import tifffile
 
         tifffile.imwrite(mid, mirror_tile(photo, 0, 0, 6000, 8000), photometric="rgb")  # 48 MP
         common = ["-k", "4", "--probabilities-dtype", "uint8", "-q"]
         s_mem, p_mem, _ = timed([*exe, "run", str(mid), *common, "-o", str(work / "out_mem")])
-        s_big, p_big, _ = timed([*exe, "run", str(big), *common, "--scheduler", "local", "--max-pixels",
-                                 str(100_000_000), "-o", str(work / "out_big")])
+        s_big, p_big, _ = timed(
+            [
+                *exe,
+                "run",
+                str(big),
+                *common,
+                "--scheduler",
+                "local",
+                "--max-pixels",
+                str(100_000_000),
+                "-o",
+                str(work / "out_big"),
+            ]
+        )
         mp_mem = 48.0 / s_mem
         mp_big = side * side / 1e6 / s_big
         print()
         print("| one image, k=4 | pixels | seconds | MP/s | peak memory (process tree) |")
         print("|---|---|---|---|---|")
         print(f"| in memory (`segsoft run`) | 48 MP | {s_mem:.1f} | {mp_mem:.2f} | {p_mem / 2**30:.2f} GiB |")
-        print(f"| out of core (`--scheduler local`, 2 workers) | {side * side / 1e9:.2f} GP | {s_big:.1f} | "
-              f"{mp_big:.2f} | {p_big / 2**30:.2f} GiB |")
-        print(f"\nout-of-core throughput = {mp_big / mp_mem:.0%} of in-memory (goal >= 70 %); "
-              f"peak {p_big / 2**30:.2f} GiB (goal <= 4 GiB)")
+        print(
+            f"| out of core (`--scheduler local`, 2 workers) | {side * side / 1e9:.2f} GP | {s_big:.1f} | "
+            f"{mp_big:.2f} | {p_big / 2**30:.2f} GiB |"
+        )
+        print(
+            f"\nout-of-core throughput = {mp_big / mp_mem:.0%} of in-memory (goal >= 70 %); "
+            f"peak {p_big / 2**30:.2f} GiB (goal <= 4 GiB)"
+        )
         shutil.rmtree(work / "out_big", ignore_errors=True)
         big.unlink()
 
@@ -163,8 +188,9 @@ def main() -> None:
             y, x = rng.integers(0, ph.shape[0] - 96), rng.integers(0, ph.shape[1] - 96)
             Image.fromarray(ph[y : y + 96, x : x + 96]).save(src / f"img_{i:05d}.png")
         s_pool, _, _ = timed([*exe, "batch", str(src), "-k", "3", "-q", "-o", str(work / "out_pool")])
-        s_clu, _, _ = timed([*exe, "batch", str(src), "-k", "3", "-q", "--scheduler", "local", "-o",
-                             str(work / "out_cluster")])
+        s_clu, _, _ = timed(
+            [*exe, "batch", str(src), "-k", "3", "-q", "--scheduler", "local", "-o", str(work / "out_cluster")]
+        )
         print()
         print(f"| batch of {args.images} images, 96x96, k=3 | seconds | images/s |")
         print("|---|---|---|")

@@ -1103,7 +1103,7 @@ def _int_or_none(value: Any) -> int | None:
 def _segment_task(path: str, folder: str, page: int | None, opts: SegmentOptions) -> BatchResult:
     t0 = time.perf_counter()
     try:
-        seg = segment(path, **opts.segment_kwargs(), page=page)
+        seg = segment(path, **opts.segment_kwargs(), page=page, n_jobs=_task_jobs())
         return _finish(seg, Path(folder), path, t0, opts.write_kwargs())
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
@@ -1119,7 +1119,7 @@ def _apply_task(path: str, folder: str, page: int | None, job: _ApplyJob) -> Bat
         display = job.settings.get("display_bands")
         if display is not None:
             image = image.with_display(display)
-        seg = apply_model(image, model, spec, max_pixels=job.max_pixels, settings=job.settings)
+        seg = apply_model(image, model, spec, max_pixels=job.max_pixels, settings=job.settings, n_jobs=_task_jobs())
         return _finish(seg, Path(folder), path, t0, job.writing, job.protect)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         row = _failed(path, exc)
@@ -1300,7 +1300,17 @@ def _model_digest(model: Any) -> str:
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+_IN_WORKER = False  # True in a pool's worker process (set by _init_worker)
+
+
+def _task_jobs() -> int | None:
+    """Threads for one image: 1 in a worker (one process per core already), else all the cores (None)."""
+    return 1 if _IN_WORKER else None
+
+
 def _init_worker() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     # Ctrl-C reaches every process of the terminal's group: the parent alone
     # handles it and stops the workers, which would otherwise print tracebacks
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1138,22 +1138,36 @@ def _run_large(
     if write.get("probabilities") == "npy":
         write["probabilities"] = "zarr"  # the default out of core: no single file holds a gigapixel's memberships
     if write.get("probabilities") == "tiff":
-        raise SegsoftError(f"{image}: out of core the memberships are written as zarr: use --probabilities zarr or none")
-    chunk = os.environ.get("SEGSOFT_CHUNK")
-    with _sigterm_as_interrupt():
+        raise SegsoftError(
+            f"{image}: out of core the memberships are written as probabilities.zarr: "
+            "leave --probabilities at its default, or give --probabilities none"
+        )
+    chunk = os.environ.get("SEGSOFT_CHUNK")  # tile side (tests force small tiles with it)
+    score = "score (-J)" if opts.model == "fcm" else "log-likelihood"
+    with _sigterm_as_interrupt(), _StatusLine(quiet, image.name, score) as status:
+        status.stage("features tile by tile (kept in the output folder while it runs)")
         large = segment_large(
-            image, scheduler=scheduler, page=page, chunks=int(chunk) if chunk else None, workdir=folder, **kwargs
+            image,
+            scheduler=scheduler,
+            page=page,
+            chunks=int(chunk) if chunk else None,
+            workdir=folder,
+            progress=status.iteration,
+            **kwargs,
         )
         try:
+            status.stage("memberships tile by tile: probabilities.zarr, uncertainty.zarr, previews")
             large.save(folder, **write)
         finally:
             large.close()
         seg = large.preview
         if save_model is not None:
+            status.stage(f"saving the model to {save_model}")
             write_model(seg, save_model)
         if report:
             from .report import write_report
 
+            status.stage("writing report.html")
             write_report(folder)
     if quiet:
         return
@@ -1165,6 +1179,11 @@ def _run_large(
         ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
         ("score (-J)" if large.settings.get("model") == "fcm" else "log-likelihood", _fmt(large.log_likelihood)),
         ("cluster sizes", _sizes([c / n for c in large.counts.tolist()])),
+        *(
+            [("k chosen", f"{large.k} by {large.selection['criterion'].upper()} (see k_selection.png)")]
+            if large.selection
+            else []
+        ),
         ("previews", f"{seg.image.width}x{seg.image.height} (means of {large.preview_factor}x{large.preview_factor})"),
         ("seconds", f"{time.perf_counter() - start:.2f}"),
         ("output", str(folder)),

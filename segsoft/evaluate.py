@@ -49,9 +49,11 @@ ignores label 0 instead of negative labels (its ground truth labels start at
 1, so this changes nothing there; segsoft's clusters start at 0); and for one
 image it pools the covering over humans (``sum_h cnt_h / sum_h N_h``), which
 is the mean over humans used here whenever the humans label the same pixels,
-as in BSDS500. Over a data set, :class:`EvaluationReport` averages each
-measure over images, as the benchmark does for PRI and VoI (for covering it
-pools over images, weighting each by its pixels times humans).
+as in BSDS500. Over a data set, :class:`EvaluationReport` averages PRI and
+VoI over images and pools the covering as the benchmark does (covered pixels
+summed over images and humans over the pixels scored, i.e. each image weighted
+by its pixels times its humans); ``--thresholds`` adds the benchmark's ODS and
+OIS over cuts of one hierarchy per image.
 
 Files
 -----
@@ -1046,6 +1048,12 @@ class EvaluationReport:
     allow_missing : bool
         Scoring a subset on purpose: ids in ``missing`` do not make the
         report fail (``ok``), and the summary counts them in one line.
+    thresholds : tuple of float
+        The cuts of ``evaluate_directory(..., thresholds=)``, ascending
+        (empty: none).
+    sweeps : dict of str to ndarray
+        Per scored id, a ``(len(thresholds), 5)`` array: PRI, VoI, covering,
+        regions and covering weight of each cut (:attr:`ods`, :attr:`ois`).
 
     Examples
     --------

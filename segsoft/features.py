@@ -11,6 +11,7 @@ tests check these agree with ``skimage.color`` to float32 precision.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from .errors import SegsoftError
 from .io import Image
+from .mixture.base import current_threads
 
 __all__ = ["COLOR_SPACES", "RGB_SPACES", "FeatureSpec", "extract", "rgb_to_hsv_cone", "rgb_to_lab"]
 
@@ -401,7 +403,8 @@ def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool 
             )
         off = np.asarray(spec.offset, dtype=np.float32)
         inv = (1.0 / np.asarray(spec.scale)).astype(np.float32)
-    for s in range(0, n, _CHUNK):
+
+    def convert(s: int) -> None:
         e = min(s + _CHUNK, n)
         block = src[s:e] if rows is None else src[rows[s:e]]
         color = _columns(spec, block, cols, eight_bit)
@@ -412,6 +415,17 @@ def extract(image: Image, spec: FeatureSpec | None = None, *, return_spec: bool 
                 color -= off
             color *= inv
         X[s:e, :nc] = color
+
+    starts = range(0, n, _CHUNK)
+    jobs = min(current_threads(), len(starts))
+    if jobs > 1:
+        # chunks are independent and write disjoint rows; the same chunk boundaries as
+        # on one thread, so the same numbers (numpy releases the GIL in the ufuncs)
+        with ThreadPoolExecutor(jobs) as ex:
+            list(ex.map(convert, starts))
+    else:
+        for s in starts:
+            convert(s)
 
     if spec.spatial_weight > 0:
         # centred coordinates; sqrt(12) gives the long side unit variance

@@ -23,8 +23,12 @@ The class here works on the grid only; the EM engine
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
+from .mixture.base import current_threads
 from .regions import connected_regions  # its home until 0.1: kept importable from here
 
 __all__ = ["PottsPrior", "connected_regions"]
@@ -39,40 +43,60 @@ _SUBLATTICES = (
 )
 
 
-def _lattice_neighbour_sum(t: int, A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """Sum of the 4-connected neighbours' memberships for every pixel of sub-lattice ``t``.
+def _lattice_neighbour_sum(
+    t: int, A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray, r0: int = 0, r1: int | None = None
+) -> np.ndarray:
+    """Sum of the 4-connected neighbours' memberships for the pixels of sub-lattice ``t``
+    in its rows ``r0:r1`` (default: all of them).
 
     A pixel of A at (2a, 2b) has B[a, b-1], B[a, b] left and right and
     C[a-1, b], C[a, b] above and below; the other three follow the same
     pattern. Off-grid neighbours count as 0 (the slices stop at the edge).
+    Each pixel's four terms are added in the same order whatever the row
+    range, so a band's sums are bit-identical to the same rows of the whole.
     """
-    ah, aw = A.shape[1:]
-    ch, bw = C.shape[1], B.shape[2]
-    if t == 0:  # A (ah, aw): left/right in B, up/down in C
-        s = np.zeros_like(A)
-        s[:, :, 1:] += B[:, :, : aw - 1]
-        s[:, :, :bw] += B
-        s[:, 1:, :] += C[:, : ah - 1, :]
-        s[:, :ch, :] += C
-    elif t == 3:  # D (ch, bw): left/right in C, up/down in B
-        s = np.zeros_like(D)
-        s += C[:, :, :bw]
-        s[:, :, : aw - 1] += C[:, :, 1:]
-        s += B[:, :ch, :]
-        s[:, : ah - 1, :] += B[:, 1:, :]
-    elif t == 1:  # B (ah, bw): left/right in A, up/down in D
-        s = np.zeros_like(B)
-        s += A[:, :, :bw]
-        s[:, :, : aw - 1] += A[:, :, 1:]
-        s[:, 1:, :] += D[:, : ah - 1, :]
-        s[:, :ch, :] += D
-    else:  # C (ch, aw): left/right in D, up/down in A
-        s = np.zeros_like(C)
-        s[:, :, 1:] += D[:, :, : aw - 1]
-        s[:, :, :bw] += D
-        s += A[:, :ch, :]
-        s[:, : ah - 1, :] += A[:, 1:, :]
+    ah, aw = A.shape[1:]  # A and B have ah rows; A and C have aw columns
+    ch, bw = C.shape[1], B.shape[2]  # C and D have ch rows; B and D have bw columns
+    rows = (ah, ah, ch, ch)[t]
+    r1 = rows if r1 is None else min(r1, rows)
+    n = r1 - r0
+    if t == 0:  # A: left/right in B (same row), up/down in C (rows a-1 and a)
+        s = np.zeros((A.shape[0], n, aw), dtype=A.dtype)
+        s[:, :, 1:] += B[:, r0:r1, : aw - 1]
+        s[:, :, :bw] += B[:, r0:r1]
+        lo = max(r0, 1)
+        s[:, lo - r0 :, :] += C[:, lo - 1 : r1 - 1, :]
+        hi = min(r1, ch)
+        s[:, : max(hi - r0, 0), :] += C[:, r0:hi, :]
+    elif t == 3:  # D: left/right in C (same row), up/down in B (rows d and d+1)
+        s = np.zeros((D.shape[0], n, bw), dtype=D.dtype)
+        s += C[:, r0:r1, :bw]
+        s[:, :, : aw - 1] += C[:, r0:r1, 1:]
+        s += B[:, r0:r1, :]
+        hi = min(r1, ah - 1)
+        s[:, : max(hi - r0, 0), :] += B[:, r0 + 1 : hi + 1, :]
+    elif t == 1:  # B: left/right in A (same row), up/down in D (rows b-1 and b)
+        s = np.zeros((B.shape[0], n, bw), dtype=B.dtype)
+        s += A[:, r0:r1, :bw]
+        s[:, :, : aw - 1] += A[:, r0:r1, 1:]
+        lo = max(r0, 1)
+        s[:, lo - r0 :, :] += D[:, lo - 1 : r1 - 1, :]
+        hi = min(r1, ch)
+        s[:, : max(hi - r0, 0), :] += D[:, r0:hi, :]
+    else:  # C: left/right in D (same row), up/down in A (rows c and c+1)
+        s = np.zeros((C.shape[0], n, aw), dtype=C.dtype)
+        s[:, :, 1:] += D[:, r0:r1, : aw - 1]
+        s[:, :, :bw] += D[:, r0:r1]
+        s += A[:, r0:r1, :]
+        hi = min(r1, ah - 1)
+        s[:, : max(hi - r0, 0), :] += A[:, r0 + 1 : hi + 1, :]
     return s
+
+
+#: Bytes of one band's (K, rows, W/2) working arrays in a sweep: small enough to stay in a core's
+#: cache through the dozen element-wise passes of its update, large enough that numpy's per-call
+#: overhead stays small.
+_BAND_BYTES = 1 << 20
 
 
 class PottsPrior:
@@ -135,28 +159,43 @@ class PottsPrior:
             return grid.reshape(k, -1).T
         return grid[:, self.mask].T
 
-    def _sweep(self, c: np.ndarray, log_joint: np.ndarray) -> None:
+    def _sweep(self, c: np.ndarray, log_joint: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
         """One checkerboard sweep: all pixels of one colour, then all of the other.
 
         The grid splits into four sub-lattices by row and column parity: A
         (even, even) and D (odd, odd) form one colour, B (even, odd) and C
         (odd, even) the other. A pixel's 4 neighbours all lie in the other
         colour's two sub-lattices, so each colour is updated from strided
-        views, with no work on the other half of the grid.
+        views, with no work on the other half of the grid, in bands of rows
+        that stay in cache (on ``pool``'s threads when given).
         """
         A, B, C, D = (c[sl] for sl in _SUBLATTICES)
+        lattices = (A, B, C, D)
+        k, w = c.shape[0], max(A.shape[2], 1)
+        band = max(1, _BAND_BYTES // (k * w * c.itemsize))
+
+        def update(t: int, r0: int) -> None:
+            # rows r0:r0+band of sub-lattice t, from the other colour's two sub-lattices only
+            r1 = r0 + band
+            logits = _lattice_neighbour_sum(t, A, B, C, D, r0, r1)
+            logits *= self.beta
+            logits += log_joint[_SUBLATTICES[t]][:, r0:r1]
+            logits -= logits.max(axis=0)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=0)
+            if self._sub_mask[t] is not None:
+                logits *= self._sub_mask[t][r0:r1]  # unused pixels stay 0
+            lattices[t][:, r0:r1] = logits
+
         for targets in ((0, 3), (1, 2)):
-            for t in targets:
-                view = (A, B, C, D)[t]
-                logits = _lattice_neighbour_sum(t, A, B, C, D)
-                logits *= self.beta
-                logits += log_joint[_SUBLATTICES[t]]
-                logits -= logits.max(axis=0)
-                np.exp(logits, out=logits)
-                logits /= logits.sum(axis=0)
-                if self._sub_mask[t] is not None:
-                    logits *= self._sub_mask[t]  # unused pixels stay 0
-                view[...] = logits
+            # one colour at a time: its pixels read only the other colour, so its bands are
+            # independent of each other (any order, any thread gives the same numbers)
+            tasks = [(t, r0) for t in targets for r0 in range(0, lattices[t].shape[1], band)]
+            if pool is None:
+                for t, r0 in tasks:
+                    update(t, r0)
+            else:
+                list(pool.map(lambda task: update(*task), tasks))
 
     def objective(self, c: np.ndarray, log_joint: np.ndarray) -> float:
         """``U`` for memberships and log-joint on the grid (K, H, W)."""
@@ -189,6 +228,11 @@ class PottsPrior:
         objective : float
             ``U(c, theta)`` (see the module docstring), summed over the rows.
         """
+        c, lj = self._run(log_joint, sweeps)
+        return np.ascontiguousarray(self._to_rows(c)), self.objective(c, lj)
+
+    def _run(self, log_joint: np.ndarray, sweeps: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The sweeps of :meth:`memberships`: (memberships, log-joint), both on the grid (K, H, W)."""
         lj = np.asarray(log_joint)
         lj = self._to_grid(lj if lj.dtype in (np.float32, np.float64) else lj.astype(np.float64))
         if self._c is None or self._c.shape != lj.shape:
@@ -200,7 +244,24 @@ class PottsPrior:
         else:
             c = self._c
         if self.beta > 0:
-            for _ in range(self.sweeps if sweeps is None else sweeps):
-                self._sweep(c, lj)
+            n_sweeps = self.sweeps if sweeps is None else sweeps
+            jobs = min(current_threads(), max(1, c.shape[1] // 2))
+            with ThreadPoolExecutor(jobs) if jobs > 1 and n_sweeps > 0 else contextlib.nullcontext() as pool:
+                for _ in range(n_sweeps):
+                    self._sweep(c, lj, pool)
         self._c = c
-        return np.ascontiguousarray(self._to_rows(c)), self.objective(c, lj)
+        return c, lj
+
+    def smooth(self, log_joint: np.ndarray, sweeps: int | None = None) -> np.ndarray:
+        """:meth:`memberships` without the objective: the same memberships, a full pass
+        over the grid cheaper (what the final smoothing step needs).
+
+        Examples
+        --------
+        >>> prior = PottsPrior((2, 2), beta=1.0)
+        >>> log_joint = np.log([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+        >>> bool((prior.smooth(log_joint) == PottsPrior((2, 2), beta=1.0).memberships(log_joint)[0]).all())
+        True
+        """
+        c, _ = self._run(log_joint, sweeps)
+        return np.ascontiguousarray(self._to_rows(c))

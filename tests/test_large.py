@@ -16,13 +16,13 @@ pytest.importorskip("distributed", reason="needs the dask extra: pip install 'se
 tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 
-import segsoft  # noqa: E402
-from segsoft.budget import check_fits, estimate_bytes, header_shape  # noqa: E402
-from segsoft.cluster import large as large_mod  # noqa: E402
-from segsoft.cluster.lazy import open_lazy  # noqa: E402
-from segsoft.cluster.large import segment_large  # noqa: E402
-from segsoft.errors import SegsoftError  # noqa: E402
-from segsoft.io import read_image  # noqa: E402
+import segsoft
+from segsoft.budget import check_fits, estimate_bytes, header_shape
+from segsoft.cluster import large as large_mod
+from segsoft.cluster.large import segment_large
+from segsoft.cluster.lazy import open_lazy
+from segsoft.errors import SegsoftError
+from segsoft.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "SEGSOFT_CHUNK": "64"}
@@ -31,7 +31,12 @@ SCHEMA = json.loads((ROOT / "segsoft" / "model.schema.json").read_text())
 
 def cli(*args, env=ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, timeout=180, env=env
+        [sys.executable, "-m", "segsoft", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
 
 
@@ -122,10 +127,10 @@ def test_bad_zarr_stores_are_one_line_errors(tmp_path, make, message):
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(model="gmm"),
-        dict(model="soft-kmeans", spatial_weight=0.5),
-        dict(model="fcm"),
-        dict(model="gmm", smoothing=1.0),
+        {"model": "gmm"},
+        {"model": "soft-kmeans", "spatial_weight": 0.5},
+        {"model": "fcm"},
+        {"model": "gmm", "smoothing": 1.0},
     ],
 )
 def test_out_of_core_equals_in_memory(tiled, tmp_path, kw):
@@ -214,8 +219,20 @@ def test_cli_out_of_core_bad_inputs(tmp_path, tiled):
     r = cli("run", store, "-k", "2", "--scheduler", "threads", "-o", tmp_path / "o")
     assert r.returncode == 1 and str(store) in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = cli("run", tiled, "-k", "2", "--scheduler", "threads", "--max-pixels", "100", "--probabilities", "tiff",
-            "-o", tmp_path / "o")
+    r = cli(
+        "run",
+        tiled,
+        "-k",
+        "2",
+        "--scheduler",
+        "threads",
+        "--max-pixels",
+        "100",
+        "--probabilities",
+        "tiff",
+        "-o",
+        tmp_path / "o",
+    )
     assert r.returncode == 1 and "zarr" in r.stderr
 
 
@@ -254,3 +271,13 @@ def test_preview_block_means_leave_nan_out(factor):
             assert np.isnan(got[i, j]).all()
         else:
             assert np.allclose(got[i, j], np.nanmean(block, axis=0), atol=1e-6)
+
+
+def test_k_auto_out_of_core_chooses_as_in_memory(tiled, tmp_path):
+    ref = segsoft.segment(tiled, k="auto", k_range=(2, 4), sample=5000)
+    big = segment_large(tiled, k="auto", k_range=(2, 4), sample=5000, scheduler="threads", chunks=64)
+    assert big.k == ref.k and big.selection["ks"] == ref.selection["ks"]
+    assert np.allclose(big.selection["icl"], ref.selection["icl"], rtol=1e-9)
+    out = big.save(tmp_path / "o")
+    assert "k_selection.png" in out
+    assert abs(big.log_likelihood - ref.log_likelihood) <= 1e-10 * abs(ref.log_likelihood)

@@ -96,6 +96,7 @@ class LargeSegmentation:
     preview: Any = None
     preview_factor: int = 1
     cache_path: Path | None = None
+    selection: dict[str, Any] | None = None
 
     def close(self) -> None:
         """Remove the features kept on disk (see ``workdir`` in :func:`segment_large`); idempotent."""
@@ -243,8 +244,15 @@ class LargeSegmentation:
             for j in range(pb.shape[1]):
                 tasks.append(
                     dask.delayed(_finish_tile, pure=False)(
-                        pb[i, j, 0], bb[i, j, 0], None if mb is None else mb[i, j],
-                        int(y0s[i]), int(x0s[j]), k=k, factor=factor, dtype_name=dtype, arrays=arrays,
+                        pb[i, j, 0],
+                        bb[i, j, 0],
+                        None if mb is None else mb[i, j],
+                        int(y0s[i]),
+                        int(x0s[j]),
+                        k=k,
+                        factor=factor,
+                        dtype_name=dtype,
+                        arrays=arrays,
                     )
                 )
                 where.append((int(y0s[i]) // factor, int(x0s[j]) // factor))
@@ -302,7 +310,16 @@ class LargeSegmentation:
         else:
             pixels = display_composite(bands, display, mask)
             image = Image(pixels, mask, img.path, img.bit_depth, img.mode, False, bands, img.band_names, False)
-        seg = SoftSegmentation(image, p, self.model, self.spec, float(self.log_likelihood), dict(self.settings), self.timings)
+        seg = SoftSegmentation(
+            image,
+            p,
+            self.model,
+            self.spec,
+            float(self.log_likelihood),
+            dict(self.settings),
+            self.timings,
+            self.selection,
+        )
         # the montage header and the notebook table describe the whole image, not the preview
         described = seg._describe()
         f = self.preview_factor
@@ -363,7 +380,7 @@ def _finish_tile(
 
 
 def _multiple(c: int, f: int) -> int:
-    return max(1, int(round(c / f))) * f if c % f else c
+    return max(1, round(c / f)) * f if c % f else c
 
 
 def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
@@ -408,6 +425,7 @@ def _mean_block(b: np.ndarray, *, factor: int, weighted: bool = False) -> np.nda
         wsum = s[..., -1:]
         means = np.where(wsum > 0, s[..., :-1] / np.where(wsum > 0, wsum, 1), 0)
         return np.concatenate([means, wsum / np.maximum(c[..., -1:], 1)], axis=-1).astype(np.float32)
+
 
 def _labels_block(p: np.ndarray, *, k: int) -> np.ndarray:
     bad = np.isnan(p[..., 0])
@@ -590,7 +608,7 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
                 "channels": [
                     {
                         "label": f"cluster {j}",
-                        "color": "%02X%02X%02X" % tuple(int(c) for c in colors[j]),
+                        "color": "{:02X}{:02X}{:02X}".format(*tuple(int(c) for c in colors[j])),
                         "window": {"start": 0, "end": top, "min": 0, "max": top},
                         "active": True,
                     }
@@ -598,8 +616,12 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
                 ],
                 "rdefs": {"model": "color"},
             },
-            "segsoft": {"what": "memberships", "dtype": dtype, "nodata": 255 if dtype == "uint8" else "NaN",
-                        "scale": 254 if dtype == "uint8" else 1},
+            "segsoft": {
+                "what": "memberships",
+                "dtype": dtype,
+                "nodata": 255 if dtype == "uint8" else "NaN",
+                "scale": 254 if dtype == "uint8" else 1,
+            },
         }
     )
     pg["labels"].attrs.update({"labels": ["clusters"]})
@@ -622,7 +644,10 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
     )
     zarr.consolidate_metadata(str(stores["prob_path"]), zarr_format=2)
     zarr.consolidate_metadata(str(stores["unc_path"]), zarr_format=2)
-    for tmp, final in ((stores["prob_path"], folder / "probabilities.zarr"), (stores["unc_path"], folder / "uncertainty.zarr")):
+    for tmp, final in (
+        (stores["prob_path"], folder / "probabilities.zarr"),
+        (stores["unc_path"], folder / "uncertainty.zarr"),
+    ):
         _replace_store(tmp, final)
     return levels
 
@@ -681,13 +706,16 @@ def segment_large(
     beta: float | None = None,
     m: float = 2.0,
     progress: Any = None,
+    k_range: tuple[int, int] = (2, 10),
+    criterion: str = "icl",
     workdir: str | os.PathLike | None = None,
     **ignored: Any,
 ) -> LargeSegmentation:
     """Fit a mixture on an image that is read tile by tile; :meth:`LargeSegmentation.save` writes the result.
 
-    The arguments are :func:`segsoft.segment`'s (``k="auto"`` is not
-    supported out of core). ``sample`` defaults to segment's sample; an
+    The arguments are :func:`segsoft.segment`'s; ``k="auto"`` fits every k
+    of ``k_range`` tile by tile and chooses as in memory (the criteria on the
+    same seeded sample, gathered from the tiles). ``sample`` defaults to segment's sample; an
     exact fit on every pixel (``sample=0``) would gather them all into memory
     and is refused. With ``workdir`` (a folder every worker can reach: ``run``
     uses the output folder) the features are computed once and kept there
@@ -705,11 +733,19 @@ def segment_large(
     from .em import extract_chunked, fit_chunked
 
     t0 = time.perf_counter()
-    if isinstance(k, str):
-        raise SegsoftError("-k auto is not supported out of core yet: give k (e.g. -k 4)")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SegsoftError(f"k must be a whole number >= 1, got {k!r}")
-    _check_k_cap(k)
+    auto = isinstance(k, str) and k == "auto"
+    if auto:
+        from ..segment import CRITERIA, _check_k_range
+
+        k_lo, k_hi = _check_k_range(k_range)
+        if criterion not in CRITERIA:
+            raise SegsoftError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+        if model == "fcm":
+            raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
+    elif isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
+    else:
+        _check_k_cap(k)
     if not sample:
         raise SegsoftError("--sample 0 (every pixel in memory) is not possible out of core: give a sample size")
     if smoothing > 0 and model == "fcm":
@@ -730,23 +766,58 @@ def segment_large(
         color = "lab" if (lz.is_color or lz.is_gray) and bands is None else "bands"
     spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=None if bands is None else tuple(bands))
     _check_full_covariance(name, model, covariance, lz, spec)
-    estimator = make_model(
-        model, k, covariance=covariance, max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed,
-        reg_covar=reg_covar, beta=beta, m=m,
-    )
-    settings = dict(
-        k=k, model=model, covariance=covariance, color=color, bands=None if bands is None else list(bands),
-        display_bands=None if display_bands is None else list(display_bands), spatial_weight=spatial_weight,
-        smoothing=smoothing, max_iter=max_iter, tol=tol, n_init=n_init, sample=sample, seed=seed,
-        reg_covar=reg_covar, beta=beta, m=m,
-    )
+
+    def new_model(n_clusters: int) -> Any:
+        return make_model(
+            model,
+            n_clusters,
+            covariance=covariance,
+            max_iter=max_iter,
+            tol=tol,
+            n_init=n_init,
+            sample=sample,
+            seed=seed,
+            reg_covar=reg_covar,
+            beta=beta,
+            m=m,
+        )
+
+    estimator = new_model(k_lo if auto else k)
+    settings = {
+        "k": k,
+        "model": model,
+        "covariance": covariance,
+        "color": color,
+        "bands": None if bands is None else list(bands),
+        "display_bands": None if display_bands is None else list(display_bands),
+        "spatial_weight": spatial_weight,
+        "smoothing": smoothing,
+        "max_iter": max_iter,
+        "tol": tol,
+        "n_init": n_init,
+        "sample": sample,
+        "seed": seed,
+        "reg_covar": reg_covar,
+        "beta": beta,
+        "m": m,
+    }
+    if auto:
+        settings.update(k_range=[k_lo, k_hi], criterion=criterion)
+    selection = None
     t_open = time.perf_counter()
     cache_path = None
     try:
         with dask_client(scheduler, jobs):
             F, spec = extract_chunked(
-                lz.bands, spec, mask=lz.mask, bit_depth=lz.bit_depth, is_color=lz.is_color, is_gray=lz.is_gray,
-                band_names=lz.band_names, name=name, return_spec=True,
+                lz.bands,
+                spec,
+                mask=lz.mask,
+                bit_depth=lz.bit_depth,
+                is_color=lz.is_color,
+                is_gray=lz.is_gray,
+                band_names=lz.band_names,
+                name=name,
+                return_spec=True,
             )
             from .em import _Grid
 
@@ -756,9 +827,34 @@ def segment_large(
                 cache_path = _cache_features(F, Path(workdir))
                 F = da.from_zarr(str(cache_path), component="0")
             g = _Grid(F, lz.mask)
-            if g.n_used < k:
-                raise SegsoftError(f"{name}: k={k} is more than the {g.n_used} usable pixels")
-            if smoothing > 0:
+            k_min = k_lo if auto else k
+            if g.n_used < k_min:
+                raise SegsoftError(f"{name}: k={k_min} is more than the {g.n_used} usable pixels")
+            if auto:
+                from ..segment import select_k
+                from .em import _gather
+
+                def take(idx: np.ndarray | None) -> np.ndarray:
+                    ys, xs = g.pixels_of_rows(np.arange(g.n_used) if idx is None else idx)
+                    return _gather(F, ys, xs)
+
+                estimator, selection = select_k(
+                    None,
+                    range(k_lo, k_hi + 1),
+                    new_model,
+                    criterion,
+                    seed=seed,
+                    sample=sample,
+                    progress=progress,
+                    n_rows=g.n_used,
+                    fit=lambda mdl, prog: fit_chunked(mdl, F, mask=lz.mask, progress=prog),
+                    take_rows=take,
+                )
+                if smoothing > 0:
+                    start = estimator.means_
+                    estimator = new_model(estimator.n_components)
+                    fit_smoothed(estimator, F, lz.mask, smoothing, progress, n_used=g.n_used, means_init=start)
+            elif smoothing > 0:
                 fit_smoothed(estimator, F, lz.mask, smoothing, progress, n_used=g.n_used)
             else:
                 fit_chunked(estimator, F, mask=lz.mask, progress=progress)
@@ -770,14 +866,20 @@ def segment_large(
         raise
     t_fit = time.perf_counter()
     timings = {"read": t_open - t0, "features": 0.0, "fit": t_fit - t_open, "memberships": 0.0, "total": t_fit - t0}
-    seg = LargeSegmentation(lz, F, estimator, spec, settings, scheduler, jobs, timings)
+    seg = LargeSegmentation(lz, F, estimator, spec, settings, scheduler, jobs, timings, selection=selection)
     seg.preview_factor = factor
     seg.cache_path = cache_path
     return seg
 
 
 def fit_smoothed(
-    model: Any, F: da.Array, mask: Any, smoothing: float, progress: Any = None, n_used: int | None = None
+    model: Any,
+    F: da.Array,
+    mask: Any,
+    smoothing: float,
+    progress: Any = None,
+    n_used: int | None = None,
+    means_init: Any = None,
 ) -> Any:
     """The in-memory path's fit under the spatial prior: on the strided sub-grid of about
     ``model.sample_size`` pixels (:func:`segsoft.segment._fit_grid`), gathered from the tiles."""
@@ -792,7 +894,7 @@ def fit_smoothed(
     rows = Xs.reshape(-1, Xs.shape[2]) if ms is None else Xs[np.asarray(ms)]
     grid_mask = np.ones(Xs.shape[:2], bool) if ms is None else np.asarray(ms)
     prior = PottsPrior(grid_mask.shape, smoothing, grid_mask)
-    return model.fit(np.ascontiguousarray(rows), progress=progress, prior=prior)
+    return model.fit(np.ascontiguousarray(rows), means_init=means_init, progress=progress, prior=prior)
 
 
 _CACHE_SUFFIX = ".features.tmp.zarr"

@@ -147,9 +147,11 @@ class _Reader:
             z = _open_store(self.kind, self.path, self.series, self.level, self.key, self.stamp)
             return np.asarray(z[index])
         except Exception as exc:  # noqa: BLE001 - codecs raise anything on damaged data
-            where = ", ".join(f"{s.start}:{s.stop}" for s in index if isinstance(s, slice)) if isinstance(
-                index, tuple
-            ) else str(index)
+            where = (
+                ", ".join(f"{s.start}:{s.stop}" for s in index if isinstance(s, slice))
+                if isinstance(index, tuple)
+                else str(index)
+            )
             raise SegsoftError(f"{self.name}: a chunk cannot be read (at {where}): {_reason(exc)}") from None
 
     def __reduce__(self) -> Any:
@@ -293,7 +295,10 @@ def _zarr_source(p: Path, name: str) -> tuple[_Reader, str, dict]:
     else:
         arr = node
     shape = tuple(int(n) for n in arr.shape)
-    dtype = np.dtype(arr.dtype) if not isinstance(arr.dtype, str) else np.dtype(arr.dtype)
+    try:
+        dtype = np.dtype(arr.dtype)
+    except TypeError:
+        raise SegsoftError(f"{name}: unsupported sample type {arr.dtype}") from None
     if axes_names:
         if len(axes_names) != len(shape):
             raise SegsoftError(f"{name}: {len(axes_names)} axes named for an array of shape {shape}")
@@ -347,8 +352,10 @@ def _assemble(arr: da.Array, axes: str, meta: dict, p: Path, name: str, page: in
     photometric, extras = meta["photometric"], meta["extras"]
     alpha_extra = extras[:1] in ((1,), (2,))
     if meta["mode"] == "zarr":
-        kind = {1: "gray", 3: "rgb", 4: "rgba"}.get(c, "bands") if band_axes in ("S", "") else (
-            "gray" if c == 1 else "bands"
+        kind = (
+            {1: "gray", 3: "rgb", 4: "rgba"}.get(c, "bands")
+            if band_axes in ("S", "")
+            else ("gray" if c == 1 else "bands")
         )
     elif band_axes != "S" or c == 1:
         kind = "gray" if c == 1 else "bands"
@@ -371,7 +378,7 @@ def _assemble(arr: da.Array, axes: str, meta: dict, p: Path, name: str, page: in
         top = float(da.nanmax(arr).compute())
         if not math.isfinite(top):
             raise SegsoftError(f"{name}: image contains NaN or infinite values")
-        top = top if top > 1.0 else 1.0
+        top = max(1.0, top)
     has_alpha = kind in ("rgba", "gray+alpha")
     nodata = dtype.kind == "f" and kind == "bands"
     out_c = c - 1 if has_alpha else c

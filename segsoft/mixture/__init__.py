@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import COVARIANCE_TYPES, EMStatistics, kmeans, kmeans_plusplus
+from .base import COVARIANCE_TYPES, EMStatistics, available_cores, current_threads, kmeans, kmeans_plusplus, using_threads
 from .gaussian import GaussianMixture
 from .relatives import FuzzyCMeans, SoftKMeans
 
@@ -36,9 +36,12 @@ __all__ = [
     "FuzzyCMeans",
     "GaussianMixture",
     "SoftKMeans",
+    "available_cores",
+    "current_threads",
     "kmeans",
     "kmeans_plusplus",
     "model_from_dict",
+    "using_threads",
 ]
 
 _MODELS = {cls.__name__: cls for cls in (GaussianMixture, SoftKMeans, FuzzyCMeans)}

@@ -6,10 +6,12 @@ See the package docstring for how the passes work. The model classes live in
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +41,76 @@ def _one_blas_thread(method: Callable) -> Callable:
             return method(*args, **kwargs)
 
     return wrapper
+
+
+# The threads a model with ``n_jobs=None`` runs its chunk passes on. A context
+# variable rather than a parameter so that the caller (segment() for one image)
+# can use the cores it has without changing the model's parameters: model.json
+# records the same params, and the numbers do not depend on the thread count.
+_AMBIENT_JOBS: contextvars.ContextVar[int] = contextvars.ContextVar("segsoft_n_jobs", default=1)
+
+
+@contextlib.contextmanager
+def using_threads(n_jobs: int) -> Iterator[None]:
+    """Run the chunk passes of every model whose ``n_jobs`` is None on ``n_jobs`` threads.
+
+    Within the block (in this thread and contexts copied from it). Results are
+    bit-identical to one thread: each chunk is computed the same way and the
+    partial sums are added in chunk order. Combine with single-threaded BLAS
+    (the engine's fit and predict calls set it themselves).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segsoft.mixture import GaussianMixture
+    >>> X = np.random.default_rng(0).normal(size=(5000, 2))
+    >>> with using_threads(2):
+    ...     a = GaussianMixture(2, chunk_size=500).fit(X).predict_proba(X)
+    >>> b = GaussianMixture(2, chunk_size=500, n_jobs=1).fit(X).predict_proba(X)
+    >>> bool((a == b).all())
+    True
+    """
+    if isinstance(n_jobs, bool) or not (isinstance(n_jobs, (int, np.integer)) and n_jobs >= 1):
+        raise ValueError(f"n_jobs must be a whole number >= 1, got {n_jobs!r}")
+    token = _AMBIENT_JOBS.set(int(n_jobs))
+    try:
+        yield
+    finally:
+        _AMBIENT_JOBS.reset(token)
+
+
+def current_threads() -> int:
+    """The thread count set by the innermost :func:`using_threads` (1 outside any).
+
+    What image-sized steps outside the engine (features, smoothing) split their
+    chunks over, so one setting governs the whole one-image path.
+
+    Examples
+    --------
+    >>> with using_threads(3):
+    ...     current_threads()
+    3
+    >>> current_threads()
+    1
+    """
+    return _AMBIENT_JOBS.get()
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where
+    the platform has no affinity), at least 1.
+
+    Examples
+    --------
+    >>> available_cores() >= 1
+    True
+    """
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------
@@ -592,7 +664,7 @@ class _EMBase:
             worst = int(np.argmin(live))
             return float(score @ ws), s_chunk, float(live[worst]), s + worst
 
-        n_jobs = min(self.n_jobs or 1, len(starts))
+        n_jobs = min(self.n_jobs if self.n_jobs is not None else _AMBIENT_JOBS.get(), len(starts))
         if n_jobs <= 1:
             buf = np.empty((layout.p, size))
             results = [work(s, buf) for s in starts]
@@ -1055,11 +1127,27 @@ class _EMBase:
     def _stats(self, X: np.ndarray, resp: np.ndarray) -> np.ndarray:
         """Sufficient statistics ``sum_n resp_nk Q(x_n)`` for given memberships (N, K)."""
         layout, size = self._layout, self._rows_per_chunk()
-        buf = np.empty((layout.p, size))
+        starts = list(range(0, X.shape[0], size))
+        n_jobs = min(self.n_jobs if self.n_jobs is not None else _AMBIENT_JOBS.get(), len(starts))
+        local = threading.local()
+
+        def work(a: int) -> np.ndarray:
+            if not hasattr(local, "buf"):
+                local.buf = np.empty((layout.p, size))
+            return layout.build(X[a : a + size], self._center, local.buf) @ resp[a : a + size]
+
+        if n_jobs <= 1:
+            parts = map(work, starts)
+        else:
+            ex = ThreadPoolExecutor(n_jobs)
+            parts = ex.map(work, starts)
         s = np.zeros((layout.p, self.n_components))
-        for a in range(0, X.shape[0], size):
-            q = layout.build(X[a : a + size], self._center, buf)
-            s += q @ resp[a : a + size]
+        try:
+            for part in parts:  # in chunk order, as one thread would add them
+                s += part
+        finally:
+            if n_jobs > 1:
+                ex.shutdown()
         return s
 
     def _far_from_means(self, point: np.ndarray) -> bool:

@@ -49,7 +49,9 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
     chunk_size : int
         Rows per chunk in each pass; bounds the working memory.
     n_jobs : int or None
-        Threads for the chunked passes (default 1).
+        Threads for the chunked passes. None (the default): 1, or the count
+        set by :func:`segsoft.mixture.using_threads` (``segment()`` uses the
+        cores the process may run on). The results do not depend on it.
 
     Attributes
     ----------

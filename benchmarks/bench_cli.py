@@ -1,0 +1,151 @@
+"""Whole `segsoft run` commands, timed from the shell's point of view, with each process's peak memory.
+
+Synthesises a JPEG of each size from the photos in ``images/`` (a 2 x 2 mosaic of
+four of them, resized to 4:3), writes it and every output to a temporary folder,
+and times these commands (each in its own process, ``-q``):
+
+    k4          segsoft run photo.jpg -k 4
+    sample0     segsoft run photo.jpg -k 4 --sample 0
+    smooth1     segsoft run photo.jpg -k 4 --smooth 1
+    k12regions  segsoft run photo.jpg -k 12 --regions
+
+``--baseline DIR`` also runs every command with another checkout of segsoft
+(``git worktree add /tmp/base HEAD`` gives the last commit's code), alternating
+the two run by run so both see the same load, and reports the ratio of the
+medians and whether the two wrote byte-identical outputs (``model.json`` is
+compared without its timings and creation time). On a shared, noisy machine, compare only what
+ran side by side in one run.
+
+    python benchmarks/bench_cli.py                               # 1, 12, 48 MP, 3 repeats
+    python benchmarks/bench_cli.py --sizes 12 --commands k4,smooth1 --baseline /tmp/base --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COMMANDS = {
+    "k4": ["-k", "4"],
+    "sample0": ["-k", "4", "--sample", "0"],
+    "smooth1": ["-k", "4", "--smooth", "1"],
+    "k12regions": ["-k", "12", "--regions"],
+}
+
+
+def synthesise(megapixels: float, path: Path) -> tuple[int, int]:
+    """Write a 4:3 JPEG of about ``megapixels`` (a 2 x 2 mosaic of the sample photos) to ``path``."""
+    from PIL import Image as PILImage
+
+    photos = sorted((ROOT / "images").glob("*.jpg"))[:4]
+    if not photos:
+        raise SystemExit(f"no sample photos in {ROOT / 'images'}")
+    w = round((megapixels * 1e6 * 4 / 3) ** 0.5 / 2) * 2
+    h = w * 3 // 4 // 2 * 2
+    sheet = PILImage.new("RGB", (w, h))
+    for i in range(4):
+        tile = PILImage.open(photos[i % len(photos)]).convert("RGB")
+        tile = tile.resize((w // 2, h // 2), PILImage.Resampling.BICUBIC)
+        sheet.paste(tile, ((i % 2) * (w // 2), (i // 2) * (h // 2)))
+    sheet.save(path, quality=90)
+    return w, h
+
+
+def run_once(code: Path | None, photo: Path, out: Path, args: list[str]) -> tuple[float, float]:
+    """One `segsoft run` in a fresh process: (seconds, its peak resident memory in MiB)."""
+    env = dict(os.environ)
+    if code is not None:  # another checkout first on the path: its segsoft, this environment's packages
+        env["PYTHONPATH"] = str(code) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "segsoft", "run", str(photo), "-o", str(out), "-q", *args]
+    start = time.perf_counter()
+    # cwd outside the checkout, so `-m segsoft` finds the package through PYTHONPATH or the install
+    proc = subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the maximum over all children
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()}")
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every output file; model.json without its timings, creation time and version."""
+    hashes = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        if f.name == "model.json":
+            record = json.loads(data)
+            for varies in ("timings", "created", "version"):  # differ run to run, or checkout to checkout
+                record.pop(varies, None)
+            data = json.dumps(record, sort_keys=True).encode()
+        hashes[str(f.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1,12,48", help="megapixels, comma-separated")
+    parser.add_argument("--commands", default=",".join(COMMANDS), help=f"some of {', '.join(COMMANDS)}")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command (medians are reported)")
+    parser.add_argument("--baseline", type=Path, help="another segsoft checkout to time side by side")
+    args = parser.parse_args()
+    names = args.commands.split(",")
+    for name in names:
+        if name not in COMMANDS:
+            raise SystemExit(f"--commands: unknown command {name!r} (choose from {', '.join(COMMANDS)})")
+    if args.baseline is not None and not (args.baseline / "segsoft" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline: {args.baseline} has no segsoft package")
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"# segsoft run end to end: {cores} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"# medians of {args.repeat}" + (f", alternating with the baseline {args.baseline}" if args.baseline else ""))
+    print()
+    head = "| MP | command | seconds | peak MiB | bytes/pixel |"
+    rule = "| ---: | --- | ---: | ---: | ---: |"
+    if args.baseline:
+        head += " baseline s | baseline MiB | speed-up | same outputs |"
+        rule += " ---: | ---: | ---: | --- |"
+    print(head)
+    print(rule)
+    with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
+        tmp_path = Path(tmp)
+        for mp in (float(s) for s in args.sizes.split(",")):
+            photo = tmp_path / f"photo{mp:g}mp.jpg"
+            w, h = synthesise(mp, photo)
+            for name in names:
+                runs: dict[str, list[tuple[float, float]]] = {"new": [], "base": []}
+                sides = [("new", None)] + ([("base", args.baseline)] if args.baseline else [])
+                outs = {}
+                for i in range(args.repeat):
+                    # alternate which side goes first, so neither always runs warm or cold
+                    for side, code in sides if i % 2 == 0 else sides[::-1]:
+                        out = tmp_path / f"out_{side}"
+                        runs[side].append(run_once(code, photo, out, COMMANDS[name]))
+                        outs[side] = out / photo.stem
+                secs = statistics.median(r[0] for r in runs["new"])
+                peak = max(r[1] for r in runs["new"])
+                row = f"| {mp:g} | `{' '.join(COMMANDS[name])}` | {secs:.2f} | {peak:.0f} | {peak * 2**20 / (w * h):.0f} |"
+                if args.baseline:
+                    bsecs = statistics.median(r[0] for r in runs["base"])
+                    bpeak = max(r[1] for r in runs["base"])
+                    a, b = digest(outs["new"]), digest(outs["base"])
+                    differ = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))
+                    same = "yes" if not differ else "no: " + ", ".join(differ)
+                    row += f" {bsecs:.2f} | {bpeak:.0f} | {bsecs / secs:.2f}x | {same} |"
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
