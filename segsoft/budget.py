@@ -69,9 +69,17 @@ def estimate_bytes(height: int, width: int, bands: int, k: int, smoothing: bool 
 
 
 def header_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
-    """(height, width, bands) from the header of a TIFF, a .npy or an image Pillow opens; None if unknown."""
+    """(height, width, bands) from the header of a TIFF, a .npy, a zarr store or an image Pillow opens;
+    None if unknown."""
     p = Path(path)
     try:
+        from .io import is_zarr_store
+
+        if is_zarr_store(p):
+            from .cluster.lazy import open_lazy  # the dask extra; its metadata only
+
+            lz = open_lazy(p)
+            return lz.height, lz.width, lz.n_bands
         if not p.is_file():
             return None  # a FIFO, a device, a folder: the reader refuses it; never opened here
         with open(p, "rb") as f:

@@ -194,7 +194,9 @@ def _parse_bands(text: str, flag: str) -> tuple[int, ...]:
     try:
         picked = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
-        raise SegsoftError(f"{flag} must be band numbers from 0 separated by commas, like 4,3,2; got {text!r}") from None
+        raise SegsoftError(
+            f"{flag} must be band numbers from 0 separated by commas, like 4,3,2; got {text!r}"
+        ) from None
     if any(b < 0 for b in picked):
         raise SegsoftError(f"{flag} must be band numbers from 0 separated by commas, like 4,3,2; got {text!r}")
     return picked
@@ -1089,25 +1091,19 @@ def _changed_options(opts: Any, names: tuple[str, ...]) -> list[str]:
 
 
 def _out_of_core(image: Path, scheduler: str | None, opts: Any) -> bool:
-    """Whether ``run`` reads the image tile by tile: a zarr store, or with --scheduler a TIFF
-    over --max-pixels or too large for the memory free."""
-    if image.is_dir():
-        from .cluster.lazy import is_lazy_source
-
-        if not is_lazy_source(image):
-            return False  # the reader says what is wrong with it
-        if scheduler is None:
-            raise SegsoftError(f"{image}: a zarr store is read tile by tile: give --scheduler local (or threads)")
-        return True
+    """Whether ``run`` reads the image tile by tile: with --scheduler, a TIFF or a zarr store
+    over --max-pixels or too large for the memory free now."""
     if scheduler is None:
         return False
     from .budget import available_memory, estimate_bytes, header_shape
+    from .io import is_zarr_store
 
-    if not image.is_file():
+    if not image.is_file() and not is_zarr_store(image):
         return False  # the reader says what is wrong with it (never opened here: a FIFO would block)
-    with open(image, "rb") as f:
-        if f.read(4) not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-            return False  # JPEG, PNG, ...: no tiles to read one by one
+    if image.is_file():
+        with open(image, "rb") as f:
+            if f.read(4) not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+                return False  # JPEG, PNG, ...: no tiles to read one by one
     shape = header_shape(image)
     if shape is None:
         return False
@@ -1143,6 +1139,17 @@ def _run_large(
             "leave --probabilities at its default, or give --probabilities none"
         )
     chunk = os.environ.get("SEGSOFT_CHUNK")  # tile side (tests force small tiles with it)
+    if chunk is not None and not (chunk.isdigit() and int(chunk) > 0):
+        raise SegsoftError(f"SEGSOFT_CHUNK={chunk!r}: must be a whole number of pixels > 0")
+    from .io import inside
+    from .outputs import folder_lock
+
+    if image.is_dir() and os.path.realpath(folder).startswith(os.path.realpath(image) + os.sep):
+        raise SegsoftError(f"-o {folder}: is inside the input store {image}; choose an output folder outside it")
+    folder.mkdir(parents=True, exist_ok=True)
+    inside(folder.parent, folder)
+    with folder_lock(folder):
+        pass  # another process writing this folder: say so now, not after the fit
     score = "score (-J)" if opts.model == "fcm" else "log-likelihood"
     with _sigterm_as_interrupt(), _StatusLine(quiet, image.name, score) as status:
         status.stage("features tile by tile (kept in the output folder while it runs)")

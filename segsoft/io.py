@@ -660,6 +660,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except OSError as e:
         raise SegsoftError(f"{name}: cannot read ({_reason(e)})") from None
     if stat.S_ISDIR(st.st_mode):
+        if is_zarr_store(p):
+            return _read_zarr(p, name, max_pixels, page)
         raise SegsoftError(f"{name}: is a directory, not an image")
     if not stat.S_ISREG(st.st_mode):
         # opening a FIFO blocks until a writer comes, reading /dev/zero never ends
@@ -1628,7 +1630,9 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
     for item in inputs:
         text = os.fsdecode(item)
         p = Path(text)
-        if p.is_dir():
+        if p.is_dir() and is_zarr_store(p):
+            pairs.append((p, Path(p.stem)))  # a zarr store is one image, not a folder of them
+        elif p.is_dir():
             pairs.extend((f, f.relative_to(p).with_suffix("")) for f in _folder_images(p, recursive))
         elif p.exists() or p.is_symlink():
             pairs.append((p, Path(p.stem)))
@@ -1683,12 +1687,55 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
             dirs[:] = []
             continue
         visited.add(key)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        # zarr stores named *.zarr are images; no store is searched for images inside
+        stores = [d for d in dirs if _is_zarr_image(Path(here) / d)]
+        found.extend(Path(here) / d for d in sorted(stores))
+        dirs[:] = (
+            sorted(d for d in dirs if not d.startswith(".") and not is_zarr_store(Path(here) / d)) if recursive else []
+        )
         for name in sorted(files):
             f = Path(here) / name
             if not name.startswith(".") and _is_regular(f) and _looks_like_image(f):
                 found.append(f)
     return found
+
+
+#: What marks a folder as a zarr store (v3, v2 array, v2 group).
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+#: segsoft's own zarr outputs, never taken for inputs in a folder.
+_OUTPUT_STORES = ("probabilities.zarr", "uncertainty.zarr")
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a zarr store (array or group, zarr v2 or v3)."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).is_file() for m in _ZARR_MARKERS)
+
+
+def _is_zarr_image(d: Path) -> bool:
+    return (
+        d.suffix.lower() == ".zarr"
+        and not d.name.startswith(".")
+        and d.name.lower() not in _OUTPUT_STORES
+        and is_zarr_store(d)
+    )
+
+
+def _read_zarr(p: Path, name: str, max_pixels: int | None, page: int | None) -> Image:
+    """A zarr / OME-Zarr store read whole (through :mod:`segsoft.cluster.lazy`, the dask extra)."""
+    try:
+        from .cluster.lazy import open_lazy
+    except ImportError:
+        raise SegsoftError(f"{name}: reading a zarr store needs the dask extra: pip install 'segsoft[dask]'") from None
+    lz = open_lazy(p, page=page)
+    if max_pixels is not None and lz.n_pixels > max_pixels:
+        raise SegsoftError(_too_many(name, lz.width, lz.height, max_pixels))
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        bands, mask = dask.compute(lz.bands, lz.mask)
+    image = lz.to_image(np.asarray(bands), None if mask is None else np.asarray(mask))
+    return image
 
 
 def _looks_like_image(f: Path) -> bool:

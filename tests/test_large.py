@@ -211,14 +211,17 @@ def test_cli_out_of_core_bad_inputs(tmp_path, tiled):
     store = tmp_path / "s.zarr"
     z = zarr.open(str(store), mode="w", shape=(64, 64), chunks=(32, 32), dtype="u1")
     z[:] = np.arange(64 * 64).reshape(64, 64) % 251
-    r = cli("run", store, "-k", "2", "-o", tmp_path / "o")
+    r = cli("run", store, "-k", "2", "-o", tmp_path / "o", "--max-pixels", "1000")
     assert r.returncode != 0 and "--scheduler local" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", store, "-k", "2", "-o", tmp_path / "o", "-q")  # small enough: read whole, in memory
+    assert r.returncode == 0 and (tmp_path / "o" / "s" / "probabilities.npy").is_file(), r.stderr
     # a chunk that fails to decode: the image fails with its name, one line
     chunk = next(p for p in store.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs"))
     chunk.write_bytes(b"\x00garbage" * 3)
-    r = cli("run", store, "-k", "2", "--scheduler", "threads", "-o", tmp_path / "o")
-    assert r.returncode == 1 and str(store) in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    for extra in ((), ("--max-pixels", "1000")):  # in memory and out of core
+        r = cli("run", store, "-k", "2", "--scheduler", "threads", "-o", tmp_path / "o", *extra)
+        assert r.returncode == 1 and str(store) in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
     r = cli(
         "run",
         tiled,
@@ -281,3 +284,65 @@ def test_k_auto_out_of_core_chooses_as_in_memory(tiled, tmp_path):
     out = big.save(tmp_path / "o")
     assert "k_selection.png" in out
     assert abs(big.log_likelihood - ref.log_likelihood) <= 1e-10 * abs(ref.log_likelihood)
+
+
+def test_smoothing_on_tiles_that_do_not_divide_the_image(coffee, tmp_path):
+    """133 x 199 on 64-px tiles: short edge tiles are merged, every tile starts on an even pixel."""
+    odd = np.dstack([coffee[:113, :139], np.full((113, 139), 255, np.uint8)])
+    odd[5:30, 100:130, 3] = 0  # and a mask across a tile border
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, odd, photometric="rgb", extrasamples=[2], tile=(16, 16))
+    ref = segsoft.segment(path, k=3, smoothing=1.0)
+    big = segment_large(path, k=3, scheduler="threads", chunks=64, smoothing=1.0)
+    big.save(tmp_path / "o")
+    p = np.moveaxis(zarr.open_group(str(tmp_path / "o" / "probabilities.zarr"), mode="r")["0"][:], 0, -1)
+    assert np.array_equal(np.isnan(p), np.isnan(ref.probabilities))
+    assert np.nanmax(np.abs(p - ref.probabilities)) <= 1e-6
+    assert abs(big.log_likelihood - ref.log_likelihood) <= 1e-10 * abs(ref.log_likelihood)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16", "float32"])
+def test_pyramid_levels_are_means_of_the_level_below(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(large_mod, "PYRAMID_SMALLEST", 20)
+    rng = np.random.default_rng(1)
+    a = (rng.random((45, 1, 3)) * 255).astype(np.uint8)  # one pixel wide: only rows are halved
+    zarr.open(str(tmp_path / "thin.zarr"), mode="w", shape=a.shape, dtype="u1")[:] = a
+    big = segment_large(tmp_path / "thin.zarr", k=2, scheduler="threads", chunks=16)
+    big.save(tmp_path / "o", probabilities_dtype=dtype)
+    z = zarr.open_group(str(tmp_path / "o" / "probabilities.zarr"), mode="r")
+    ms = z.attrs["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in ms] == [[1, 1, 1], [1, 2, 1], [1, 4, 1]]
+    lab = z["labels/clusters"]
+    assert [lab[str(i)].shape for i in range(3)] == [(1, 45, 1), (1, 22, 1), (1, 11, 1)]
+    assert [z[str(i)].shape for i in range(3)] == [(2, 45, 1), (2, 22, 1), (2, 11, 1)]
+
+    def unit(x):
+        x = x.astype(np.float64)
+        return x / 254 if dtype == "uint8" else x
+
+    l0, l1 = unit(z["0"][:]), unit(z["1"][:])
+    expect = (l0[:, 0:44:2] + l0[:, 1:44:2]) / 2
+    tol = 1 / 254 if dtype == "uint8" else 1e-3 if dtype == "float16" else 1e-6
+    assert np.abs(l1 - expect).max() <= tol
+    assert (
+        json.loads((tmp_path / "o" / "probabilities.zarr" / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    )
+
+
+def test_batch_takes_zarr_stores_and_a_bad_one_fails_alone(tmp_path, coffee):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.zarr", "b.zarr"):
+        z = zarr.open(str(folder / name), mode="w", shape=coffee.shape, chunks=(64, 64, 3), dtype="u1")
+        z[:] = coffee
+    PILImage.fromarray(coffee).save(folder / "c.png")
+    chunk = next(p for p in (folder / "b.zarr").rglob("*") if p.is_file() and p.name[0] not in ".z")
+    chunk.write_bytes(b"\x00garbage")
+    r = cli("batch", folder, "-k", "2", "-o", tmp_path / "o", "--jobs", "1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (tmp_path / "o" / "a" / "model.json").is_file() and (tmp_path / "o" / "c" / "model.json").is_file()
+    summary = (tmp_path / "o" / "summary.csv").read_text()
+    assert "b.zarr" in summary and "cannot be read" in summary
+    a = np.load(tmp_path / "o" / "a" / "probabilities.npy")
+    c = np.load(tmp_path / "o" / "c" / "probabilities.npy")
+    assert np.array_equal(a, c)  # the same pixels from a store and from a PNG

@@ -23,7 +23,7 @@ the result at once; ``model.json`` records the full size and the preview's.
 With ``smoothing`` (neighbourhood EM), the model is fitted on the strided
 sub-grid the in-memory path uses (gathered from the tiles), and the final
 memberships run the checkerboard sweeps on each tile with a halo of
-:data:`HALO` pixels: a sweep moves information by two pixels, so after
+``2 * FINAL_SWEEPS + 2`` pixels: a sweep moves information by two pixels, so after
 ``FINAL_SWEEPS`` sweeps a tile's interior is the whole-grid result exactly.
 """
 
@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import SegsoftError
 from .lazy import LazyImage, open_lazy
 
-__all__ = ["HALO", "PREVIEW_SIDE", "LargeSegmentation", "segment_large"]
+__all__ = ["PREVIEW_SIDE", "LargeSegmentation", "segment_large"]
 
 #: Longest side of the PNG previews of an out-of-core result.
 PREVIEW_SIDE = 4096
@@ -59,10 +59,6 @@ def _final_sweeps() -> int:
     from ..segment import FINAL_SWEEPS
 
     return FINAL_SWEEPS
-
-
-#: Halo (pixels) of the smoothed memberships' tiles: two per sweep, and an even number so parity is kept.
-HALO = 2 * 10 + 2
 
 
 @dataclass
@@ -231,6 +227,11 @@ class LargeSegmentation:
         g = _Grid(self.features, img.mask)
         both = self._both(g)  # (H, W, k + 1): memberships and per-pixel score, NaN where masked
         factor = self.preview_factor
+        # each tile writes whole chunks of the stores (chunked as the first tile) and whole preview blocks:
+        # every tile but the last starts on a multiple of the first one's size, itself a multiple of the factor
+        for ch in both.chunks[:2]:
+            if any(c != ch[0] for c in ch[:-1]) or ch[0] % factor:
+                raise RuntimeError(f"tiles {both.chunks[:2]} do not fit the stores' chunks or the preview's blocks")
         bands = img.bands.rechunk({0: both.chunks[0], 1: both.chunks[1]})
         mask = None if img.mask is None else img.mask.rechunk({0: both.chunks[0], 1: both.chunks[1]})
         stores = _new_stores(folder, self, both.chunks, dtype) if write else {}
@@ -262,14 +263,12 @@ class LargeSegmentation:
         small_p = np.empty((hs, ws, k), dtype=np.float32)
         small_b = np.empty((hs, ws, nb), dtype=np.float32)
         total, counts = 0.0, np.zeros(k, dtype=np.int64)
-        # in waves, so the driver never holds every tile's results at once
-        wave = 64
-        for a in range(0, len(tasks), wave):
-            for (ys, xs), (sc, cnt, sp, sb) in zip(where[a : a + wave], dask.compute(*tasks[a : a + wave])):
-                total += sc
-                counts += cnt
-                small_p[ys : ys + sp.shape[0], xs : xs + sp.shape[1]] = sp
-                small_b[ys : ys + sb.shape[0], xs : xs + sb.shape[1]] = sb
+        # all at once (no barrier for a slow tile to hold up): the results are the preview, small
+        for (ys, xs), (sc, cnt, sp, sb) in zip(where, dask.compute(*tasks)):
+            total += sc
+            counts += cnt
+            small_p[ys : ys + sp.shape[0], xs : xs + sp.shape[1]] = sp
+            small_b[ys : ys + sb.shape[0], xs : xs + sb.shape[1]] = sb
         self.counts = counts
         self.log_likelihood = float(total) / max(int(counts.sum()), 1)
         levels = _finish_stores(folder, stores, self, dtype) if write else 1
@@ -280,7 +279,7 @@ class LargeSegmentation:
 
         if not self.settings.get("smoothing"):
             return _memberships_array(self.model, g, with_score=True, dtype=np.float64)
-        return _smoothed_both(self.model, g, float(self.settings["smoothing"]))
+        return _smoothed_both(self.model, g, float(self.settings["smoothing"]), align=self.preview_factor)
 
     def _preview(self, small_p: np.ndarray, small_b: np.ndarray) -> Any:
         """The block-averaged image and memberships as an in-memory SoftSegmentation (for the pictures)."""
@@ -434,20 +433,41 @@ def _labels_block(p: np.ndarray, *, k: int) -> np.ndarray:
     return lab
 
 
-def _smoothed_both(model: Any, g: Any, beta: float) -> da.Array:
+def _halo() -> int:
+    """Halo of the smoothed tiles: a sweep moves information two pixels; even, so tiles keep their parity."""
+    return 2 * _final_sweeps() + 2
+
+
+def _even_tiles(n: int, size: int, halo: int, align: int = 2) -> tuple[int, ...]:
+    """Tiles along an axis of ``n``: all of one ``size`` (a multiple of ``align``, which is even, and at
+    least ``2 * halo``) but the last, which takes in a remainder shorter than the halo; so every tile
+    starts on a multiple of ``align`` (an even index keeps the checkerboard's parity)."""
+    size = max(size, 2 * halo)
+    size = -(-size // align) * align
+    tiles = [size] * (n // size)
+    rest = n - size * len(tiles)
+    if rest:
+        if tiles and rest < halo:
+            tiles[-1] += rest
+        else:
+            tiles.append(rest)
+    return tuple(tiles) or (n,)
+
+
+def _smoothed_both(model: Any, g: Any, beta: float, align: int = 2) -> da.Array:
     import copy
 
     k = model.n_components
+    halo = _halo()
     X = g.X
-    cy, cx = X.chunks[0][0], X.chunks[1][0]
-    if cy % 2 or cx % 2 or any(c % 2 for c in X.chunks[0][:-1]) or any(c % 2 for c in X.chunks[1][:-1]):
-        X = X.rechunk({0: cy + cy % 2, 1: cx + cx % 2})  # even tile starts keep the checkerboard's parity
-    depth = {0: HALO, 1: HALO, 2: 0}
-    # a halo no deeper than the smallest tile (dask's overlap needs it)
-    smallest = min(min(X.chunks[0]), min(X.chunks[1]))
-    if smallest < HALO:
-        X = X.rechunk({0: max(X.chunks[0][0], 2 * HALO), 1: max(X.chunks[1][0], 2 * HALO)})
+    align = max(2, align)
+    ty = _even_tiles(int(X.shape[0]), int(X.chunks[0][0]), halo, align)
+    tx = _even_tiles(int(X.shape[1]), int(X.chunks[1][0]), halo, align)
+    X = X.rechunk((ty, tx, -1))
+    depth = {0: halo, 1: halo, 2: 0}
     ov = da.overlap.overlap(X, depth=depth, boundary="none")
+    if tuple(len(c) for c in ov.chunks[:2]) != (len(ty), len(tx)):  # dask re-tiled: parity would be lost
+        raise RuntimeError(f"overlap changed the tiles {ty}, {tx} into {ov.chunks[:2]}")
     args = [ov]
     if g.mask is not None:
         m = g.mask.rechunk(X.chunks[:2])
@@ -528,45 +548,61 @@ def _new_stores(folder: Path, seg: LargeSegmentation, chunks: tuple, dtype: str)
     prob_tmp = folder / _tmp_name("probabilities")
     unc_tmp = folder / _tmp_name("uncertainty")
     pg = zarr.open_group(str(prob_tmp), mode="w", zarr_format=2)
-    prob = pg.create_array("0", shape=(k, H, W), chunks=(1, cy, cx), dtype=dtype, fill_value=fill)
+    prob = pg.create_array("0", shape=(k, H, W), chunks=(1, cy, cx), dtype=dtype, fill_value=fill, **_V2_KEYS)
     lg = pg.create_group("labels").create_group("clusters")
-    lab = lg.create_array("0", shape=(1, H, W), chunks=(1, cy, cx), dtype="uint8", fill_value=255)
+    lab = lg.create_array("0", shape=(1, H, W), chunks=(1, cy, cx), dtype="uint8", fill_value=255, **_V2_KEYS)
     ug = zarr.open_group(str(unc_tmp), mode="w", zarr_format=2)
-    unc = ug.create_array("0", shape=(H, W), chunks=(cy, cx), dtype=dtype, fill_value=fill)
+    unc = ug.create_array("0", shape=(H, W), chunks=(cy, cx), dtype=dtype, fill_value=fill, **_V2_KEYS)
     return {"prob": prob, "labels": lab, "unc": unc, "prob_path": prob_tmp, "unc_path": unc_tmp}
 
 
-def _pyramid(group: Any, first: Any, how: str, channel: bool, dtype: str) -> int:
-    """Levels 1, 2, ... of ``first`` (2x2 means, or 2x2 striding for labels) until the longer side is small."""
-    level, src = 0, first
-    while max(src.shape[-2:]) > PYRAMID_SMALLEST:
+def _level_factors(H: int, W: int) -> list[tuple[int, int]]:
+    """Per pyramid level, the (y, x) factor from level 0: each level halves every axis of 2 or more
+    pixels, until the longer side is at most :data:`PYRAMID_SMALLEST` or nothing can be halved."""
+    out, (h, w), (fy, fx) = [(1, 1)], (H, W), (1, 1)
+    while max(h, w) > PYRAMID_SMALLEST and (h >= 2 or w >= 2):
+        if h >= 2:
+            h, fy = h // 2, fy * 2
+        if w >= 2:
+            w, fx = w // 2, fx * 2
+        out.append((fy, fx))
+    return out
+
+
+def _pyramid(group: Any, first: Any, how: str, dtype: str, factors: list[tuple[int, int]]) -> None:
+    """Levels 1, 2, ... of ``first``, each from the one before: 2x2 means (NaN and, for uint8, 255
+    left out), or for labels every second pixel, of the same (trimmed) extent so levels line up."""
+    src = first
+    for level in range(1, len(factors)):
         a = da.from_zarr(src)
+        sy = factors[level][0] // factors[level - 1][0]
+        sx = factors[level][1] // factors[level - 1][1]
+        h, w = a.shape[-2] // sy, a.shape[-1] // sx
+        a = a[..., : h * sy, : w * sx]
         if how == "labels":
-            nxt = a[..., ::2, ::2]
+            nxt = a[..., ::sy, ::sx]
         else:
             f = a.astype(np.float32)
             if dtype == "uint8":
-                f = da.where(a == 255, np.nan, f)
-            f = f[..., : (f.shape[-2] // 2) * 2 or 1, : (f.shape[-1] // 2) * 2 or 1]
-            axes = {f.ndim - 2: 2, f.ndim - 1: 2} if min(f.shape[-2:]) >= 2 else {}
-            if axes:
-                f = f.rechunk({f.ndim - 2: _multiple(f.chunks[-2][0], 2), f.ndim - 1: _multiple(f.chunks[-1][0], 2)})
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    f = da.coarsen(np.nanmean, f, axes, trim_excess=True)
-            nxt = da.map_blocks(_encode_any, f, dtype_name=dtype, dtype=np.dtype(dtype if how != "labels" else "uint8"))
-        level += 1
-        shape = tuple(int(s) for s in nxt.shape)
-        chunks = tuple(int(c) for c in src.chunks)
+                f = da.where(a == 255, np.nan, f / np.float32(254))  # back to memberships before the mean
+            axes = {f.ndim - 2: sy, f.ndim - 1: sx}
+            f = f.rechunk({f.ndim - 2: _multiple(f.chunks[-2][0], sy), f.ndim - 1: _multiple(f.chunks[-1][0], sx)})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                f = da.coarsen(np.nanmean, f, axes, trim_excess=True)
+            nxt = da.map_blocks(_encode_any, f, dtype_name=dtype, dtype=np.dtype(dtype))
+        shape = tuple(int(v) for v in nxt.shape)
+        chunks = tuple(min(int(c), n) for c, n in zip(src.chunks, shape))
         fill = 255 if (how == "labels" or dtype == "uint8") else np.nan
-        arr = group.create_array(str(level), shape=shape, chunks=chunks, dtype=src.dtype, fill_value=fill)
+        arr = group.create_array(str(level), shape=shape, chunks=chunks, dtype=src.dtype, fill_value=fill, **_V2_KEYS)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             da.store(nxt.rechunk(chunks), arr, lock=False)
         src = arr
-        if min(shape[-2:]) <= 1:
-            break
-    return level + 1
+
+
+#: NGFF 0.4 wants "/" between the chunk indices of a key (zarr v2's default is ".").
+_V2_KEYS = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
 
 
 def _encode_any(f: np.ndarray, *, dtype_name: str) -> np.ndarray:
@@ -575,12 +611,11 @@ def _encode_any(f: np.ndarray, *, dtype_name: str) -> np.ndarray:
     return encode_probabilities(f, dtype_name)
 
 
-def _multiscales(name: str, levels: int, axes: list[dict], kind: str) -> dict:
+def _multiscales(name: str, factors: list[tuple[int, int]], axes: list[dict], kind: str) -> dict:
     n = len(axes)
     datasets = []
-    for i in range(levels):
-        s = float(2**i)
-        scale = [1.0] * (n - 2) + [s, s]
+    for i, (fy, fx) in enumerate(factors):
+        scale = [1.0] * (n - 2) + [float(fy), float(fx)]
         datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     return {"version": "0.4", "name": name, "axes": axes, "datasets": datasets, "type": kind}
 
@@ -594,16 +629,18 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
     pg = zarr.open_group(str(stores["prob_path"]), mode="r+")
     ug = zarr.open_group(str(stores["unc_path"]), mode="r+")
     lg = pg["labels"]["clusters"]
-    levels = _pyramid(pg, stores["prob"], "mean", True, dtype)
-    _pyramid(lg, stores["labels"], "labels", True, dtype)
-    _pyramid(ug, stores["unc"], "mean", False, dtype)
+    factors = _level_factors(seg.image.height, seg.image.width)
+    levels = len(factors)
+    _pyramid(pg, stores["prob"], "mean", dtype, factors)
+    _pyramid(lg, stores["labels"], "labels", dtype, factors)
+    _pyramid(ug, stores["unc"], "mean", dtype, factors)
     cyx = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     yx = cyx[1:]
     colors = np.asarray(cluster_colors(k), dtype=int)
     top = 254 if dtype == "uint8" else 1
     pg.attrs.update(
         {
-            "multiscales": [_multiscales("probabilities", levels, cyx, "mean")],
+            "multiscales": [_multiscales("probabilities", factors, cyx, "mean")],
             "omero": {
                 "channels": [
                     {
@@ -627,7 +664,7 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
     pg["labels"].attrs.update({"labels": ["clusters"]})
     lg.attrs.update(
         {
-            "multiscales": [_multiscales("clusters", levels, cyx, "nearest")],
+            "multiscales": [_multiscales("clusters", factors, cyx, "nearest")],
             "image-label": {
                 "version": "0.4",
                 "colors": [{"label-value": j, "rgba": [*map(int, colors[j]), 255]} for j in range(k)]
@@ -638,7 +675,7 @@ def _finish_stores(folder: Path, stores: dict, seg: LargeSegmentation, dtype: st
     )
     ug.attrs.update(
         {
-            "multiscales": [_multiscales("uncertainty", levels, yx, "mean")],
+            "multiscales": [_multiscales("uncertainty", factors, yx, "mean")],
             "segsoft": {"what": "normalised entropy of the memberships (0 certain, 1 uniform)"},
         }
     )
@@ -824,8 +861,10 @@ def segment_large(
             if workdir is not None:
                 # the features once to disk (the output folder: every worker sees it): each later pass
                 # reads them back instead of converting every pixel's colour again
-                cache_path = _cache_features(F, Path(workdir))
+                cache_path = _cache_features(F, lz.mask, Path(workdir), name)
                 F = da.from_zarr(str(cache_path), component="0")
+                if lz.mask is not None:
+                    lz.mask = da.from_zarr(str(cache_path), component="mask")
             g = _Grid(F, lz.mask)
             k_min = k_lo if auto else k
             if g.n_used < k_min:
@@ -900,21 +939,45 @@ def fit_smoothed(
 _CACHE_SUFFIX = ".features.tmp.zarr"
 
 
-def _cache_features(F: da.Array, workdir: Path) -> Path:
+def _cache_features(F: da.Array, mask: da.Array | None, workdir: Path, name: str) -> Path:
+    """Features (and the mask: decoding it again would read the source again) stored once, uncompressed."""
     import zarr
 
     workdir.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_caches(workdir)
+    need = int(np.prod(F.shape)) * F.dtype.itemsize + (0 if mask is None else int(np.prod(mask.shape)))
+    free = shutil.disk_usage(workdir).free
+    if need > free:
+        raise SegsoftError(
+            f"{name}: the features need {need / 2**30:.1f} GiB in {workdir} while it runs, "
+            f"and {free / 2**30:.1f} GiB is free there"
+        )
     path = workdir / f".{os.getpid()}-{uuid.uuid4().hex[:8]}{_CACHE_SUFFIX}"
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = g.create_array(
-        "0", shape=F.shape, chunks=(F.chunks[0][0], F.chunks[1][0], F.shape[2]), dtype=F.dtype, compressors=None
-    )
+    chunks = (F.chunks[0][0], F.chunks[1][0])
+    arr = g.create_array("0", shape=F.shape, chunks=(*chunks, F.shape[2]), dtype=F.dtype, compressors=None)
+    targets, sources = [arr], [F]
+    if mask is not None:
+        targets.append(g.create_array("mask", shape=mask.shape, chunks=chunks, dtype="bool", compressors=None))
+        sources.append(mask.rechunk(F.chunks[:2]))
     try:
-        da.store(F, arr, lock=False)
+        da.store(sources, targets, lock=False)
     except BaseException:
         _remove_cache(path)
         raise
     return path
+
+
+def _sweep_dead_caches(folder: Path) -> None:
+    """Features left by a run that was killed (its process is gone)."""
+    with suppress(OSError):
+        for entry in os.scandir(folder):
+            if (
+                entry.name.endswith(_CACHE_SUFFIX)
+                and entry.is_dir(follow_symlinks=False)
+                and not _owner_alive(entry.name)
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _remove_cache(path: Path | None) -> None:

@@ -44,7 +44,9 @@ def is_lazy_source(path: str | os.PathLike) -> bool:
     """Whether ``path`` is something :func:`open_lazy` reads tile by tile: a zarr store or a TIFF."""
     p = Path(path)
     if p.is_dir():
-        return _zarr_kind(p) is not None
+        from ..io import is_zarr_store
+
+        return is_zarr_store(p)
     try:
         with open(p, "rb") as f:
             return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -107,6 +109,24 @@ class LazyImage:
     @property
     def name(self) -> str:
         return str(self.path)
+
+    def to_image(self, bands: np.ndarray, mask: np.ndarray | None) -> Any:
+        """An in-memory :class:`segsoft.io.Image` of these computed ``bands`` and ``mask`` (all of them, or
+        block means for a preview), with a picture of it for people as :func:`segsoft.io.read_image` makes."""
+        from ..io import Image, display_composite
+
+        if mask is not None and mask.all():
+            mask = None
+        if mask is not None and not mask.any():
+            raise SegsoftError(f"{self.name}: every pixel is transparent")
+        bands = np.ascontiguousarray(bands, dtype=np.float32)
+        if self.is_color:
+            return Image(bands, mask, self.path, self.bit_depth, self.mode, False, None, self.band_names, True, self.frame)
+        if self.is_gray:
+            pixels = np.repeat(bands, 3, axis=2)
+            return Image(pixels, mask, self.path, self.bit_depth, self.mode, True, None, self.band_names, None, self.frame)
+        pixels = display_composite(bands, None, mask)
+        return Image(pixels, mask, self.path, self.bit_depth, self.mode, False, bands, self.band_names, False, self.frame)
 
 
 # --------------------------------------------------------------------------
@@ -373,8 +393,9 @@ def _assemble(arr: da.Array, axes: str, meta: dict, p: Path, name: str, page: in
     else:
         bit_depth = 8 * dtype.itemsize
     top = 1.0
-    if dtype.kind == "f" and kind != "bands":
-        # float colour or grey: as read_image, divided by the maximum when it exceeds 1 (one pass)
+    if dtype.kind == "f" and kind != "bands" and meta["mode"] != "zarr":
+        # float colour or grey TIFF: as read_image, divided by the maximum when it exceeds 1 (one pass);
+        # a zarr array is clipped to [0, 1] tile by tile, as a .npy is
         top = float(da.nanmax(arr).compute())
         if not math.isfinite(top):
             raise SegsoftError(f"{name}: image contains NaN or infinite values")
@@ -387,6 +408,7 @@ def _assemble(arr: da.Array, axes: str, meta: dict, p: Path, name: str, page: in
         _unit_block,
         kind=kind,
         top=top,
+        source=name,
         has_alpha=has_alpha,
         nodata=nodata,
         dtype=np.float32,
@@ -413,7 +435,7 @@ def _assemble(arr: da.Array, axes: str, meta: dict, p: Path, name: str, page: in
     )
 
 
-def _unit_block(a: np.ndarray, *, kind: str, top: float, has_alpha: bool, nodata: bool) -> np.ndarray:
+def _unit_block(a: np.ndarray, *, kind: str, top: float, has_alpha: bool, nodata: bool, source: str = "") -> np.ndarray:
     """One tile in the units of :class:`segsoft.io.Image` (see :func:`segsoft.io._array_image`),
     with the used-pixel mask as a last channel (1.0 used) when there is one."""
     from ..io import _int_unit, _unit_bands
@@ -426,6 +448,8 @@ def _unit_block(a: np.ndarray, *, kind: str, top: float, has_alpha: bool, nodata
             used = finite.all(axis=2)
             a = np.where(finite, a, 0).astype(np.float32)
         else:
+            if not np.isfinite(a).all():
+                raise SegsoftError(f"{source}: image contains NaN or infinite values")
             a = (a / top if top > 1.0 else a).astype(np.float32)
     else:
         a, _ = _int_unit(a)
