@@ -1035,12 +1035,20 @@ def evaluate(
         rich_help_panel="Scoring",
     ),
     opts: Any = None,
+    jobs: int | None = _JOBS,
+    scheduler: str | None = _SCHEDULER,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Score segmentations against human ones: PRI, VoI (bits) and Covering, as the BSDS benchmark."""
     from .evaluate import evaluate_directory, find_predictions, parse_thresholds
 
     opts.check()
+    if jobs is not None and jobs < 1:
+        raise SegsoftError(f"--jobs must be a whole number >= 1, got {jobs}")
+    if scheduler is not None:
+        from .cluster.client import check_scheduler
+
+        scheduler = check_scheduler(scheduler)
     cuts = None if thresholds is None else parse_thresholds(thresholds)
     if not (math.isfinite(min_region) and 0.0 <= min_region < 1.0):
         raise SegsoftError(f"--min-region must be a number >= 0 and < 1 (a share of the image), got {min_region!r}")
@@ -1069,6 +1077,8 @@ def evaluate(
             allow_missing=allow_missing,
             progress=lambda done, total, image_id: bar.update(done, total, None, "scoring"),
             thresholds=cuts,
+            scheduler=scheduler,
+            jobs=jobs,
         )
     if csv is not None:
         report.to_csv(csv)

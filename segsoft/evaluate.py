@@ -1367,6 +1367,8 @@ def evaluate_directory(
     progress: Progress | None = None,
     allow_missing: bool = False,
     thresholds: Sequence[float] | None = None,
+    scheduler: str | None = None,
+    jobs: int | None = None,
 ) -> EvaluationReport:
     """Score a folder of predictions -- or of images, segmented first.
 
@@ -1413,6 +1415,10 @@ def evaluate_directory(
         ``--regions``), cut as the BSDS benchmark cuts it (:func:`cut_ucm`).
         The rows still hold the scores at ``regions`` (images) or of the
         prediction itself.
+    scheduler, jobs : optional
+        For folders of images: segment and score them on Dask (``"local"``,
+        ``"threads"`` or a scheduler address, see :mod:`segsoft.cluster`),
+        ``jobs`` workers; the same scores as without.
 
     Returns
     -------
@@ -1490,8 +1496,6 @@ def evaluate_directory(
         report.extra = sorted(set(found) - set(ground_truth), key=_natural_key)
         return report
 
-    from .segment import segment
-
     listed = find_images([path])
     if not listed:
         raise SegsoftError(
@@ -1505,23 +1509,68 @@ def evaluate_directory(
         )
     ids = sorted(images, key=_natural_key)
     report.missing = [i for i in ground_truth if i not in images]
-    for done, image_id in enumerate(ids, 1):
-        name = os.fsdecode(images[image_id])
-        try:
-            # the ground truth first: a broken one is reported without segmenting the image for nothing
-            gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
-            seg = segment(images[image_id], **dict(segment_kwargs or {}))
-            labels = seg.labels if regions is None else seg.regions(regions)
-            if thresholds:  # one segmentation, one hierarchy, cut at every threshold
-                cuts = (seg.hierarchy.labels(t) for t in thresholds)
-                report.sweeps[image_id] = _sweep(image_id, cuts, name, gts, gt_name)
-            report.rows.append(_score(image_id, post(labels, regions is not None), name, gts, gt_name))
-        except SegsoftError as e:
-            report.errors[image_id] = str(e)
+    calls = [
+        (image_id, images[image_id], ground_truth[image_id], dict(segment_kwargs or {}), regions, thresholds, min_region)
+        for image_id in ids
+    ]
+    if scheduler is None:
+        results: Any = ((i, _segment_and_score(*call)) for i, call in enumerate(calls))
+    else:
+        from .cluster.client import execute
+
+        # absolute paths: a cluster's workers have their own working folder
+        calls = [(c[0], Path(os.path.abspath(c[1])), _absolute(c[2]), *c[3:]) for c in calls]
+        results = execute(_segment_and_score, calls, scheduler, jobs, set())
+    for done, (i, result) in enumerate(results, 1):
+        image_id = ids[i]
+        if isinstance(result, BaseException):  # a worker that died, a result that could not come back
+            report.errors[image_id] = f"{os.fsdecode(images[image_id])}: {' '.join(str(result).split())}"
+        else:
+            row, sweep, error = result
+            if error is not None:
+                report.errors[image_id] = error
+            else:
+                report.rows.append(row)
+                if sweep is not None:
+                    report.sweeps[image_id] = sweep
         if progress is not None:
             progress(done, len(ids), image_id)
     report.rows.sort(key=lambda r: _natural_key(r.id))
     return report
+
+
+def _absolute(gt: object) -> object:
+    return Path(os.path.abspath(gt)) if isinstance(gt, (str, os.PathLike)) else gt
+
+
+def _segment_and_score(
+    image_id: str,
+    image: Path,
+    gt: object,
+    segment_kwargs: dict[str, Any],
+    regions: float | None,
+    thresholds: Sequence[float] | None,
+    min_region: float | None,
+) -> tuple[ImageScore | None, Any, str | None]:
+    """One image of a folder: segmented and scored, here or on a worker; (row, sweep, error line)."""
+    from .regions import connected_regions
+    from .segment import segment
+
+    name = os.fsdecode(image)
+    try:
+        # the ground truth first: a broken one is reported without segmenting the image for nothing
+        gts, gt_name = _ground_truth_maps(image_id, gt)
+        seg = segment(image, **segment_kwargs)
+        labels = seg.labels if regions is None else seg.regions(regions)
+        sweep = None
+        if thresholds:  # one segmentation, one hierarchy, cut at every threshold
+            cuts = (seg.hierarchy.labels(t) for t in thresholds)
+            sweep = _sweep(image_id, cuts, name, gts, gt_name)
+        if regions is None and min_region is not None:
+            labels = connected_regions(labels, max(1, round(min_region * int((labels >= 0).sum()))))
+        return _score(image_id, labels, name, gts, gt_name), sweep, None
+    except SegsoftError as e:
+        return None, None, str(e)
 
 
 def _load_ucm(pred: Path, shape: tuple[int, ...], gt_name: str) -> np.ndarray:
