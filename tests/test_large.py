@@ -346,3 +346,19 @@ def test_batch_takes_zarr_stores_and_a_bad_one_fails_alone(tmp_path, coffee):
     a = np.load(tmp_path / "o" / "a" / "probabilities.npy")
     c = np.load(tmp_path / "o" / "c" / "probabilities.npy")
     assert np.array_equal(a, c)  # the same pixels from a store and from a PNG
+
+
+def test_features_cache_is_removed_and_a_dead_runs_cache_swept(tiled, tmp_path):
+    from segsoft.cluster.large import _host
+
+    folder = tmp_path / "o"
+    folder.mkdir()
+    dead = folder / f".{_host()}-999999999-deadbeef.features.tmp.zarr"  # no such process
+    other = folder / ".elsewhere-1-cafecafe.features.tmp.zarr"  # another machine's: left alone
+    dead.mkdir()
+    other.mkdir()
+    big = segment_large(tiled, k=2, scheduler="threads", chunks=64, workdir=folder)
+    assert not dead.exists() and other.exists()
+    assert big.cache_path is not None and big.cache_path.is_dir()
+    big.save(folder)
+    assert big.cache_path is None and not [p for p in folder.iterdir() if p.name.endswith(".features.tmp.zarr")][1:]

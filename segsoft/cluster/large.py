@@ -528,10 +528,13 @@ def _sweep_temp_stores(folder: Path) -> None:
 
 
 def _owner_alive(name: str) -> bool:
-    """Whether the process that keeps features cached under this name (``.<pid>-<hex>...``) still runs."""
+    """Whether the process that keeps features cached under this name (``.<host>-<pid>-<hex>...``) still
+    runs; one on another machine (a shared output folder) is taken to."""
     try:
-        pid = int(name[1:].split("-", 1)[0])
-        os.kill(pid, 0)
+        host, pid_text, _ = name[1:].rsplit("-", 2)
+        if host != _host():
+            return True
+        os.kill(int(pid_text), 0)
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
@@ -952,7 +955,7 @@ def _cache_features(F: da.Array, mask: da.Array | None, workdir: Path, name: str
             f"{name}: the features need {need / 2**30:.1f} GiB in {workdir} while it runs, "
             f"and {free / 2**30:.1f} GiB is free there"
         )
-    path = workdir / f".{os.getpid()}-{uuid.uuid4().hex[:8]}{_CACHE_SUFFIX}"
+    path = workdir / f".{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_CACHE_SUFFIX}"
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
     chunks = (F.chunks[0][0], F.chunks[1][0])
     arr = g.create_array("0", shape=F.shape, chunks=(*chunks, F.shape[2]), dtype=F.dtype, compressors=None)
@@ -966,6 +969,12 @@ def _cache_features(F: da.Array, mask: da.Array | None, workdir: Path, name: str
         _remove_cache(path)
         raise
     return path
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 
 def _sweep_dead_caches(folder: Path) -> None:
