@@ -135,18 +135,19 @@ def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) 
     elif method == "opencv":
         import cv2
 
-        from segsoft.mixture.base import _column_moments
-
         cv2.setNumThreads(1)
-        reg = 1e-6 * _column_moments(X)[1]
+        # OpenCV from the same start: trainM begins with an M-step from given memberships,
+        # here each row on its nearest mean (timed, as for scikit-learn). trainE cannot take
+        # initial covariances from Python (opencv/opencv#4813)
         X64 = X.astype(np.float64)
-        w0, m0, c0 = hard_start(X64, means0, reg)  # timed, as for scikit-learn
+        labels = np.argmin(((X64[:, None, :] - means0[None]) ** 2).sum(-1), axis=1)
+        resp = np.zeros((len(X64), K))
+        resp[np.arange(len(X64)), labels] = 1.0
         em = cv2.ml.EM_create()
         em.setClustersNumber(K)
         em.setCovarianceMatrixType(cv2.ml.EM_COV_MAT_GENERIC)
         em.setTermCriteria((cv2.TERM_CRITERIA_COUNT, ITERS, 0.0))
-        # trainE starts with an E-step from the given parameters and returns the memberships
-        em.trainE(X64, m0, list(c0), w0)
+        em.trainM(X64, resp)  # returns the final memberships too
         elapsed = time.perf_counter() - start
         covs = np.stack(em.getCovs())
         ll = sklearn_score(X64, em.getWeights().ravel(), em.getMeans(), covs)  # not timed

@@ -1234,8 +1234,8 @@ def _one_image_threads(fn: Callable) -> Callable:
     passes, the memberships, the smoothing's E-steps) runs single-threaded:
     OpenBLAS's own threads make those skinny products slower, and on a busy machine
     they spin against the other processes (the 12 MP features took 3.9 s instead of
-    0.39 s). The cores are used by our own chunk threads instead, whose results do
-    not depend on their number.
+    0.39 s). The cores go to our own chunk threads on the large element-wise steps
+    instead, whose results do not depend on their number.
     """
 
     @functools.wraps(fn)
@@ -1346,10 +1346,13 @@ def segment(
         enough for a status line (``segsoft run`` draws one on a terminal);
         the library itself never prints.
     n_jobs : int or None
-        Threads for the EM passes and the memberships (BLAS itself runs on one
-        thread throughout). None: the cores this process may run on (its
-        affinity mask). The results are bit-identical for every value; batch
-        workers pass 1 (one process per core already).
+        Threads for the image-sized element-wise steps: the features, the
+        smoothing sweeps and the smoothed log-likelihood (see
+        :func:`segsoft.mixture.using_threads`). None: the cores this process may
+        run on (its affinity mask). BLAS runs on one thread throughout, and the
+        EM passes on the model's own ``n_jobs`` (1). The results are
+        bit-identical for every value; batch workers pass 1 (one process per
+        core already).
 
     Returns
     -------

@@ -65,7 +65,11 @@ def test_prior_fit_identical_on_one_and_two_threads():
     assert np.array_equal(a.covariances_, b.covariances_)
 
 
-def test_ambient_threads_run_the_passes_on_a_pool():
+def test_ambient_threads_reach_the_features_not_the_em_passes(monkeypatch):
+    from segsoft import features
+    from segsoft.features import extract
+    from segsoft.io import Image
+
     X = _blobs(4000)
     gm = GaussianMixture(2, chunk_size=500).fit(X)
     seen: set[int] = set()
@@ -74,12 +78,20 @@ def test_ambient_threads_run_the_passes_on_a_pool():
         seen.add(threading.get_ident())
         return gm._posterior(logits)
 
-    gm._pass(X, stats=False, posterior=posterior)
-    assert seen == {threading.get_ident()}  # n_jobs=None outside using_threads: this thread only
-    seen.clear()
     with using_threads(2):
         gm._pass(X, stats=False, posterior=posterior)
-    assert threading.get_ident() not in seen and len(seen) >= 1
+    assert seen == {threading.get_ident()}  # n_jobs=None: the passes stay on this thread
+    gm.n_jobs = 2
+    seen.clear()
+    gm._pass(X, stats=False, posterior=posterior)
+    assert threading.get_ident() not in seen  # an explicit n_jobs uses the pool
+
+    # features: chunks (made small here) split over threads, the same numbers as on one
+    monkeypatch.setattr(features, "_CHUNK", 1000)
+    img = Image.from_array(np.random.default_rng(0).random((64, 70, 3), dtype=np.float32))
+    one = extract(img)
+    with using_threads(2):
+        assert np.array_equal(extract(img), one)
     with pytest.raises(ValueError, match="n_jobs"), using_threads(0):
         pass
 

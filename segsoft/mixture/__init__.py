@@ -26,7 +26,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import COVARIANCE_TYPES, EMStatistics, available_cores, current_threads, kmeans, kmeans_plusplus, using_threads
+from .base import (
+    COVARIANCE_TYPES,
+    EMStatistics,
+    available_cores,
+    current_threads,
+    kmeans,
+    kmeans_plusplus,
+    using_threads,
+)
 from .gaussian import GaussianMixture
 from .relatives import FuzzyCMeans, SoftKMeans
 

@@ -49,9 +49,9 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
     chunk_size : int
         Rows per chunk in each pass; bounds the working memory.
     n_jobs : int or None
-        Threads for the chunked passes. None (the default): 1, or the count
-        set by :func:`segsoft.mixture.using_threads` (``segment()`` uses the
-        cores the process may run on). The results do not depend on it.
+        Threads for the chunked passes (default 1); the results do not
+        depend on it. On small chunks the threads contend for the GIL, so
+        2 is not always faster than 1: measure on your machine.
 
     Attributes
     ----------
