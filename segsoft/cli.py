@@ -613,7 +613,6 @@ def run(
 ) -> None:
     """Soft-segment one image and write pictures, probabilities and model.json."""
     from .outputs import check_targets, check_writable, image_folder
-    from .outputs import save_model as write_model
     from .segment import segment
 
     start = time.perf_counter()
@@ -646,16 +645,23 @@ def run(
         )
         status.stage(f"writing pictures to {folder}")
         seg.save(folder, **opts.write_kwargs())
-        if save_model is not None:
-            status.stage(f"saving the model to {save_model}")
-            write_model(seg, save_model)
-        if report:
-            from .report import write_report
-
-            status.stage("writing report.html")
-            write_report(folder)
+        _model_and_report(status, seg, folder, save_model, report)
     if not quiet:
         _summary(seg, folder, time.perf_counter() - start, opts.region_cut)
+
+
+def _model_and_report(status: Any, seg: Any, folder: Path, save_model: Path | None, report: bool) -> None:
+    """The end of ``run``: --save-model and --report."""
+    from .outputs import save_model as write_model
+
+    if save_model is not None:
+        status.stage(f"saving the model to {save_model}")
+        write_model(seg, save_model)
+    if report:
+        from .report import write_report
+
+        status.stage("writing report.html")
+        write_report(folder)
 
 
 def _check_save_model(path: Path, image: Path, folder: Path) -> None:
@@ -1136,7 +1142,6 @@ def _run_large(
 ) -> None:
     """``run`` out of core: OME-Zarr memberships and PNG previews (see :mod:`segsoft.cluster.large`)."""
     from .cluster.large import segment_large
-    from .outputs import save_model as write_model
 
     kwargs = opts.segment_kwargs()
     kwargs.pop("max_pixels", None)
@@ -1178,14 +1183,7 @@ def _run_large(
         finally:
             large.close()
         seg = large.preview
-        if save_model is not None:
-            status.stage(f"saving the model to {save_model}")
-            write_model(seg, save_model)
-        if report:
-            from .report import write_report
-
-            status.stage("writing report.html")
-            write_report(folder)
+        _model_and_report(status, seg, folder, save_model, report)
     if quiet:
         return
     model = large.model

@@ -855,6 +855,27 @@ def make_model(
     return engine
 
 
+def model_factory(model: str, **options: Any) -> Callable[[int], Any]:
+    """``n_clusters -> make_model(model, n_clusters, **options)``: one estimator per k, the same settings."""
+    return functools.partial(make_model, model, **options)
+
+
+def _check_k(k: Any, k_range: Any, criterion: str, model: str) -> tuple[bool, int, int]:
+    """``(auto, k_lo, k_hi)`` for a ``k`` (a whole number, or "auto" over ``k_range``); checked before any
+    image is read (a fixed k gives ``k_lo = k_hi = k``)."""
+    if isinstance(k, str) and k == "auto":
+        k_lo, k_hi = _check_k_range(k_range)
+        if criterion not in CRITERIA:
+            raise SegsoftError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+        if model == "fcm":
+            raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
+        return True, k_lo, k_hi
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
+    _check_k_cap(k)
+    return False, int(k), int(k)
+
+
 def _check_k_cap(k: Any) -> None:
     """Refuse a whole-number ``k`` above :data:`MAX_K` (other bad values are the engines' to report)."""
     if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > MAX_K:
@@ -1398,18 +1419,9 @@ def segment(
         beta=beta,
         m=m,
     )
-    auto = isinstance(k, str) and k == "auto"
+    auto, k_lo, k_hi = _check_k(k, k_range, criterion, model)  # before reading the image
     if auto:
-        k_lo, k_hi = _check_k_range(k_range)
-        if criterion not in CRITERIA:
-            raise SegsoftError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
-        if model == "fcm":
-            raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
         settings.update(k_range=[k_lo, k_hi], criterion=criterion)
-    elif isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
-    else:
-        _check_k_cap(k)  # before reading the image: the cap does not depend on it
     if not (smoothing >= 0 and np.isfinite(smoothing)):
         raise SegsoftError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
     if smoothing > 0 and model == "fcm":
@@ -1417,21 +1429,18 @@ def segment(
     if color is not None:
         FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=bands)  # check before reading
 
-    def new_model(n_clusters: int) -> Any:
-        return make_model(
-            model,
-            n_clusters,
-            covariance=covariance,
-            max_iter=max_iter,
-            tol=tol,
-            n_init=n_init,
-            sample=sample,
-            seed=seed,
-            reg_covar=reg_covar,
-            beta=beta,
-            m=m,
-        )
-
+    new_model = model_factory(
+        model,
+        covariance=covariance,
+        max_iter=max_iter,
+        tol=tol,
+        n_init=n_init,
+        sample=sample,
+        seed=seed,
+        reg_covar=reg_covar,
+        beta=beta,
+        m=m,
+    )
     new_model(1)  # make_model checks the options: fail before the slow work
     if isinstance(image, (str, os.PathLike)) and scheduler is None:
         from .budget import check_fits

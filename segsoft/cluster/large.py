@@ -768,24 +768,12 @@ def segment_large(
     >>> seg.save("outputs/slide")  # doctest: +SKIP
     """
     from ..features import FeatureSpec
-    from ..segment import _check_full_covariance, _check_k_cap, make_model
+    from ..segment import _check_full_covariance, _check_k, model_factory
     from .client import dask_client
     from .em import extract_chunked, fit_chunked
 
     t0 = time.perf_counter()
-    auto = isinstance(k, str) and k == "auto"
-    if auto:
-        from ..segment import CRITERIA, _check_k_range
-
-        k_lo, k_hi = _check_k_range(k_range)
-        if criterion not in CRITERIA:
-            raise SegsoftError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
-        if model == "fcm":
-            raise SegsoftError("-k auto needs a likelihood model: use --model gmm or soft-kmeans")
-    elif isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SegsoftError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
-    else:
-        _check_k_cap(k)
+    auto, k_lo, k_hi = _check_k(k, k_range, criterion, model)
     if not sample:
         raise SegsoftError("--sample 0 (every pixel in memory) is not possible out of core: give a sample size")
     if smoothing > 0 and model == "fcm":
@@ -807,21 +795,18 @@ def segment_large(
     spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=None if bands is None else tuple(bands))
     _check_full_covariance(name, model, covariance, lz, spec)
 
-    def new_model(n_clusters: int) -> Any:
-        return make_model(
-            model,
-            n_clusters,
-            covariance=covariance,
-            max_iter=max_iter,
-            tol=tol,
-            n_init=n_init,
-            sample=sample,
-            seed=seed,
-            reg_covar=reg_covar,
-            beta=beta,
-            m=m,
-        )
-
+    new_model = model_factory(
+        model,
+        covariance=covariance,
+        max_iter=max_iter,
+        tol=tol,
+        n_init=n_init,
+        sample=sample,
+        seed=seed,
+        reg_covar=reg_covar,
+        beta=beta,
+        m=m,
+    )
     estimator = new_model(k_lo if auto else k)
     settings = {
         "k": k,
