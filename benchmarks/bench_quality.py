@@ -44,6 +44,7 @@ SWEEP = (0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
 GPB_THRESHOLDS = (0.04, 0.08, *np.round(np.arange(0.10, 0.505, 0.01), 2).tolist())
 REGIONS = "segsoft k=12 (merged regions)"
 GPB = "gPb-owt-ucm (ucm2; ODS per measure)"
+TEXTURE = "segsoft k=12 (merged regions; texture=1 t=0.175)"  # the opt-in texture cue at its train-chosen cut
 
 # name -> (segment() keyword arguments or a reference method, how to turn the result into a label map)
 METHODS: dict[str, tuple[dict | str, str]] = {
@@ -57,6 +58,7 @@ METHODS: dict[str, tuple[dict | str, str]] = {
     # not run by default (--methods): the earlier bsds-dev rows
     "segsoft k=4 smooth=1 (labels)": ({"k": 4, "smoothing": 1.0}, "labels"),
     "segsoft k=4 (merged regions)": ({"k": 4}, "merged"),
+    TEXTURE: ({"k": 12}, "texture"),
     "segsoft k=auto ICL 2..12 (merged regions)": ({"k": "auto", "k_range": (2, 12)}, "merged"),
     "skimage slic + rag cut_threshold=29": ("slic-rag", ""),
 }
@@ -111,6 +113,12 @@ def score_image(args: tuple[str, Path, str, bool, float]) -> tuple[str, dict[str
                 maps[method] = seg.labels
             elif mode == "connected":
                 maps[method] = connected_regions(seg.labels, round(0.01 * seg.n_used))
+            elif mode == "texture":
+                from segsoft.regions import region_hierarchy
+                from segsoft.segment import _region_colors
+
+                hierarchy = region_hierarchy(_region_colors(seg.image), seg.probabilities, mask=seg.mask, texture=1.0)
+                maps[method] = hierarchy.labels(0.175)
             else:
                 maps[method] = seg.regions(MERGE_THRESHOLD)
                 for t in SWEEP if sweep else ():  # the same hierarchy, cut again: one segmentation per image

@@ -65,7 +65,7 @@ from .boundaries import boundary_image
 from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes, inside, safe_component, signals_deferred
-from .regions import MERGE_THRESHOLD, TEXTURE_WEIGHT, check_regions_flag, check_threshold
+from .regions import MERGE_THRESHOLD, check_regions_flag, check_threshold
 
 if TYPE_CHECKING:
     from .segment import SoftSegmentation
@@ -753,8 +753,7 @@ def _write_locked(
     _remove_stale(folder, seg.k, seg.selection is not None, regions, fmt)
     record = model_record(seg)
     if regions:
-        # the texture weight of the merge costs (issue 15), so a region map can be made again
-        record["regions"] = {"threshold": region_threshold, "texture": TEXTURE_WEIGHT, "count": int(region_map.max()) + 1}
+        record["regions"] = {"threshold": region_threshold, "count": int(region_map.max()) + 1}
     record["probabilities"] = _jsonable(record_probabilities)
     if record_patch is not None:
         record_patch(record)
