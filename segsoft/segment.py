@@ -1474,7 +1474,10 @@ def segment(
                 k_hi = min(k_hi, distinct)
     if scheduler is not None:
         if auto:
-            raise SegsoftError("--scheduler does not support -k auto yet: give k, or run without --scheduler")
+            raise SegsoftError(
+                "-k auto with --scheduler works out of core only (a TIFF or zarr store over --max-pixels): "
+                "give k, or run without --scheduler"
+            )
         from .cluster.em import segment_image
 
         t_feat = time.perf_counter()

@@ -58,7 +58,7 @@ def test_what_the_chunked_path_does_not_do_yet_is_an_error(tmp_path):
     for extra in (("-k", "auto"),):
         result = cli("run", image, *extra, "--scheduler", "threads", "-o", tmp_path / "o")
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert "--scheduler does not support" in result.stderr
+        assert "-k auto with --scheduler works out of core only" in result.stderr
 
 
 def test_smoothing_tile_by_tile_equals_the_in_memory_run():

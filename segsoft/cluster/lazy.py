@@ -22,8 +22,10 @@ Sources:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ import numpy as np
 from ..errors import SegsoftError
 
 __all__ = ["LazyImage", "is_lazy_source", "open_lazy"]
+
+# zarr reads chunks on an asyncio loop: when one fails, the reads still pending log "Task was destroyed"
+# and "exception was never retrieved" on the way out, after the one-line error that names the file
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 #: Target tile side of the dask chunks (a multiple of the source's own tiles near it).
 DEFAULT_CHUNK = 1024
