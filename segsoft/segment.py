@@ -855,9 +855,14 @@ def make_model(
     return engine
 
 
-def model_factory(model: str, **options: Any) -> Callable[[int], Any]:
-    """``n_clusters -> make_model(model, n_clusters, **options)``: one estimator per k, the same settings."""
-    return functools.partial(make_model, model, **options)
+#: The settings of :func:`segment` that :func:`make_model` takes.
+_MODEL_SETTINGS = ("covariance", "max_iter", "tol", "n_init", "sample", "seed", "reg_covar", "beta", "m")
+
+
+def model_factory(model: str, settings: dict[str, Any]) -> Callable[[int], Any]:
+    """``n_clusters -> make_model(model, n_clusters, ...)`` with the model options among ``settings``
+    (the dict :func:`segment` records): one estimator per k, the same settings."""
+    return functools.partial(make_model, model, **{key: settings[key] for key in _MODEL_SETTINGS})
 
 
 def _check_k(k: Any, k_range: Any, criterion: str, model: str) -> tuple[bool, int, int]:
@@ -1429,18 +1434,7 @@ def segment(
     if color is not None:
         FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=bands)  # check before reading
 
-    new_model = model_factory(
-        model,
-        covariance=covariance,
-        max_iter=max_iter,
-        tol=tol,
-        n_init=n_init,
-        sample=sample,
-        seed=seed,
-        reg_covar=reg_covar,
-        beta=beta,
-        m=m,
-    )
+    new_model = model_factory(model, settings)
     new_model(1)  # make_model checks the options: fail before the slow work
     if isinstance(image, (str, os.PathLike)) and scheduler is None:
         from .budget import check_fits

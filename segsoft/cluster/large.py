@@ -795,19 +795,6 @@ def segment_large(
     spec = FeatureSpec(color=color, spatial_weight=float(spatial_weight), bands=None if bands is None else tuple(bands))
     _check_full_covariance(name, model, covariance, lz, spec)
 
-    new_model = model_factory(
-        model,
-        covariance=covariance,
-        max_iter=max_iter,
-        tol=tol,
-        n_init=n_init,
-        sample=sample,
-        seed=seed,
-        reg_covar=reg_covar,
-        beta=beta,
-        m=m,
-    )
-    estimator = new_model(k_lo if auto else k)
     settings = {
         "k": k,
         "model": model,
@@ -828,6 +815,8 @@ def segment_large(
     }
     if auto:
         settings.update(k_range=[k_lo, k_hi], criterion=criterion)
+    new_model = model_factory(model, settings)
+    estimator = new_model(k_lo if auto else k)
     selection = None
     t_open = time.perf_counter()
     cache_path = None
