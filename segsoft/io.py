@@ -1997,20 +1997,37 @@ def signals_deferred() -> Iterator[None]:
 
     A signal raises (KeyboardInterrupt, or the CLI's terminated error) between
     any two bytecodes: between creating a file and storing its name, the
-    ``finally`` that would remove it cannot know it. Blocked signals are
-    delivered when the block ends, inside the caller's ``try``. Only the main
-    thread receives signals, so elsewhere (and where ``pthread_sigmask`` does
-    not exist) this does nothing.
+    ``finally`` that would remove it cannot know it. Inside the block the
+    Python-level handlers are swapped for one that only records the signal;
+    recorded signals are raised again when the block ends, inside the caller's
+    ``try``. Swapping handlers, not blocking the signal with
+    ``pthread_sigmask``, is what holds when the kernel delivers a ``kill`` to
+    another thread (a writer or BLAS thread): Python then runs the handler in
+    the main thread at its next bytecode, which a mask on the main thread
+    alone does not prevent. Handlers can only be set from the main thread, so
+    elsewhere this does nothing.
     """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous: dict[int, Any] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if handler is None or handler is signal.SIG_IGN:  # set outside Python, or ignored: leave it
+                continue
+            previous[signum] = signal.signal(signum, hold)
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 @contextmanager

@@ -463,3 +463,59 @@ def test_apply_checks_its_options_up_front(tmp_path):
     image = save(tmp_path / "p.png", photo(65))
     assert cli("run", image, "-k", "2", "-o", tmp_path / "o", "-q").returncode == 0
     one_line_error(cli("apply", tmp_path / "o" / "p" / "model.json", image, "--max-pixels", "0"), "--max-pixels")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_delivered_to_another_thread_still_waits_for_the_block(signum):
+    # the kernel hands a process-wide kill to any thread; the handler then runs in
+    # the main thread mid-block unless the block holds it at the Python level
+    import threading
+
+    from segsoft.io import signals_deferred
+
+    class Stop(Exception):
+        pass
+
+    def handler(s, frame):
+        raise Stop
+
+    previous = signal.signal(signum, handler)
+    reached = []
+    try:
+        with pytest.raises(Stop):
+            with signals_deferred():
+                worker = threading.Thread(target=lambda: signal.pthread_kill(threading.get_ident(), signum))
+                worker.start()
+                worker.join()
+                for i in range(10_000):  # many bytecode boundaries where the handler would otherwise run
+                    reached.append(i)
+                reached.append("end")
+        assert reached[-1] == "end"
+        assert signal.getsignal(signum) is handler
+    finally:
+        signal.signal(signum, previous)
+
+
+def test_the_lock_survives_a_kill_taken_by_a_writer_thread(tmp_path):
+    # the failure CI saw: SIGTERM reached a thread while the lock was being released
+    import threading
+
+    from segsoft.io import signals_deferred
+
+    class Stop(Exception):
+        pass
+
+    def handler(s, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Stop):
+            with folder_lock(tmp_path):
+                with signals_deferred():
+                    t = threading.Thread(target=lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM))
+                    t.start()
+                    t.join()
+        assert not (tmp_path / LOCK_NAME).exists()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
