@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1303,9 +1304,23 @@ _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_me
 _IN_WORKER = False  # True in a pool's worker process (set by _init_worker)
 
 
+_task_thread = threading.local()  # .one_core: a scheduler's task thread (a Dask worker's, the threaded scheduler's)
+
+
 def _task_jobs() -> int | None:
     """Threads for one image: 1 in a worker (one process per core already), else all the cores (None)."""
-    return 1 if _IN_WORKER else None
+    return 1 if _IN_WORKER or getattr(_task_thread, "one_core", False) else None
+
+
+def mark_task_thread() -> None:
+    """Say that this thread runs one image among others running beside it: it gets one core.
+
+    A Dask worker runs one task per thread and has as many threads as the
+    cores it was given, as the process pool has one process per core; an
+    image that spread itself over every core there (the default outside a
+    worker) would make each image slower, and the batch with it.
+    """
+    _task_thread.one_core = True
 
 
 def _init_worker() -> None:

@@ -319,3 +319,21 @@ def test_cli_bad_scheduler_value(images, tmp_path):
     done = segsoft_cli("apply", tmp_path / "m.json", images, "--scheduler", "nowhere")
     assert done.returncode == 1
     assert "--scheduler must be local, threads or a Dask scheduler address" in done.stderr
+
+
+def test_an_image_on_a_scheduler_thread_gets_one_core():
+    # a Dask worker or the threaded scheduler runs one image per thread, as the pool runs one
+    # per process: each image on every core would oversubscribe them (50 % slower measured)
+    import threading
+
+    from segsoft.cluster.client import _run, _threaded
+
+    assert batch_module._task_jobs() is None  # the driver's own thread: every core
+    got = dict(_threaded(lambda: batch_module._task_jobs(), [(), ()], 2, set()))
+    assert got == {0: 1, 1: 1}
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(_run(batch_module._task_jobs)))
+    t.start()
+    t.join()
+    assert seen == [1]
+    assert batch_module._task_jobs() is None

@@ -151,18 +151,21 @@ class Executor:
             raise SegsoftError(f"--scheduler {address}: {_one_line(exc)}") from None
 
     def _start_local(self) -> None:
+        import dask
         from distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(
-            n_workers=self.jobs,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # no dashboard, but the scheduler still serves its health routes: on a free port, not 8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.CRITICAL,  # a restarted worker is reported by its image's row, not a log
-        )
+        # no dashboard to show it: the workers' statistical profiler would only take CPU from the images
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            self.cluster = LocalCluster(
+                n_workers=self.jobs,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # no dashboard, but the scheduler still serves its health routes: on a free port, not 8787
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.CRITICAL,  # a restarted worker is reported by its image's row, not a log
+            )
         try:
             self.client = Client(self.cluster, set_as_default=False)
             self.client.register_plugin(_worker_plugin(), name="segsoft-worker")
@@ -266,12 +269,15 @@ _limited = threading.local()
 
 
 def _run(fn: Callable, *args: Any) -> Any:
-    """Run one task in a thread whose BLAS/OpenMP pools are limited to one thread."""
+    """Run one task in a thread whose BLAS/OpenMP pools, and segsoft's own threads, are limited to one."""
     if not getattr(_limited, "done", False):
         with suppress(ImportError):
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(1)
+        from ..batch import mark_task_thread
+
+        mark_task_thread()  # and segsoft's own threads to one: the worker's other threads run other images
         _limited.done = True
     return fn(*args)
 
@@ -323,6 +329,9 @@ def _threaded(fn: Callable, calls: Sequence[tuple], jobs: int, in_flight: Any) -
         if stop.is_set():  # interrupted: the tasks not yet started do nothing
             return
         results.put(("start", i, None))
+        from ..batch import mark_task_thread
+
+        mark_task_thread()
         try:
             value = fn(*calls[i])
         except Exception as exc:  # noqa: BLE001 - returned, as the process pool returns it
