@@ -6,6 +6,7 @@ and times these commands (each in its own process, ``-q``):
 
     k4          segsoft run photo.jpg -k 4
     sample0     segsoft run photo.jpg -k 4 --sample 0
+    sample200k  segsoft run photo.jpg -k 4 --sample 200000   (a pixel sample, given on purpose)
     smooth1     segsoft run photo.jpg -k 4 --smooth 1
     k12regions  segsoft run photo.jpg -k 12 --regions
 
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "k4": ["-k", "4"],
     "sample0": ["-k", "4", "--sample", "0"],
+    "sample200k": ["-k", "4", "--sample", "200000"],
     "smooth1": ["-k", "4", "--smooth", "1"],
     "k12regions": ["-k", "12", "--regions"],
 }
@@ -99,6 +101,11 @@ def main() -> None:
     parser.add_argument("--commands", default=",".join(COMMANDS), help=f"some of {', '.join(COMMANDS)}")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command (medians are reported)")
     parser.add_argument("--baseline", type=Path, help="another segsoft checkout to time side by side")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        help="time this checkout (or a copy of its segsoft package's parent) instead of the installed one",
+    )
     args = parser.parse_args()
     names = args.commands.split(",")
     for name in names:
@@ -126,7 +133,7 @@ def main() -> None:
             w, h = synthesise(mp, photo)
             for name in names:
                 runs: dict[str, list[tuple[float, float]]] = {"new": [], "base": []}
-                sides = [("new", None)] + ([("base", args.baseline)] if args.baseline else [])
+                sides = [("new", args.code)] + ([("base", args.baseline)] if args.baseline else [])
                 outs = {}
                 for i in range(args.repeat):
                     # alternate which side goes first, so neither always runs warm or cold

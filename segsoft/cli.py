@@ -419,8 +419,14 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
     "tol": (float, typer.Option(1e-4, "--tol", help="Stop when the mean log-likelihood changes by less."), "tol"),
     "n_init": (int, typer.Option(1, "--n-init", help="Restarts; the best fit is kept."), "n_init"),
     "sample": (
-        int,
-        typer.Option(200_000, "--sample", help="Fit on this many random pixels, then polish on all (0 = fit on all)."),
+        int | None,
+        typer.Option(
+            None,
+            "--sample",
+            help="Fit on this many random pixels, then polish on all (0 = fit on all). Default: the exact fit on "
+            "every pixel through its distinct colours where that applies (an 8-bit colour image with at most a "
+            "quarter of its pixels distinct, colour-only features, no --smooth), else 200000.",
+        ),
         "sample",
     ),
     "seed": (int, typer.Option(0, "--seed", help="Random seed: same seed, same result."), "seed"),
@@ -534,7 +540,8 @@ def _options(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[
             sources = {_OPTIONS[name][2]: _given(ctx, name) for name in names}
             values = {_OPTIONS[name][2]: kwargs.pop(name) for name in names}
             given = {field for field in _ONLY_WITH if sources.get(field) and values.get(field) is not None}
-            values = {f: v for f, v in values.items() if v is not None or f not in _ONLY_WITH}
+            # --sample left out: SegmentOptions' default (the exact fit where it applies, else a sample)
+            values = {f: v for f, v in values.items() if v is not None or (f not in _ONLY_WITH and f != "sample")}
             for field in _CHOICE_FIELDS:
                 if isinstance(values.get(field), str):
                     values[field] = values[field].strip().lower()

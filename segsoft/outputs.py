@@ -43,6 +43,7 @@ import datetime as _dt
 import errno
 import hashlib
 import io as _io
+import itertools
 import json
 import math
 import os
@@ -96,6 +97,10 @@ __all__ = [
 
 # zlib level 1: PNGs ~10 % larger than the default level 6, written ~4x faster
 PNG_COMPRESS_LEVEL = 1
+# RGB(A) pictures (overlay, montage) are Up-filtered and compressed at level 2 by segsoft itself
+# (_rgb_png_bytes): on a 12 MP overlay smaller than Pillow's level 1 (8.2 against 8.4 MiB) and
+# 2x faster on one thread; palette pictures stay Pillow's at PNG_COMPRESS_LEVEL
+PNG_ZLIB_LEVEL = 2
 MONTAGE_TILE_WIDTH = 256
 
 
@@ -182,8 +187,104 @@ def output_files(k: int, auto: bool = False, regions: bool = False, probabilitie
     )
 
 
+#: Rows of an RGB(A) picture filtered and compressed as one piece (a few MB of scratch at a time).
+_PNG_BAND_ROWS = 256
+#: RGB(A) pictures of at least this many pixels are compressed in this many deflate segments at once.
+_PNG_PARALLEL_PIXELS = 1 << 20
+_PNG_SEGMENTS = 2
+_ADLER_BASE = 65521
+
+
+def _adler32_combine(a1: int, a2: int, len2: int) -> int:
+    """zlib's ``adler32_combine``: the Adler-32 of A + B from those of A and B and B's length."""
+    rem = len2 % _ADLER_BASE
+    sum1 = (a1 & 0xFFFF) + (a2 & 0xFFFF) + _ADLER_BASE - 1
+    sum2 = rem * (a1 & 0xFFFF) + (a1 >> 16) + (a2 >> 16) + _ADLER_BASE - rem
+    return (sum1 % _ADLER_BASE) | ((sum2 % _ADLER_BASE) << 16)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _deflate_rows(rows: np.ndarray, above: np.ndarray | None, last: bool) -> tuple[bytes, int, int]:
+    """Raw deflate of PNG scanlines ``rows`` (uint8 (n, W * C)) under the Up filter.
+
+    ``above`` is the row before the first (None at the top of the picture). Returns the
+    compressed bytes (ending in a sync flush, or the final block where ``last``), the
+    Adler-32 of the filtered bytes and their length, so segments made on several threads
+    join into one zlib stream (zlib and numpy release the GIL on this work).
+    """
+    import zlib
+
+    comp = zlib.compressobj(PNG_ZLIB_LEVEL, zlib.DEFLATED, -15)
+    parts, adler, length = [], 1, 0
+    n, width = rows.shape
+    line = np.empty((min(_PNG_BAND_ROWS, n), width + 1), np.uint8)
+    line[:, 0] = 2  # filter type Up: each byte minus the one above it (mod 256)
+    for a in range(0, n, _PNG_BAND_ROWS):
+        band = rows[a : a + _PNG_BAND_ROWS]
+        m = band.shape[0]
+        out = line[:m]
+        prev = above if a == 0 else rows[a - 1]
+        if prev is None:
+            out[0, 1:] = band[0]
+        else:
+            np.subtract(band[0], prev, out=out[0, 1:])
+        np.subtract(band[1:], band[:-1], out=out[1:, 1:])
+        data = out.data if out.flags.c_contiguous else out.tobytes()
+        adler = zlib.adler32(data, adler)
+        length += out.size
+        parts.append(comp.compress(data))
+    parts.append(comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
+    return b"".join(parts), adler, length
+
+
+def _rgb_png_bytes(picture: np.ndarray) -> bytes:
+    """An 8-bit RGB or RGBA PNG of ``picture`` (uint8 (H, W, 3 or 4)), Up-filtered, at zlib level
+    :data:`PNG_ZLIB_LEVEL`, a large one compressed in :data:`_PNG_SEGMENTS` pieces on as many threads.
+
+    Same pixels as Pillow's PNG; on a 12 MP overlay 2x faster on one thread and a smaller file
+    (the Up filter at level 2: 8.2 MiB, Pillow's adaptive filters at level 1: 8.4 MiB).
+    """
+    import struct
+
+    h, w, c = picture.shape
+    rows = np.ascontiguousarray(picture).reshape(h, w * c)
+    cuts = [0, h]
+    if h * w >= _PNG_PARALLEL_PIXELS and h >= 2 * _PNG_SEGMENTS:
+        cuts = [round(i * h / _PNG_SEGMENTS) for i in range(_PNG_SEGMENTS + 1)]
+    jobs = [(rows[a:b], rows[a - 1] if a > 0 else None, b == h) for a, b in itertools.pairwise(cuts)]
+    if len(jobs) > 1:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            pieces = list(pool.map(lambda job: _deflate_rows(*job), jobs))
+    else:
+        pieces = [_deflate_rows(*jobs[0])]
+    adler = pieces[0][1]
+    for _, part_adler, length in pieces[1:]:
+        adler = _adler32_combine(adler, part_adler, length)
+    level_bits = 0x01 if PNG_ZLIB_LEVEL < 2 else 0x5E  # FLEVEL (informative) with a valid FCHECK
+    header = bytes([0x78, level_bits])
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2 if c == 3 else 6, 0, 0, 0)
+    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", header)]
+    out += [_png_chunk(b"IDAT", piece) for piece, _, _ in pieces]
+    out += [_png_chunk(b"IDAT", struct.pack(">I", adler)), _png_chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
 def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
     extra: dict[str, Any] = {}
+    if (
+        isinstance(picture, np.ndarray)
+        and picture.dtype == np.uint8
+        and picture.ndim == 3
+        and picture.shape[2] in (3, 4)
+        and picture.shape[0] * picture.shape[1] > 0
+    ):
+        return _rgb_png_bytes(picture)
     if isinstance(picture, render.IndexedImage):
         img = PILImage.fromarray(picture.indices)
         img.putpalette(picture.palette.tobytes())  # turns the L image into P
@@ -225,8 +326,7 @@ def model_record(seg: SoftSegmentation) -> dict[str, Any]:
     [38, 22, 17]
     """
     model = seg.model
-    labels = seg.labels
-    counts = np.bincount(labels[labels >= 0].ravel(), minlength=seg.k)
+    counts = seg.label_counts
     spec = seg.spec
     mean_color = spec.features_to_color(model.means_)
     weights = getattr(model, "weights_", np.full(seg.k, np.nan))
@@ -651,7 +751,12 @@ def write(
     protect = [seg.image.path, *protect]
     check_targets(folder, protect)
     _prepare_folder(folder)
-    with folder_lock(folder):
+    from threadpoolctl import threadpool_limits
+
+    # BLAS on one thread, as in segment(): the pictures' skinny products (the overlay's blend,
+    # the mean colours, the regions) gain nothing from OpenBLAS's threads, and on a busy machine
+    # those threads spin against other processes (the 12 MP overlay took 3.0 s instead of 0.3 s)
+    with folder_lock(folder), threadpool_limits(1, user_api="blas"):
         check_targets(folder, protect)  # again, now that no one else can change the folder
         return _write_locked(seg, folder, alpha, cmap, montage, regions, region_threshold, stored)
 
@@ -739,13 +844,16 @@ def _write_locked(
             submit(put_ucm)
             put_png("boundaries.png", boundary_image(ucm))
         tiles = []  # shrunk as they are made: the montage never holds every full-size picture
+        # the original's tile (a block mean of the whole image) on a worker while the pictures render
+        original = pool.submit(seg.original, MONTAGE_TILE_WIDTH, None, True) if montage else None
         for name, title, make in seg.pictures(alpha, cmap, regions, region_threshold):
             picture = make()
             put_png(name, picture)
             if montage:
                 tiles.append((name, title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
         if montage:
-            put_png("montage.png", seg.montage_sheet(tiles, cmap=cmap, tile_width=MONTAGE_TILE_WIDTH))
+            sheet = seg.montage_sheet(tiles, cmap=cmap, tile_width=MONTAGE_TILE_WIDTH, original=original.result())
+            put_png("montage.png", sheet)
         if seg.selection is not None:
             put_png("k_selection.png", render.selection_plot(seg.selection))
         for job in pending:

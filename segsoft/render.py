@@ -897,10 +897,20 @@ def shrink(picture: np.ndarray | IndexedImage, width: int, height: int | None = 
         fy, fx = fy // sy, fx // sx
     if fy < 2 and fx < 2:
         return np.asarray(picture)
-    img = Image.fromarray(np.ascontiguousarray(picture))
-    if img.mode == "RGBA":  # averaged premultiplied, so masked pixels' colour does not bleed in
-        return np.asarray(img.convert("RGBa").reduce((fx, fy)).convert("RGBA"))
-    return np.asarray(img.reduce((fx, fy)))
+    picture = np.asarray(picture)
+
+    def reduce(part: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(np.ascontiguousarray(part))
+        if img.mode == "RGBA":  # averaged premultiplied, so masked pixels' colour does not bleed in
+            return np.asarray(img.convert("RGBa").reduce((fx, fy)).convert("RGBA"))
+        return np.asarray(img.reduce((fx, fy)))
+
+    # in bands of whole blocks (a multiple of fy rows, about a quarter megapixel): the same
+    # block averages without Pillow's full-size copy of the picture (4 bytes a pixel)
+    band = fy * max(1, (1 << 18) // max(picture.shape[1] * fy, 1))
+    if picture.shape[0] <= band:
+        return reduce(picture)
+    return np.concatenate([reduce(picture[a : a + band]) for a in range(0, picture.shape[0], band)])
 
 
 def checkerboard(width: int, height: int, square: int = _CHECKER_SQUARE) -> np.ndarray:

@@ -44,7 +44,32 @@ PALETTES = ("categorical", "mean")
 _ENTROPY_TICKS = ((0.0, "0 certain"), (0.5, "0.5"), (1.0, "1 split evenly"))
 _THUMB_TILE = 160  # the notebook thumbnail's tile width: four tiles make a 680-pixel sheet
 
-DEFAULT_SAMPLE = 200_000
+
+class _DefaultSample(int):
+    """The default ``sample``: 200000, told apart from the same number given on purpose.
+
+    Left at this default, :func:`segment` fits the exact full-data EM on the image's
+    distinct colours where that applies (8-bit colour with at most a quarter of the
+    pixels distinct, colour-only features, no smoothing; fixed k or ``"auto"``) and
+    samples this many pixels elsewhere; ``sample=200000``
+    typed out always samples. It is an ``int`` everywhere else (``model.json``,
+    option checks), and pickles as itself, so batch workers see the default too.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Any:
+        return (_DefaultSample, (int(self),))
+
+
+DEFAULT_SAMPLE = _DefaultSample(200_000)
+
+
+def is_default_sample(sample: Any) -> bool:
+    """Whether ``sample`` is :data:`DEFAULT_SAMPLE` left at the default (not a number given)."""
+    return isinstance(sample, _DefaultSample)
+
+
 # MAX_K (segsoft.limits) is the most clusters the pipeline fits: every cluster adds an output picture,
 # a montage tile and a probabilities plane, so an unbounded k (-k 500, n_components=10000) means minutes
 # of work, hundreds of files and gigabytes; -k auto fits every k up to it. The engines allow any k.
@@ -107,6 +132,11 @@ class SoftSegmentation:
     palette: str = field(default="categorical", init=False, compare=False)
     # A preview (see _preview) describes the full segmentation it was cut from, not its own small arrays.
     _source: Any = field(default=None, init=False, repr=False, compare=False)
+    # The exact fit on distinct colours: (inverse, int32 (n_used,), the distinct colour of each used
+    # pixel; memberships of each distinct colour, float32 (n_d, k); its pixel count, float64 (n_d,);
+    # the colours, float32 (n_d, 3), as in the image's pixels),
+    # so per-pixel pictures are one gather from per-colour values; None otherwise.
+    _distinct: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         """A line a notebook can show: the image, its size, k, the model and the score; never an array.
@@ -139,11 +169,30 @@ class SoftSegmentation:
     @cached_property
     def labels(self) -> np.ndarray:
         """Hard labels (H, W): the most probable cluster; -1 where masked."""
-        # masked (NaN) pixels come out as 0 here and are set to -1 below
-        labels = np.argmax(self.probabilities, axis=-1).astype(np.int32)
+        if self._distinct is not None:  # one argmax per distinct colour, gathered: the same labels
+            inverse, table = self._distinct[0], self._distinct_labels
+            if self.mask is None:
+                out = np.empty(inverse.size, np.int32)
+                return _gather_rows(table, inverse, out).reshape(self.probabilities.shape[:2])
+            labels = np.full(self.probabilities.shape[:2], -1, dtype=np.int32)
+            labels[self.mask] = table[inverse]
+            return labels
+        # masked (NaN) pixels come out as 0 here and are set to -1 below; in chunks, so
+        # there is no image-sized int64 argmax besides the int32 labels
+        flat = self.probabilities.reshape(-1, self.k)
+        labels = np.empty(flat.shape[0], dtype=np.int32)
+        step = 1 << 18
+        for s in range(0, flat.shape[0], step):
+            labels[s : s + step] = np.argmax(flat[s : s + step], axis=-1)
+        labels = labels.reshape(self.probabilities.shape[:2])
         if self.mask is not None:
             labels[~self.mask] = -1
         return labels
+
+    @cached_property
+    def _distinct_labels(self) -> np.ndarray:
+        """After the exact fit on distinct colours: each distinct colour's label, int32 (n_d,)."""
+        return np.argmax(self._distinct[1], axis=-1).astype(np.int32)
 
     @cached_property
     def hierarchy(self) -> RegionHierarchy:
@@ -230,6 +279,13 @@ class SoftSegmentation:
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """Soft overlay, uint8 RGB: each pixel blends the cluster colours by its memberships."""
+        if self._distinct is not None and self.mask is None and self.image.bands is self.image.pixels:
+            # a pixel's blend depends on its colour and memberships only: once per distinct colour
+            # (the colours are the bands': not where --display-bands shows another composite)
+            inverse, per_colour, _, colours = self._distinct
+            table = render.soft_overlay(colours[None], per_colour[None], alpha=alpha, colors=self.colors)[0]
+            h, w = self.probabilities.shape[:2]
+            return _gather_rows(table, inverse, np.empty((h * w, 3), np.uint8)).reshape(h, w, 3)
         return render.soft_overlay(
             self.image.pixels, self.probabilities, alpha=alpha, colors=self.colors, mask=self.mask
         )
@@ -274,10 +330,9 @@ class SoftSegmentation:
         ['overlay.png', 'labels.png', 'uncertainty.png', 'prob_0.png', 'prob_1.png']
         """
         check_regions_flag(regions)
-        labels = self.labels
         pics = [
             ("overlay.png", "soft overlay", lambda: render.with_alpha(self.overlay(alpha), self.mask)),
-            ("labels.png", "labels", lambda: render.label_indexed(labels, colors=self.colors, k=self.k)),
+            ("labels.png", "labels", self._label_picture),
         ]
         if regions:
 
@@ -287,17 +342,46 @@ class SoftSegmentation:
 
             pics.append(("regions.png", "regions", region_picture))
         pics += [
-            ("uncertainty.png", "uncertainty", lambda: render.uncertainty_indexed(self.probabilities, mask=self.mask)),
+            (
+                "uncertainty.png",
+                "uncertainty",
+                lambda: self._per_pixel(lambda p, mask: render.uncertainty_indexed(p, mask=mask)),
+            ),
         ]
         pics += [
             (
                 f"prob_{j}.png",
                 f"cluster {j}",
-                lambda j=j: render.heatmap_indexed(self.probabilities, j, cmap, self.mask),
+                lambda j=j: self._per_pixel(lambda p, mask: render.heatmap_indexed(p, j, cmap, mask)),
             )
             for j in range(self.k)
         ]
         return pics
+
+    def _label_picture(self) -> Any:
+        """:func:`segsoft.render.label_indexed` of :attr:`labels`; after the exact fit on distinct
+        colours (no mask) drawn per colour and gathered, without the image-sized labels."""
+        if self._distinct is not None and self.mask is None and "labels" not in self.__dict__:
+            pic = render.label_indexed(self._distinct_labels[None], colors=self.colors, k=self.k)
+            if isinstance(pic, render.IndexedImage):
+                inverse = self._distinct[0]
+                out = _gather_rows(pic.indices[0], inverse, np.empty(inverse.size, np.uint8))
+                return render.IndexedImage(out.reshape(self.probabilities.shape[:2]), pic.palette, pic.transparent)
+        return render.label_indexed(self.labels, colors=self.colors, k=self.k)
+
+    def _per_pixel(self, make: Callable[[np.ndarray, np.ndarray | None], render.IndexedImage]) -> render.IndexedImage:
+        """``make(memberships, mask)``, a picture whose every pixel depends on its own memberships only.
+
+        After the exact fit on distinct colours (no mask) it is drawn once per distinct
+        colour and gathered back by each pixel's colour: the same picture, a fraction of
+        the work.
+        """
+        if self._distinct is None or self.mask is not None:
+            return make(self.probabilities, self.mask)
+        inverse, per_colour = self._distinct[:2]
+        pic = make(per_colour[None], None)
+        out = _gather_rows(pic.indices[0], inverse, np.empty(inverse.size, np.uint8))
+        return render.IndexedImage(out.reshape(self.probabilities.shape[:2]), pic.palette, pic.transparent)
 
     def original(self, width: int | None = None, height: int | None = None, alpha: bool = False) -> np.ndarray:
         """The input image as uint8 RGB, optionally shrunk for a montage tile.
@@ -399,6 +483,7 @@ class SoftSegmentation:
         columns: int | None = None,
         header: bool = True,
         return_layout: bool = False,
+        original: np.ndarray | None = None,
     ) -> Any:
         """The montage of pictures already made: :meth:`pictures`' (file name, title, picture) triples.
 
@@ -409,7 +494,9 @@ class SoftSegmentation:
         pictures may be shrunk already (:func:`segsoft.render.shrink`), which
         keeps a caller rendering full-size files from holding them all.
         With ``header=False`` the header is left out; with ``return_layout``
-        the :class:`~segsoft.render.MontageLayout` is returned too.
+        the :class:`~segsoft.render.MontageLayout` is returned too. ``original``
+        is the original's tile when already made
+        (``self.original(tile_width, tile_height, alpha=True)``).
 
         Examples
         --------
@@ -420,7 +507,9 @@ class SoftSegmentation:
         True
         """
         shares = self.shares
-        tiles = [render.Tile("original", self.original(tile_width, tile_height, alpha=True))]
+        if original is None:
+            original = self.original(tile_width, tile_height, alpha=True)
+        tiles = [render.Tile("original", original)]
         for name, title, picture in pictures:
             if name == "uncertainty.png":
                 tiles.append(render.Tile(title, picture, colorbar="magma", ticks=_ENTROPY_TICKS))
@@ -452,8 +541,21 @@ class SoftSegmentation:
         >>> segment(rgb, k=2).shares.tolist()
         [0.75, 0.25]
         """
-        counts = np.bincount(self.labels.ravel() + 1, minlength=self.k + 1)[1:]  # label -1 (masked) falls in bin 0
+        counts = self.label_counts
         return counts / max(int(counts.sum()), 1)
+
+    @cached_property
+    def label_counts(self) -> np.ndarray:
+        """Used pixels whose most probable cluster is each cluster, int64 (k,)."""
+        if self._distinct is not None:  # from each distinct colour's label and pixel count
+            counts = np.bincount(self._distinct_labels, weights=self._distinct[2], minlength=self.k)
+            return np.rint(counts).astype(np.int64)
+        flat = self.labels.reshape(-1)
+        counts = np.zeros(self.k + 1, dtype=np.int64)
+        step = 1 << 20  # in chunks: no image-sized int64 copy of the labels
+        for s in range(0, flat.size, step):
+            counts += np.bincount(flat[s : s + step] + 1, minlength=self.k + 1)  # label -1 (masked): bin 0
+        return counts[1:]
 
     @property
     def model_name(self) -> str:
@@ -837,7 +939,7 @@ def make_model(
     FuzzyCMeans(n_components=3, m=1.5, ...)
     """
     _check_k_cap(k)
-    common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=sample or None)
+    common = dict(max_iter=max_iter, tol=tol, n_init=n_init, seed=seed, sample_size=int(sample) if sample else None)
     if beta is not None and model != "soft-kmeans":
         raise SegsoftError(f"beta (the stiffness) is a soft-kmeans option, not one of {model}")
     if model == "gmm":
@@ -1107,83 +1209,134 @@ def _memberships(image: Image, model: Any, X: np.ndarray) -> tuple[np.ndarray, f
 EXACT_DISTINCT_SHARE = 0.25
 
 
+#: From this many used pixels on, distinct colours are counted in 2^24 bins (fixed 192 MB, linear
+#: time) rather than by a sort (about 24 bytes a pixel while it runs, n log n time).
+_DISTINCT_BINCOUNT_PIXELS = 1 << 23
+
+
 def _distinct_colors(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The distinct colours of an 8-bit RGB image's used pixels, cheaply.
 
-    Returns (one pixel index (into the flat used bands) per distinct colour, counts (float64),
-    inverse (the distinct colour of each used pixel)), or None where the image is not
-    8-bit 3-band colour. Colours are keyed by a 24-bit code; a bincount over the 2^24
-    codes replaces a sort.
+    Returns (the distinct colours, float32 (n_d, 3), exactly as in the bands; counts
+    (float64); inverse (int32: the distinct colour of each used pixel)), or None where
+    the image is not 8-bit 3-band colour, or its bands are not all exact 8-bit values
+    ``v / 255``. Colours are keyed by a 24-bit code; a bincount over the 2^24 codes
+    replaces a sort, and the colours come back from the codes (no scatter of every
+    pixel's index).
     """
+    from .io import _LUT8
+
     if not image.is_color or image.n_bands != 3 or image.bit_depth != 8:
         return None
     flat = image.bands.reshape(-1, 3)
     rows = None if image.mask is None else np.flatnonzero(image.mask.ravel())
     n = flat.shape[0] if rows is None else rows.size
-    codes = np.empty(n, dtype=np.int32)
-    step = 1 << 20
+    codes = np.empty(n, dtype=np.intp)  # intp: what bincount takes without a converted copy
+    step = 1 << 16  # chunks that stay in cache
+    scaled = np.empty((step, 3), dtype=np.float32)
+    byte = np.empty((step, 3), dtype=np.intp)
     for s in range(0, n, step):
         block = flat[s : s + step] if rows is None else flat[rows[s : s + step]]
-        b = np.rint(block * np.float32(255.0)).astype(np.int32)
-        codes[s : s + step] = (b[:, 0] << 16) | (b[:, 1] << 8) | b[:, 2]
-    counts = np.bincount(codes, minlength=1 << 24)
-    present = np.flatnonzero(counts)
-    lookup = np.empty(1 << 24, dtype=np.int32)
-    lookup[present] = np.arange(present.size, dtype=np.int32)
-    inverse = lookup[codes]
-    rep = np.empty(present.size, dtype=np.int64)
-    rep[inverse] = np.arange(n)  # any pixel of the colour: all have the same bands
-    return rep, counts[present].astype(np.float64), inverse
+        m = block.shape[0]
+        np.multiply(block, np.float32(255.0), out=scaled[:m])
+        np.rint(scaled[:m], out=scaled[:m])
+        np.copyto(byte[:m], scaled[:m], casting="unsafe")
+        np.clip(byte[:m], 0, 255, out=byte[:m])  # NaN or out-of-range values fail the check below
+        if not np.array_equal(_LUT8[byte[:m]], block):
+            return None  # not exact 8-bit values (e.g. an Image made from floats)
+        code = codes[s : s + m]
+        np.left_shift(byte[:m, 0], 16, out=code)
+        code |= byte[:m, 1] << 8
+        code |= byte[:m, 2]
+    if n < _DISTINCT_BINCOUNT_PIXELS:
+        # a sort: memory in proportion to the image, where the 192 MB of bins would cost more
+        # than the per-pixel features the exact fit saves (same colours, order and counts)
+        present, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+        del codes
+        inverse = inverse.astype(np.int32).reshape(-1)
+        weights = counts.astype(np.float64)
+    else:
+        counts = np.bincount(codes, minlength=1 << 24)
+        present = np.flatnonzero(counts)
+        weights = counts[present].astype(np.float64)
+        del counts
+        lookup = np.empty(1 << 24, dtype=np.int32)
+        lookup[present] = np.arange(present.size, dtype=np.int32)
+        inverse = lookup[codes]
+        del codes, lookup
+    colors = np.empty((present.size, 3), dtype=np.float32)
+    colors[:, 0] = _LUT8[present >> 16]
+    colors[:, 1] = _LUT8[(present >> 8) & 255]
+    colors[:, 2] = _LUT8[present & 255]
+    return colors, weights, inverse
 
 
 def _exact_distinct_fit(
     img: Image,
     spec: FeatureSpec,
-    estimator: Any,
-    progress: Callable | None,
+    fit: Callable[[np.ndarray, np.ndarray, Callable[[np.ndarray | None], np.ndarray]], Any],
+    k_min: int,
     stage: Callable[[str], None] = lambda name: None,
-) -> tuple[np.ndarray, float, FeatureSpec, Any, int] | None:
+    check: Callable[[np.ndarray, FeatureSpec], None] | None = None,
+) -> tuple[np.ndarray, float, FeatureSpec, Any, tuple[np.ndarray, ...]] | None:
     """The full-data EM fitted on the distinct colours with their counts as weights.
 
     Features are computed once per distinct colour (with the standardisation fitted on
     the whole image, as :func:`extract` does), the model is fitted on them weighted by
-    the counts, and the memberships are computed once per colour and gathered back.
-    Returns (probabilities (H, W, k), mean log-likelihood, fitted spec, estimator,
-    distinct colours), or None where it does not apply (not 8-bit RGB, or too many
-    distinct colours to pay).
+    the counts (``fit(features, counts, pixel_rows)`` returns the fitted model;
+    ``pixel_rows(indices or None)`` gives the features of those used pixels, for the
+    criteria of ``k="auto"``), and the memberships are computed once per colour and
+    gathered back. Returns (probabilities (H, W, k), mean log-likelihood, fitted spec,
+    estimator, (inverse, memberships, counts and colours of the distinct colours)), or
+    None where it does not apply (not 8-bit RGB, fewer distinct colours than ``k_min``,
+    or too many to pay).
     """
     from dataclasses import replace
 
     from .features import _fit_standardization, _resolve
 
+    if not img.is_color or img.n_bands != 3 or img.bit_depth != 8:
+        return None
     found = _distinct_colors(img)
     if found is None:
         return None
-    rep, counts, inverse = found
-    n_d, k = rep.size, estimator.n_components
-    if n_d > EXACT_DISTINCT_SHARE * img.n_used or n_d < k:
+    colors, counts, inverse = found
+    n_d = colors.shape[0]
+    if n_d > EXACT_DISTINCT_SHARE * img.n_used or n_d < k_min:
         return None
     spec, src, cols = _resolve(img, spec)
     if spec.standardize and spec.offset is None:
         rows = None if img.mask is None else np.flatnonzero(img.mask.ravel())
         spec = _fit_standardization(spec, img, src, cols, rows, img.bit_depth == 8)
-    flat = img.bands.reshape(-1, 3)
-    src_rows = rep if img.mask is None else np.flatnonzero(img.mask.ravel())[rep]
-    colors = np.ascontiguousarray(flat[src_rows][None])
-    palette = replace(img, pixels=colors, bands=None, mask=None)
+    palette = replace(img, pixels=colors[None], bands=None, mask=None)
     Xd = extract(palette, spec)
-    stage("fitting")
-    estimator.fit(Xd, progress=progress, sample_weight=counts)
+    if check is not None:  # e.g. grey or hsv features that merge colours: as many distinct rows as k?
+        check(Xd, spec)
+
+    def pixel_rows(idx: np.ndarray | None) -> np.ndarray:
+        return Xd[inverse] if idx is None else Xd[inverse[idx]]
+
+    estimator = fit(Xd, counts, pixel_rows)
+    k = estimator.n_components
     stage("memberships")
     probs_d = np.empty((n_d, k), dtype=np.float32)
     _, mean = estimator.predict_proba_and_score(Xd, out=probs_d, sample_weight=counts)
     h, w = img.height, img.width
     if img.mask is None:
-        probs = probs_d[inverse]
+        probs = np.empty((h * w, k), dtype=np.float32)
+        _gather_rows(probs_d, inverse, probs)
     else:
         probs = np.full((h * w, k), np.nan, dtype=np.float32)
         probs[img.mask.ravel()] = probs_d[inverse]
-    return probs.reshape(h, w, k), float(mean), spec, estimator, n_d
+    return probs.reshape(h, w, k), float(mean), spec, estimator, (inverse, probs_d, counts, colors)
+
+
+def _gather_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[:] = table[index]`` in cache-sized chunks (no index copy per chunk)."""
+    step = 1 << 18
+    for s in range(0, index.size, step):
+        np.take(table, index[s : s + step], axis=0, out=out[s : s + step])
+    return out
 
 
 def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -1208,35 +1361,55 @@ def _fit_grid(image: Image, sample: int | None) -> tuple[np.ndarray, np.ndarray]
 FINAL_SWEEPS = 10  # checkerboard sweeps for the memberships of the final model
 
 
-def _smoothed_memberships(image: Image, model: Any, X: np.ndarray, smoothing: float) -> tuple[np.ndarray, float]:
+def _smoothed_memberships(image: Image, model: Any, X: np.ndarray | list, smoothing: float) -> tuple[np.ndarray, float]:
     """Memberships under the spatial prior on the full grid, and the mean
-    log-likelihood of the pixels under the fitted mixture."""
+    log-likelihood of the pixels under the fitted mixture.
+
+    ``X`` may come as a one-item list, which is emptied: the features are then freed
+    as soon as the log-joint is made (it goes straight onto the grid, chunk by chunk),
+    so the image-sized arrays alive at once are the log-joint grid and the memberships.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from .mixture import current_threads
 
+    if isinstance(X, list):
+        X = X.pop()
     h, w, k = image.height, image.width, model.n_components
-    log_joint = model.weighted_log_prob(X, out=np.empty((X.shape[0], k), dtype=np.float32))
-    step = 1 << 18
+    n = X.shape[0]
+    step = 1 << 18  # a multiple of the models' chunk_size: the same numbers as one call on all rows
 
-    def chunk_total(a: int) -> float:  # log-sum-exp in chunks: no full-size temporary
-        block = log_joint[a : a + step]
+    def chunk_total(block: np.ndarray) -> float:  # log-sum-exp of a chunk's rows
         top = block.max(axis=1, keepdims=True)
         return float(np.sum(top[:, 0] + np.log(np.exp(block - top).sum(axis=1)), dtype=np.float64))
 
-    starts = range(0, log_joint.shape[0], step)
-    jobs = min(current_threads(), len(starts))
-    if jobs > 1:
-        with ThreadPoolExecutor(jobs) as ex:
-            parts = list(ex.map(chunk_total, starts))
-    else:
-        parts = [chunk_total(a) for a in starts]
-    total = 0.0
-    for part in parts:  # in chunk order: the same sum on any number of threads
-        total += part
-    mean = total / max(log_joint.shape[0], 1)
-    # smooth(): the objective (a full pass over the grid) is not needed here
-    c = PottsPrior((h, w), smoothing, image.mask).smooth(log_joint, sweeps=FINAL_SWEEPS)
+    grid = np.empty((k, h, w), np.float32) if image.mask is None else np.zeros((k, h, w), np.float32)
+    flat = grid.reshape(k, h * w)
+    used = None if image.mask is None else np.flatnonzero(image.mask.ravel())
+    jobs = min(current_threads(), max(1, -(-n // step)))
+    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        parts: list[Any] = []
+        for a in range(0, n, step):
+            block = model.weighted_log_prob(X[a : a + step], out=np.empty((min(step, n - a), k), dtype=np.float32))
+            # on another core while the next chunk is made
+            parts.append(pool.submit(chunk_total, block) if pool is not None else chunk_total(block))
+            if used is None:
+                flat[:, a : a + step] = block.T
+            else:
+                flat[:, used[a : a + step]] = block.T
+        del X, flat  # flat is a view of the grid: it would keep it alive
+        total = 0.0
+        for part in parts:  # in chunk order: the same sum on any number of threads
+            total += part.result() if pool is not None else part
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    mean = total / max(n, 1)
+    # smooth_grid(): the objective (a full pass over the grid) is not needed here
+    log_joint = [grid]
+    del grid  # smooth_grid frees it before the memberships' rows are made
+    c = PottsPrior((h, w), smoothing, image.mask).smooth_grid(log_joint, sweeps=FINAL_SWEEPS)
     if image.mask is None:
         return c.astype(np.float32, copy=False).reshape(h, w, k), mean
     probs = np.full((h * w, k), np.nan, dtype=np.float32)
@@ -1347,7 +1520,15 @@ def segment(
         EM settings, as in :class:`~segsoft.mixture.GaussianMixture`.
     sample : int or None
         Fit on this many random pixels, then polish on all of them; None or 0
-        fits on every pixel (slower on big images, same answer to ~1e-4).
+        fits on every pixel (the exact full-data EM). Left at the default
+        (:data:`DEFAULT_SAMPLE`, 200000), the fit is the exact one on the
+        image's distinct colours where that applies (8-bit colour with at most
+        a quarter of the pixels distinct, colour-only features, no
+        ``smoothing``; ``settings["exact_fit"]`` says so): about as fast as the
+        sample there, and the same answer as every pixel. With ``k="auto"``
+        each candidate is the exact fit and the criteria are computed on the
+        same seeded sample of pixels as before. ``sample=200000`` given on
+        purpose always samples.
     beta : float or None
         Soft k-means stiffness (None learns it).
     m : float
@@ -1486,17 +1667,52 @@ def segment(
         timings = {"read": t_read - t0, "features": 0.0, "fit": t_pred - t_feat, "memberships": 0.0, "total": t_pred - t0}
         return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, None)
     _check_full_covariance(name, model, covariance, img, spec)
-    if not auto and smoothing == 0 and spatial_weight == 0 and k > 1 and not sample:
+    if smoothing == 0 and spatial_weight == 0 and (auto or k > 1) and (not sample or is_default_sample(sample)):
         # colour-only features of a photo with few distinct colours: the full-data EM on
         # each distinct colour weighted by its count is the EM on every pixel, far cheaper
+        # (and cheaper than a sample's fit and polish, so the default where it applies)
         t_feat = time.perf_counter()
+        exact_model = model_factory(model, {**settings, "sample": None})
+        selection = None
+
+        def check(Xd: np.ndarray, fitted: FeatureSpec) -> None:
+            nonlocal k_hi
+            if check_distinct and color in _MANY_TO_ONE:  # as the per-pixel path below does
+                distinct = _count_distinct(Xd[:, : fitted.n_color], k_hi if auto else k)
+                _refuse_too_few(name, color, k_min, distinct)
+                if auto:
+                    k_hi = min(k_hi, distinct)
+
+        def fit(Xd: np.ndarray, counts: np.ndarray, pixel_rows: Callable[[np.ndarray | None], np.ndarray]) -> Any:
+            nonlocal selection
+            if not auto:
+                stage("fitting")
+                return exact_model(k).fit(Xd, progress=progress, sample_weight=counts)
+            # every candidate the exact fit; the criteria on the same pixels as the per-pixel
+            # path (a seeded sample of ``sample`` of them, or all), so the same choice rule
+            chosen, selection = select_k(
+                None,
+                range(k_lo, k_hi + 1),
+                exact_model,
+                criterion,
+                seed=seed,
+                sample=sample,
+                progress=progress,
+                on_stage=on_stage,
+                n_rows=img.n_used,
+                fit=lambda est, prog: est.fit(Xd, progress=prog, sample_weight=counts),
+                take_rows=pixel_rows,
+            )
+            return chosen
+
         try:
-            exact = _exact_distinct_fit(img, spec, new_model(k), progress, stage)
+            exact = _exact_distinct_fit(img, spec, fit, k_min, stage, check)
         except ValueError as exc:
             raise SegsoftError(f"{name}: {exc}") from exc
         if exact is not None:
-            probs, mean, spec, estimator, n_distinct = exact
-            settings["exact_fit"] = {"rows": "distinct colours", "distinct": int(n_distinct)}
+            probs, mean, spec, estimator, distinct_rows = exact
+            # "sample" stays as given (what --skip-existing compares); this says what was done
+            settings["exact_fit"] = {"rows": "distinct colours", "distinct": int(distinct_rows[1].shape[0])}
             t_pred = time.perf_counter()
             timings = {
                 "read": t_read - t0,
@@ -1505,7 +1721,9 @@ def segment(
                 "memberships": 0.0,
                 "total": t_pred - t0,
             }
-            return SoftSegmentation(img, probs, estimator, spec, mean, settings, timings, None)
+            seg = SoftSegmentation(img, probs, estimator, spec, mean, settings, timings, selection)
+            seg._distinct = distinct_rows
+            return seg
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
     if check_distinct and color in _MANY_TO_ONE:
@@ -1545,7 +1763,9 @@ def segment(
     t_fit = time.perf_counter()
     stage("memberships")
     if smoothing > 0:
-        probs, mean = _smoothed_memberships(img, estimator, X, smoothing)
+        features = [X]
+        del X  # freed inside once the log-joint is made
+        probs, mean = _smoothed_memberships(img, estimator, features, smoothing)
     else:
         probs, mean = _memberships(img, estimator, X)
     t_pred = time.perf_counter()
@@ -1687,7 +1907,9 @@ def apply_model(
     if smoothing is None:
         smoothing = float((settings or {}).get("smoothing") or 0.0)
     if smoothing > 0 and hasattr(model, "weighted_log_prob"):
-        probs, mean = _smoothed_memberships(img, model, X, smoothing)
+        features = [X]
+        del X
+        probs, mean = _smoothed_memberships(img, model, features, smoothing)
     else:
         smoothing = 0.0
         probs, mean = _memberships(img, model, X)

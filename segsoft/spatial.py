@@ -235,6 +235,10 @@ class PottsPrior:
         """The sweeps of :meth:`memberships`: (memberships, log-joint), both on the grid (K, H, W)."""
         lj = np.asarray(log_joint)
         lj = self._to_grid(lj if lj.dtype in (np.float32, np.float64) else lj.astype(np.float64))
+        return self._run_grid(lj, sweeps), lj
+
+    def _run_grid(self, lj: np.ndarray, sweeps: int | None) -> np.ndarray:
+        """The sweeps on a log-joint already on the grid (K, H, W), zero where masked: the memberships."""
         if self._c is None or self._c.shape != lj.shape:
             c = lj - lj.max(axis=0)
             np.exp(c, out=c)
@@ -250,7 +254,7 @@ class PottsPrior:
                 for _ in range(n_sweeps):
                     self._sweep(c, lj, pool)
         self._c = c
-        return c, lj
+        return c
 
     def smooth(self, log_joint: np.ndarray, sweeps: int | None = None) -> np.ndarray:
         """:meth:`memberships` without the objective: the same memberships, a full pass
@@ -263,5 +267,29 @@ class PottsPrior:
         >>> bool((prior.smooth(log_joint) == PottsPrior((2, 2), beta=1.0).memberships(log_joint)[0]).all())
         True
         """
-        c, _ = self._run(log_joint, sweeps)
+        c = self._run(log_joint, sweeps)[0]  # the grid copy of the log-joint freed before the rows are made
+        return np.ascontiguousarray(self._to_rows(c))
+
+    def smooth_grid(self, log_joint: np.ndarray | list, sweeps: int | None = None) -> np.ndarray:
+        """:meth:`smooth` for a log-joint already on the grid, ``(K, H, W)`` float32 or float64,
+        zero where masked (the layout :meth:`smooth` makes from rows): the same memberships,
+        as rows (N, K), without an image-sized copy of the log-joint. Given as a one-item
+        list, which is emptied, the grid is freed before the rows are made.
+
+        Examples
+        --------
+        >>> prior = PottsPrior((2, 2), beta=1.0)
+        >>> log_joint = np.log([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+        >>> grid = np.ascontiguousarray(log_joint.T.reshape(2, 2, 2))
+        >>> bool((PottsPrior((2, 2), beta=1.0).smooth_grid(grid) == prior.smooth(log_joint)).all())
+        True
+        """
+        lj = np.asarray(log_joint.pop() if isinstance(log_joint, list) else log_joint)
+        if lj.ndim != 3 or lj.shape[1:] != tuple(self.shape) or lj.dtype not in (np.float32, np.float64):
+            raise ValueError(
+                f"log_joint must be a float (K, {self.shape[0]}, {self.shape[1]}) grid, got {lj.dtype} {lj.shape}"
+            )
+        c = self._run_grid(lj, sweeps)
+        del lj
+        self._c = None  # a final step: nothing to warm-start from later, so nothing kept
         return np.ascontiguousarray(self._to_rows(c))

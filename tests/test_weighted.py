@@ -205,7 +205,7 @@ def test_segment_exact_path_not_used_when_it_does_not_apply():
     from segsoft.segment import segment
 
     arr = _few_colours()
-    assert "exact_fit" not in segment(arr, k=3).settings  # the default sample path is unchanged
+    assert "exact_fit" not in segment(arr, k=3, sample=200_000).settings  # a sample given on purpose
     assert "exact_fit" not in segment(arr, k=3, sample=0, spatial_weight=1.0).settings
     noisy = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)  # all distinct
     assert "exact_fit" not in segment(noisy, k=3, sample=0).settings
