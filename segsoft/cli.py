@@ -1047,6 +1047,13 @@ def evaluate(
         "at START:STOP:STEP or a list a,b,c, and report ODS and OIS.",
         rich_help_panel="Scoring",
     ),
+    boundaries: bool = typer.Option(
+        False,
+        "--boundaries",
+        help="Also score each output folder's ucm.npy with the BSDS boundary benchmark: precision, recall and F "
+        "at --thresholds (default the benchmark's 99, 0.01 to 0.99), ODS, OIS and AP.",
+        rich_help_panel="Scoring",
+    ),
     opts: Any = None,
     jobs: int | None = _JOBS,
     scheduler: str | None = _SCHEDULER,
@@ -1092,6 +1099,7 @@ def evaluate(
             thresholds=cuts,
             scheduler=scheduler,
             jobs=jobs,
+            boundaries=boundaries,
         )
     if csv is not None:
         report.to_csv(csv)

@@ -53,7 +53,10 @@ as in BSDS500. Over a data set, :class:`EvaluationReport` averages PRI and
 VoI over images and pools the covering as the benchmark does (covered pixels
 summed over images and humans over the pixels scored, i.e. each image weighted
 by its pixels times its humans); ``--thresholds`` adds the benchmark's ODS and
-OIS over cuts of one hierarchy per image.
+OIS over cuts of one hierarchy per image, and ``--boundaries`` scores each
+output folder's ``ucm.npy`` with the BSDS boundary benchmark
+(:mod:`segsoft.contours`: precision, recall and F at each threshold, ODS, OIS
+and AP).
 
 Files
 -----
@@ -1054,6 +1057,9 @@ class EvaluationReport:
     sweeps : dict of str to ndarray
         Per scored id, a ``(len(thresholds), 5)`` array: PRI, VoI, covering,
         regions and covering weight of each cut (:attr:`ods`, :attr:`ois`).
+    boundaries : dict of str to segsoft.contours.BoundaryCounts
+        Per scored id, the boundary benchmark's counts of its ``ucm.npy``
+        (``evaluate_directory(..., boundaries=True)``; :attr:`boundary_scores`).
 
     Examples
     --------
@@ -1072,6 +1078,21 @@ class EvaluationReport:
     allow_missing: bool = False
     thresholds: tuple[float, ...] = ()
     sweeps: dict[str, np.ndarray] = field(default_factory=dict)
+    boundaries: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def boundary_scores(self) -> Any:
+        """The boundary benchmark over the scored images (:func:`segsoft.contours.ods_ois`), or None.
+
+        ODS, OIS and AP of the images in :attr:`rows` that have boundary
+        counts; None without ``boundaries`` or scored images.
+        """
+        counts = [self.boundaries[r.id] for r in self.rows if r.id in self.boundaries]
+        if not counts:
+            return None
+        from .contours import ods_ois
+
+        return ods_ois(counts)
 
     @property
     def means(self) -> dict[str, float]:
@@ -1194,6 +1215,20 @@ class EvaluationReport:
                     f"OIS       PRI {ois['pri']:.4f}, VoI {ois['voi']:.4f} bits, Covering {ois['covering']:.4f}",
                     f"cuts      {len(t)} thresholds from {min(t):g} to {max(t):g}, one segmentation per image",
                 ]
+            bdry = self.boundary_scores
+            if bdry is not None:
+                o, i, t = bdry.ods, bdry.ois, bdry.thresholds
+                lines += [
+                    (
+                        f"boundary  ODS F {o['f']:.4f} (P {o['precision']:.4f}, R {o['recall']:.4f}, "
+                        f"t={o['threshold']:.4g}), OIS F {i['f']:.4f} (P {i['precision']:.4f}, "
+                        f"R {i['recall']:.4f}), AP {bdry.ap:.4f}"
+                    ),
+                    (
+                        f"          BSDS boundary benchmark of ucm.npy, {len(t)} thresholds from {t.min():g} "
+                        f"to {t.max():g}, {bdry.n_images} image{'s' * (bdry.n_images != 1)}"
+                    ),
+                ]
         else:  # "nan" reads as a score; say that there is none
             lines += [f"{k:<10}n/a (no image scored)" for k in ("PRI", "VoI", "Covering")]
         if self.missing and self.allow_missing:
@@ -1215,7 +1250,10 @@ class EvaluationReport:
 
         Columns ``id, pri, voi, covering, n_regions, n_humans, error``; a
         missing or failed image has empty scores and its reason in ``error``
-        (``missing prediction`` or the message). Ids in natural order.
+        (``missing prediction`` or the message). Ids in natural order. With
+        :attr:`boundaries`, four more columns before ``error``:
+        ``bdry_threshold, bdry_recall, bdry_precision, bdry_f``, each image at
+        its own best threshold (the benchmark's per-image best, as in OIS).
 
         Parameters
         ----------
@@ -1241,14 +1279,29 @@ class EvaluationReport:
         1,0.75,1.5,0.5,4,5,
         2,,,,,,missing prediction
         """
+        bdry = bool(self.boundaries)
+        blank = [""] * (9 if bdry else 5)
+
+        def best(image_id: str) -> list[str]:
+            if not bdry:
+                return []
+            c = self.boundaries.get(image_id)
+            if c is None:
+                return ["", "", "", ""]
+            k = int(np.argmax(c.f))
+            return [repr(float(v[k])) for v in (c.thresholds, c.recall, c.precision, c.f)]
+
         lines: list[tuple[str, list]] = [
-            (r.id, [r.id, repr(r.pri), repr(r.voi), repr(r.covering), r.n_regions, r.n_humans, ""]) for r in self.rows
+            (r.id, [r.id, repr(r.pri), repr(r.voi), repr(r.covering), r.n_regions, r.n_humans, *best(r.id), ""])
+            for r in self.rows
         ]
-        lines += [(i, [i, "", "", "", "", "", "missing prediction"]) for i in self.missing]
-        lines += [(i, [i, "", "", "", "", "", message]) for i, message in self.errors.items()]
+        lines += [(i, [i, *blank, "missing prediction"]) for i in self.missing]
+        lines += [(i, [i, *blank, message]) for i, message in self.errors.items()]
         buf = _io.StringIO()
         out = csv.writer(buf, lineterminator="\n")
-        out.writerow(["id", "pri", "voi", "covering", "n_regions", "n_humans", "error"])
+        head = ["id", "pri", "voi", "covering", "n_regions", "n_humans"]
+        head += ["bdry_threshold", "bdry_recall", "bdry_precision", "bdry_f"] if bdry else []
+        out.writerow([*head, "error"])
         out.writerows(row for _, row in sorted(lines, key=lambda item: _natural_key(item[0])))
         target = Path(os.fsdecode(path))
         atomic_write_bytes(target, buf.getvalue().encode("utf-8"))
@@ -1369,6 +1422,7 @@ def evaluate_directory(
     thresholds: Sequence[float] | None = None,
     scheduler: str | None = None,
     jobs: int | None = None,
+    boundaries: bool = False,
 ) -> EvaluationReport:
     """Score a folder of predictions -- or of images, segmented first.
 
@@ -1419,6 +1473,13 @@ def evaluate_directory(
         For folders of images: segment and score them on Dask (``"local"``,
         ``"threads"`` or a scheduler address, see :mod:`segsoft.cluster`),
         ``jobs`` workers; the same scores as without.
+    boundaries : bool
+        For a folder of predictions: also score each output folder's
+        ``ucm.npy`` with the BSDS500 boundary benchmark
+        (:func:`segsoft.contours.boundary_pr`) at ``thresholds``, or the
+        benchmark's 99 (0.01 to 0.99) without them, for the report's
+        :attr:`~EvaluationReport.boundary_scores`. An image without a
+        readable ``ucm.npy`` of its ground truth's size fails as a whole.
 
     Returns
     -------
@@ -1430,7 +1491,8 @@ def evaluate_directory(
         A folder is missing or holds nothing to score; no prediction (or
         image) has the id of a ground truth file; ``regions`` given for a
         folder of predictions; ``min_region`` not None nor a number in
-        [0, 1); ``thresholds`` for a folder of images without ``regions``.
+        [0, 1); ``thresholds`` for a folder of images without ``regions``;
+        ``boundaries`` for a folder of images.
 
     Examples
     --------
@@ -1458,6 +1520,11 @@ def evaluate_directory(
             raise SegsoftError(
                 f"{path}: --thresholds cuts region hierarchies; add --regions to segment the images into regions"
             )
+    if boundaries and not found:
+        raise SegsoftError(
+            f"{path}: holds no predictions; --boundaries scores the ucm.npy of segsoft output folders "
+            "(write them with segsoft run or batch --regions)"
+        )
     report = EvaluationReport(allow_missing=allow_missing, thresholds=thresholds or ())
 
     def post(seg: np.ndarray, as_is: bool) -> np.ndarray:
@@ -1482,11 +1549,20 @@ def evaluate_directory(
                     gts, gt_name = _ground_truth_maps(image_id, ground_truth[image_id])
                     seg = _load_prediction(name, gts[0].shape, gt_name)
                     seg = post(seg, as_is=Path(name).name == "regions.npy")  # region maps are scored as they are
+                    ucm = None
+                    why = "to score with --boundaries" if boundaries else "to cut at --thresholds"
                     if thresholds:  # the hierarchy first: an image without one fails as a whole
-                        ucm = _load_ucm(found[image_id], gts[0].shape, gt_name)
+                        ucm = _load_ucm(found[image_id], gts[0].shape, gt_name, why)
                         cuts = (cut_ucm(ucm, t) for t in thresholds)
                         report.sweeps[image_id] = _sweep(image_id, cuts, name, gts, gt_name)
-                    report.rows.append(_score(image_id, seg, name, gts, gt_name))
+                    if boundaries:
+                        if ucm is None:
+                            ucm = _load_ucm(found[image_id], gts[0].shape, gt_name, why)
+                        counts = _boundary_counts(ucm, gts, thresholds, os.fsdecode(Path(found[image_id]) / "ucm.npy"))
+                    row = _score(image_id, seg, name, gts, gt_name)
+                    if boundaries:
+                        report.boundaries[image_id] = counts
+                    report.rows.append(row)
                 except SegsoftError as e:
                     report.errors[image_id] = str(e)
                 except MemoryError:  # not the CLI's advice about --sample: name the image
@@ -1573,11 +1649,21 @@ def _segment_and_score(
         return None, None, str(e)
 
 
-def _load_ucm(pred: Path, shape: tuple[int, ...], gt_name: str) -> np.ndarray:
+def _boundary_counts(ucm: np.ndarray, gts: list[np.ndarray], thresholds: Sequence[float] | None, name: str) -> Any:
+    """The boundary benchmark's counts of one ucm2 against its humans (:func:`segsoft.contours.boundary_pr`)."""
+    from .contours import boundary_pr
+
+    try:
+        return boundary_pr(ucm, gts, thresholds or None)
+    except SegsoftError as e:
+        raise SegsoftError(f"{name}: {e}") from None
+
+
+def _load_ucm(pred: Path, shape: tuple[int, ...], gt_name: str, why: str = "to cut at --thresholds") -> np.ndarray:
     """The ``ucm.npy`` of a segsoft output folder, checked by its header: float (2H+1, 2W+1) for an (H, W) image."""
     name = os.fsdecode(Path(pred) / "ucm.npy") if Path(pred).is_dir() else os.fsdecode(pred)
     if not name.endswith("ucm.npy") or not Path(name).is_file():
-        raise SegsoftError(f"{name}: no ucm.npy to cut at --thresholds (write one with segsoft run --regions)")
+        raise SegsoftError(f"{name}: no ucm.npy {why} (write one with segsoft run --regions)")
     want = (2 * shape[0] + 1, 2 * shape[1] + 1)
 
     def check(declared: tuple[int, ...], dtype: np.dtype | None = None) -> None:
