@@ -8,7 +8,9 @@ memberships. Each measurement runs in its own subprocess so its peak memory
 (threadpoolctl for BLAS, ``cv2.setNumThreads(1)``): scikit-learn's two
 threads fall apart when the machine is busy (20x quiet, 64-81x under load), so
 its one-thread time is the steadier reference. ``segsoft-2t`` is segsoft's
-passes on two threads (``n_jobs=2``, still one BLAS thread).
+passes on two threads (``n_jobs=2``, still one BLAS thread); its "vs 1t" column is
+segsoft's one-thread seconds over its own. "cpu/iter" is the process's CPU seconds an
+iteration (for one thread, what a shared machine's wall clock inflates least).
 
 The same run measures this machine's floor: dgemm GFLOP/s on one thread (numpy
 matmul of two 2048 x 2048 float64 matrices) and memory bandwidth (a 512 MiB
@@ -21,6 +23,7 @@ printed beside segsoft's time per iteration.
     python benchmarks/bench_em.py --sizes 0.25,1,4,12   # add 12 MP (scikit-learn takes minutes there)
     python benchmarks/bench_em.py --end-to-end          # also `segsoft run` on a 12 MP photo
     python benchmarks/bench_em.py --methods segsoft,segsoft-2t --sizes 12   # the engine alone
+    python benchmarks/bench_em.py --methods segsoft,segsoft-2t --sizes 1,4,12 --baseline ../base  # against a checkout
 
 Needs the ``bench`` extra: ``pip install '.[bench]'``.
 """
@@ -43,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 K, ITERS, SEED = 4, 20, 0
 METHODS = ("segsoft", "segsoft-2t", "sklearn", "opencv", "segsoft-fcm", "skfuzzy")
+BASELINE = ("base", "base-2t")  # segsoft from --baseline DIR, one and two threads
 
 
 def features(megapixels: float) -> np.ndarray:
@@ -124,11 +128,12 @@ def run_one(method: str, megapixels: float) -> dict:
 
 
 def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) -> dict:
+    cpu_start = time.process_time()
     start = time.perf_counter()
-    if method in ("segsoft", "segsoft-2t"):
-        from segsoft.mixture import GaussianMixture
+    if method in ("segsoft", "segsoft-2t", *BASELINE):
+        from segsoft.mixture import GaussianMixture  # the baseline's, in its children (PYTHONPATH)
 
-        jobs = 2 if method == "segsoft-2t" else 1
+        jobs = 2 if method.endswith("-2t") else 1
         gm = GaussianMixture(K, max_iter=ITERS, tol=0.0, n_jobs=jobs).fit(X, means_init=means0)
         _, ll = gm.predict_proba_and_score(X)
         iters = gm.n_iter_
@@ -204,10 +209,12 @@ def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) 
         raise SystemExit(f"unknown method {method}")
     if method not in ("sklearn", "opencv"):
         elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # the untimed scoring of sklearn/opencv included: a bound
     return {
         "method": method,
         "mp": megapixels,
         "seconds": elapsed,
+        "cpu": cpu,
         "rows": int(X.shape[0]),
         "iters": iters,
         "ll": float(ll),
@@ -265,8 +272,11 @@ def run_features(method: str) -> dict:
     }
 
 
-def child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+def child(args: list[str], baseline: str | None = None) -> dict:
+    env = None
+    if baseline is not None:  # that checkout's segsoft package first on the path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [baseline, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -276,6 +286,12 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument(
         "--opencv-max", type=float, default=0.25, help="largest size (MP) OpenCV EM runs at (default 0.25: it is slow)"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also time the segsoft package in DIR (e.g. a `git worktree` of an earlier commit) as `base` and"
+        " `base-2t`, each run alternating with this checkout's, for side-by-side ratios (`vs base`)",
     )
     parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--end-to-end", action="store_true", help="also time `segsoft run` on a 12 MP photo")
@@ -297,7 +313,12 @@ def main() -> None:
         return
 
     methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
+    if args.baseline:
+        # each baseline run straight after the run it is compared with
+        for ours, theirs in (("segsoft", "base"), ("segsoft-2t", "base-2t")):
+            if ours in methods:
+                methods.insert(methods.index(ours) + 1, theirs)
+    unknown = [m for m in methods if m not in METHODS + BASELINE]
     if unknown:
         raise SystemExit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
     floor = child(["--floor"])
@@ -310,8 +331,8 @@ def main() -> None:
         f" an iteration needs 2 x {2 * p * K} flops and {4 * d} bytes a row"
     )
     header = (
-        f"{'MP':>5} {'method':<12} {'seconds':>8} {'s/iter':>8} {'floor':>7} {'x floor':>7} {'peak MiB':>9} "
-        f"{'mean log-lik':>16} {'rel. diff':>10} {'speed-up':>9}"
+        f"{'MP':>5} {'method':<12} {'seconds':>8} {'s/iter':>8} {'cpu/iter':>8} {'floor':>7} {'x floor':>7} "
+        f"{'vs 1t':>6} {'peak MiB':>9} {'mean log-lik':>16} {'rel. diff':>10} {'speed-up':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -320,9 +341,9 @@ def main() -> None:
         for m in methods:
             if m == "opencv" and mp > args.opencv_max:
                 continue  # about 200x segsoft a iteration: minutes per size beyond a megapixel
-            rows[m] = child(["--one", m, str(mp)])
+            rows[m] = child(["--one", m, str(mp)], args.baseline if m in BASELINE else None)
         for group, ref_name in (
-            (("sklearn", "opencv", "segsoft", "segsoft-2t"), "sklearn"),
+            (("sklearn", "opencv", "base", "segsoft", "base-2t", "segsoft-2t"), "sklearn"),
             (("skfuzzy", "segsoft-fcm"), "skfuzzy"),
         ):
             ref = rows.get(ref_name)
@@ -341,12 +362,24 @@ def main() -> None:
                 low = max(
                     2 * 2 * p * K * r["rows"] / (floor["gflops"] * 1e9), 4 * d * r["rows"] / (floor["gbps"] * 1e9)
                 )
-                floor_s, times = (f"{low:.3f}", f"{per_iter / low:.1f}") if name.startswith("segsoft") else ("", "")
+                ours = name.startswith("segsoft") or name in BASELINE
+                floor_s, times = (f"{low:.3f}", f"{per_iter / low:.1f}") if ours else ("", "")
+                one = rows.get("base" if name == "base-2t" else "segsoft")
+                gain = f"{one['seconds'] / r['seconds']:.2f}x" if name.endswith("-2t") and one else ""
                 print(
-                    f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {per_iter:>8.3f} {floor_s:>7} {times:>7} "
-                    f"{r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}"
+                    f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {per_iter:>8.3f} {r['cpu'] / r['iters']:>8.3f} "
+                    f"{floor_s:>7} {times:>7} {gain:>6} {r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}"
                 )
         sys.stdout.flush()
+        if args.baseline:
+            for ours, theirs in (("segsoft", "base"), ("segsoft-2t", "base-2t")):
+                if ours in rows and theirs in rows:
+                    a, b = rows[ours], rows[theirs]
+                    print(
+                        f"# {mp} MP {ours} vs base: {b['seconds'] / a['seconds']:.2f}x wall, "
+                        f"{b['cpu'] / a['cpu']:.2f}x cpu; log-lik rel. diff {abs(a['ll'] - b['ll']) / abs(b['ll']):.1e}"
+                    )
+    print(f"# load average at the end {os.getloadavg()[0]:.1f}")
     if args.end_to_end:
         print("\n# Lab features of a 12 MP image (float32 RGB in memory)")
         feats = {m: child(["--feat", m]) for m in ("skimage", "segsoft")}

@@ -20,6 +20,19 @@ data, so memory stays bounded and the cancellation between the quadratic and
 linear terms (large when a variance is small) stays harmless. The data are
 centred on their mean first (an exact symmetry of every model here) to keep
 those terms small.
+
+Per chunk the E-step is about a dozen numpy calls, each over the whole chunk:
+the features in seven (one strided copy, one centring, one broadcast product
+per row of the upper triangle), then the logits, one ``exp``, one sum over the
+components, a reciprocal, one product for the memberships and one ``log`` for
+the scores. The softmax needs no per-row maximum: every component's logit is at
+most its log weight plus its log density at its mean, so the logits are shifted
+by the largest of those bounds (folded into W's constant row). A row whose every
+logit lies more than 600 below the shift (``exp`` would lose it) is redone with
+its own maximum. With ``n_jobs`` > 1 each thread takes several consecutive chunks
+at a time and runs the row-by-row steps over all of them at once (longer numpy
+calls, so the GIL is mostly free); every sum is still formed per chunk and added
+in chunk order, so the numbers are the same for any ``n_jobs``.
 """
 
 from __future__ import annotations

@@ -120,6 +120,38 @@ def available_cores() -> int:
 
 
 CHUNK_BYTES = 64 << 20  # the (P, rows) float64 buffer of one chunk pass stays below this
+# with n_jobs > 1 a thread takes about this many rows at a time (consecutive chunks): numpy calls
+# long enough that the two threads seldom wait for the GIL
+GROUP_ROWS = 1 << 15
+# a row whose every logit lies this far below the shift gets an exact log-sum-exp of its own
+# (exp(-600) is a normal float: above it, the memberships lose nothing that a per-row maximum keeps)
+_FAR = 600.0
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _group_chunks(size: int, n_chunks: int, n_jobs: int) -> int:
+    """Chunks a task takes at once: 1 on one thread; with threads, about :data:`GROUP_ROWS` rows
+    but at least two tasks a thread."""
+    if n_jobs <= 1:
+        return 1
+    return max(1, min(GROUP_ROWS // size, n_chunks // (2 * n_jobs)))
+
+
+def _exact_rows(wt: np.ndarray, q: np.ndarray, resp: np.ndarray, score: np.ndarray, shift: float) -> None:
+    """Redo the rows of one chunk whose shifted softmax under- or overflowed, by the per-row
+    maximum (``wt``: shifted coefficients (K, P), ``q``: the chunk's features; fixes ``resp`` (K, n)
+    and ``score`` (n,) in place)."""
+    bad = np.flatnonzero(~(score >= shift - _FAR))
+    logits = wt @ q[:, bad]
+    top = logits.max(axis=0)
+    logits -= top
+    np.exp(logits, out=logits)
+    total = logits.sum(axis=0)
+    logits /= total
+    resp[:, bad] = logits
+    score[bad] = shift + (top + np.log(total))
 
 
 class _Layout:
@@ -140,18 +172,35 @@ class _Layout:
             self.n_quad = 1
         self.p = 1 + d + self.n_quad
 
+    def buffer(self, rows: int) -> np.ndarray:
+        """A (P, rows) float64 buffer for :meth:`fill`, its constant row already set."""
+        buf = np.empty((self.p, rows))
+        buf[0] = 1.0
+        return buf
+
     def build(self, x: np.ndarray, center: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Fill ``out`` (P, n) with ``Q(x - center)`` for the rows of ``x``."""
+        out[0, : x.shape[0]] = 1.0
+        return self.fill(x, center, out)
+
+    def fill(self, x: np.ndarray, center: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`build` into a buffer from :meth:`buffer` (its constant row is left as it is).
+
+        Seven numpy calls whatever ``d`` ("full": the products ``x_i x_j, j >= i`` of one
+        ``i`` are one contiguous block of rows, filled by one broadcast multiply); every
+        value is the same float64 operation as one product at a time.
+        """
         n, d = x.shape
         q = out[:, :n]
-        q[0] = 1.0
         lin = q[1 : 1 + d]
-        lin[...] = x.T  # float32 -> float64, exact
-        lin -= center[:, None]
+        np.copyto(lin, x.T)  # float32 -> float64, exact; one strided read
+        np.subtract(lin, center[:, None], out=lin)
         quad = q[1 + d :]
         if self.kind == "full":
-            for c, (i, j) in enumerate(self.pairs):
-                np.multiply(lin[i], lin[j], out=quad[c])
+            c = 0
+            for i in range(d):
+                np.multiply(lin[i:], lin[i], out=quad[c : c + d - i])
+                c += d - i
         elif self.kind == "diag":
             np.multiply(lin, lin, out=quad)
         else:
@@ -214,10 +263,14 @@ def _check_array(X: Any, name: str = "X") -> np.ndarray:
 
 
 def _check_finite(X: np.ndarray) -> None:
-    # chunked so the check never makes a full-size boolean temporary
-    step = 1 << 20
+    # chunked so the check never makes a full-size temporary; a float64 sum is finite only if
+    # every term is (one read, no boolean array); only a sum that overflows looks further
+    step = 1 << 18
     for s in range(0, X.shape[0], step):
-        if not np.isfinite(X[s : s + step]).all():
+        chunk = X[s : s + step]
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(chunk.sum(dtype=np.float64))
+        if not math.isfinite(total) and not np.isfinite(chunk).all():
             raise ValueError("X contains NaN or infinite values")
 
 
@@ -257,13 +310,26 @@ def _column_moments(X: np.ndarray, sample_weight: np.ndarray | None = None) -> t
         for s in range(0, X.shape[0], step):
             sq += float(w[s : s + step] @ np.square(X[s : s + step] - mean).sum(1))
         return mean, sq / (wsum * X.shape[1])
-    total = np.zeros(X.shape[1])
-    for s in range(0, X.shape[0], step):
-        total += X[s : s + step].sum(axis=0, dtype=np.float64)
-    mean = total / X.shape[0]
+    # in blocks that stay in cache, each copied to float64 once: the column sums are a
+    # product with ones, the deviations a subtraction of the tiled mean (numpy's reductions
+    # and broadcasts over a short last axis cost ~70 ns a row; these ~10)
+    n, d = X.shape
+    small = min(n, max(256, (1 << 21) // (8 * d)))  # 2 MiB of float64 rows
+    buf, ones = np.empty((small, d)), np.ones(small)
+    total = np.zeros(d)
+    for s in range(0, n, small):
+        block = buf[: min(small, n - s)]
+        np.copyto(block, X[s : s + small])
+        total += ones[: block.shape[0]] @ block
+    mean = total / n
+    tiled = np.tile(mean, (small, 1))
     sq = 0.0
-    for s in range(0, X.shape[0], step):
-        sq += float(np.square(X[s : s + step] - mean).sum())
+    for s in range(0, n, small):
+        block = buf[: min(small, n - s)]
+        np.copyto(block, X[s : s + small])
+        np.subtract(block, tiled[: block.shape[0]], out=block)
+        np.square(block, out=block)
+        sq += float(block.sum())
     return mean, sq / X.size
 
 
@@ -568,6 +634,14 @@ class _EMBase:
     def _coefficients(self) -> np.ndarray:  # W (P, K) in centred coordinates
         raise NotImplementedError
 
+    def _coefficients_and_bound(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """W and, per component, the largest value its logit takes over all x (or None: unknown).
+
+        With a bound, the default softmax posterior shifts every logit by the largest bound
+        instead of by each row's maximum: no pass for the maximum, none to subtract it.
+        """
+        return self._coefficients(), None
+
     def _m_step(self, s: np.ndarray, n: int) -> None:
         raise NotImplementedError
 
@@ -639,51 +713,113 @@ class _EMBase:
 
         With weights, the statistics are ``sum_n w_n r_nk Q(x_n)``, the score
         sum is ``sum_n w_n score_n`` and the worst row is among those of
-        positive weight."""
+        positive weight.
+
+        The rows go in chunks of :meth:`_rows_per_chunk`; every sum (the
+        statistics, the score, the worst row) is formed per chunk and the
+        chunks' sums are added in chunk order, so the numbers depend on the
+        chunk size but not on ``n_jobs``. With threads, each task takes a
+        group of consecutive chunks (:func:`_group_chunks`) and runs the
+        row-by-row steps (features, exp, normalisation, log) over the whole
+        group at once: fewer, longer numpy calls, so the GIL is free most of
+        the time; those steps give every row the same value whatever the
+        length of the array it sits in.
+        """
         sw = sample_weight
-        w = self._coefficients() if coefficients is None else coefficients
+        shift = None
+        if coefficients is None:
+            w, bound = self._coefficients_and_bound()
+            if posterior is None and bound is not None and type(self)._posterior is _EMBase._posterior:
+                top = float(np.max(bound))
+                if math.isfinite(top):
+                    # every logit is <= top: exp(logit - top) needs no per-row maximum
+                    shift = top
+                    w = w.copy()
+                    w[0] -= shift
+        else:
+            w = coefficients
         wt = np.ascontiguousarray(w.T)
         post = self._posterior if posterior is None else posterior
         layout, center, size = self._layout, self._center, self._rows_per_chunk()
-        n = X.shape[0]
-        starts = list(range(0, n, size))
+        k, n = wt.shape[0], X.shape[0]
+        n_chunks = -(-n // size)
+        # only an explicit n_jobs: the features, smoothing and batch paths decide for themselves
+        n_jobs = min(self.n_jobs or 1, n_chunks)
+        step = size * _group_chunks(size, n_chunks, n_jobs)
+        local = threading.local()
 
-        def work(s: int, buf: np.ndarray) -> tuple[float, np.ndarray | None, float, int]:
-            e = min(s + size, n)
-            q = layout.build(X[s:e], center, buf)
-            logits = wt @ q  # (K, n)
-            resp, weights, score = post(logits)
-            if resp_out is not None:
-                resp_out[s:e] = resp.T
-            if score_out is not None:
-                score_out[s:e] = score
+        def reduce(q: np.ndarray, weights: np.ndarray, score: np.ndarray, s: int, worst: int | None = None) -> tuple:
             if sw is None:
-                worst = int(np.argmin(score))
+                worst = int(np.argmin(score)) if worst is None else worst
                 return float(score.sum()), (q @ weights.T if stats else None), float(score[worst]), s + worst
-            ws = sw[s:e]
+            ws = sw[s : s + score.shape[0]]
             s_chunk = (q @ (weights * ws).T) if stats else None
             live = np.where(ws > 0, score, np.inf)
             worst = int(np.argmin(live))
             return float(score @ ws), s_chunk, float(live[worst]), s + worst
 
-        # only an explicit n_jobs: on 8192-row chunks the ~30 numpy calls a chunk hold the GIL
-        # often enough that two threads measured 15-25 % slower than one on the 2-core machine
-        n_jobs = min(self.n_jobs or 1, len(starts))
+        def work(s0: int) -> list[tuple]:
+            bufs = getattr(local, "bufs", None)
+            if bufs is None:
+                bufs = local.bufs = (layout.buffer(step), np.empty((k, step)), np.empty(step))
+            e1 = min(s0 + step, n)
+            m = e1 - s0
+            q = layout.fill(X[s0:e1], center, bufs[0])
+            logits = bufs[1][:, :m]
+            cuts = [(a, min(a + size, m)) for a in range(0, m, size)]
+            for a, b in cuts:
+                np.matmul(wt, q[:, a:b], out=logits[:, a:b])
+            out = []
+            if shift is None:
+                for a, b in cuts:
+                    resp, weights, score = post(logits[:, a:b])
+                    if resp_out is not None:
+                        resp_out[s0 + a : s0 + b] = resp.T
+                    if score_out is not None:
+                        score_out[s0 + a : s0 + b] = score
+                    out.append(reduce(q[:, a:b], weights, score, s0 + a))
+                return out
+            # the softmax, in place over the whole group: memberships in `logits`, scores in `score`
+            # (under np.errstate(divide, over, invalid="ignore"), set by the caller)
+            resp = np.exp(logits, out=logits)
+            score = np.add.reduce(resp, axis=0, out=bufs[2][:m])
+            np.divide(1.0, score, out=score)  # inf where every term underflowed: fixed below
+            np.multiply(resp, score, out=resp)
+            np.log(score, out=score)
+            np.subtract(shift, score, out=score)  # shift + log(sum_k exp(logit_k - shift))
+            worst = []
+            for a, b in cuts:
+                sc = score[a:b]
+                i = int(np.argmin(sc))
+                if not sc[i] >= shift - _FAR:  # also catches -inf and NaN
+                    _exact_rows(wt, q[:, a:b], resp[:, a:b], sc, shift)
+                    i = int(np.argmin(sc))
+                worst.append(i)
+            if resp_out is not None:
+                resp_out[s0:e1] = resp.T
+            if score_out is not None:
+                score_out[s0:e1] = score
+            for (a, b), i in zip(cuts, worst):
+                out.append(reduce(q[:, a:b], resp[:, a:b], score[a:b], s0 + a, i))
+            return out
+
+        def task(s0: int) -> list[tuple]:
+            if shift is None:
+                return work(s0)
+            # the shifted softmax divides by 0 where a row's every term underflowed (those rows
+            # are redone exactly); the error state is per thread, so each task sets it
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                return work(s0)
+
+        starts = range(0, n, step)
         if n_jobs <= 1:
-            buf = np.empty((layout.p, size))
-            results = [work(s, buf) for s in starts]
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore") if shift is not None else _NO_CONTEXT:
+                results = [r for s0 in starts for r in work(s0)]
         else:
             # numpy releases the GIL in BLAS and ufuncs; partial sums are added
             # in chunk order, so the result does not depend on thread timing
-            local = threading.local()
-
-            def threaded(s: int):
-                if not hasattr(local, "buf"):
-                    local.buf = np.empty((layout.p, size))
-                return work(s, local.buf)
-
             with ThreadPoolExecutor(n_jobs) as ex:
-                results = list(ex.map(threaded, starts))
+                results = [r for part in ex.map(task, starts) for r in part]
         total = sum(r[0] for r in results)
         s_tot = None
         if stats:
@@ -1047,8 +1183,13 @@ class _EMBase:
 
         # the |x|^2 term is the same for every component: it does not change argmin
         def hard(logits: np.ndarray):
-            onehot = np.zeros_like(logits)
-            onehot[np.argmax(logits, axis=0), np.arange(logits.shape[1])] = 1.0
+            # argmax over the K rows (the first of equal maxima), one elementwise pass a component
+            best, label = logits[0].copy(), np.zeros(logits.shape[1], dtype=np.intp)
+            for c in range(1, logits.shape[0]):
+                better = logits[c] > best
+                np.copyto(label, c, where=better)
+                np.copyto(best, logits[c], where=better)
+            onehot = (label == np.arange(logits.shape[0])[:, None]).astype(np.float64)
             return onehot, onehot, np.zeros(logits.shape[1])
 
         _, s, _ = self._pass(X, coefficients=w, posterior=hard, sample_weight=sample_weight)
@@ -1137,8 +1278,8 @@ class _EMBase:
 
         def work(a: int) -> np.ndarray:
             if not hasattr(local, "buf"):
-                local.buf = np.empty((layout.p, size))
-            return layout.build(X[a : a + size], self._center, local.buf) @ resp[a : a + size]
+                local.buf = layout.buffer(size)
+            return layout.fill(X[a : a + size], self._center, local.buf) @ resp[a : a + size]
 
         if n_jobs <= 1:
             parts = map(work, starts)

@@ -50,8 +50,9 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         Rows per chunk in each pass; bounds the working memory.
     n_jobs : int or None
         Threads for the chunked passes (default 1); the results do not
-        depend on it. On small chunks the threads contend for the GIL, so
-        2 is not always faster than 1: measure on your machine.
+        depend on it. Each thread takes groups of consecutive chunks
+        (about 32,768 rows), so the GIL is free most of the time; on a
+        machine whose other cores are busy, more threads do not help.
 
     Attributes
     ----------
@@ -201,6 +202,10 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         return np.swapaxes(np.linalg.solve(chol, eye), -1, -2)
 
     def _coefficients(self) -> np.ndarray:
+        return self._coefficients_and_bound()[0]
+
+    def _coefficients_and_bound(self) -> tuple[np.ndarray, np.ndarray]:
+        # the bound: a component's log(weight) + log density at its own mean, the most it takes
         lay, means, k = self._layout, self._means, self.n_components
         d = lay.d
         pc = self._prec_chol()
@@ -221,8 +226,9 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
             logdet = d * np.log(pc)
             lin = prec[:, None] * means
             quad = np.repeat(prec[:, None], d, axis=1)
-        const = np.log(self._w) - 0.5 * d * _LOG_2PI + logdet - 0.5 * np.einsum("kd,kd->k", lin, means)
-        return lay.coefficients(const, lin, quad)  # spherical uses the diag layout too
+        top = np.log(self._w) - 0.5 * d * _LOG_2PI + logdet
+        const = top - 0.5 * np.einsum("kd,kd->k", lin, means)
+        return lay.coefficients(const, lin, quad), top  # spherical uses the diag layout too
 
     def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
         self._means[k] = point

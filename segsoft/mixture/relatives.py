@@ -92,14 +92,14 @@ class SoftKMeans(_LikelihoodMixin, _EMBase):
         self._var = max(self._var, 1e-12)
 
     def _coefficients(self) -> np.ndarray:
+        return self._coefficients_and_bound()[0]
+
+    def _coefficients_and_bound(self) -> tuple[np.ndarray, np.ndarray]:
         k, d = self.n_components, self._layout.d
         prec = 1.0 / self._var
-        const = (
-            -math.log(k)
-            - 0.5 * d * (_LOG_2PI + math.log(self._var))
-            - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means)
-        )
-        return self._layout.coefficients(const, prec * self._means, np.full(k, prec))
+        top = -math.log(k) - 0.5 * d * (_LOG_2PI + math.log(self._var))  # the log density at a mean
+        const = top - 0.5 * prec * np.einsum("kd,kd->k", self._means, self._means)
+        return self._layout.coefficients(const, prec * self._means, np.full(k, prec)), np.full(k, top)
 
     def _reseed(self, k: int, point: np.ndarray, weight: float) -> None:
         self._means[k] = point  # equal weights: only the position changes
