@@ -17,7 +17,9 @@ pixels summed over images and humans over the total (see
     python benchmarks/bench_quality.py --splits dev --scale 2.5   # the images enlarged 2.5x first
 
 Methods: segsoft's merged regions (``seg.regions()``, what
-``segsoft run IMAGE -k 12 --regions`` writes), the same memberships' plain
+``segsoft run IMAGE -k 12 --regions`` writes: the learned merge cost, cut at
+0.15), the same memberships merged with the earlier "contrast" cost (the
+default before issue 15, cut at 0.15), the same memberships' plain
 cluster labels (as labelled, and as connected patches with specks under 1 %
 merged); for reference scikit-image's Felzenszwalb-Huttenlocher graph
 segmentation, the trivial one-region segmentation, and gPb-owt-ucm (Arbelaez
@@ -44,7 +46,9 @@ SWEEP = (0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
 GPB_THRESHOLDS = (0.04, 0.08, *np.round(np.arange(0.10, 0.505, 0.01), 2).tolist())
 REGIONS = "segsoft k=12 (merged regions)"
 GPB = "gPb-owt-ucm (ucm2; ODS per measure)"
-TEXTURE = "segsoft k=12 (merged regions; texture=1 t=0.175)"  # the opt-in texture cue at its train-chosen cut
+TEXTURE = "segsoft k=12 (merged regions; contrast cost, texture=1 t=0.175)"  # the earlier cost's texture cue
+#: the earlier default, from the same memberships as REGIONS (its row comes with REGIONS)
+CONTRAST = "segsoft k=12 (merged regions; earlier contrast cost, t=0.15)"
 
 # name -> (segment() keyword arguments or a reference method, how to turn the result into a label map)
 METHODS: dict[str, tuple[dict | str, str]] = {
@@ -117,17 +121,26 @@ def score_image(args: tuple[str, Path, str, bool, float]) -> tuple[str, dict[str
                 from segsoft.regions import region_hierarchy
                 from segsoft.segment import _region_colors
 
-                hierarchy = region_hierarchy(_region_colors(seg.image), seg.probabilities, mask=seg.mask, texture=1.0)
+                hierarchy = region_hierarchy(
+                    _region_colors(seg.image), seg.probabilities, mask=seg.mask, cost="contrast", texture=1.0
+                )
                 maps[method] = hierarchy.labels(0.175)
             else:
                 maps[method] = seg.regions(MERGE_THRESHOLD)
+                seconds = time.perf_counter() - start  # the row's own time: segmentation and regions
                 for t in SWEEP if sweep else ():  # the same hierarchy, cut again: one segmentation per image
                     maps[f"{REGIONS} t={t:g}"] = seg.hierarchy.labels(t)
+                from segsoft.regions import region_hierarchy
+                from segsoft.segment import _region_colors
+
+                earlier = region_hierarchy(_region_colors(seg.image), seg.probabilities, mask=seg.mask, cost="contrast")
+                maps[CONTRAST] = earlier.labels(MERGE_THRESHOLD)
         if scale != 1:  # each map sampled back onto the ground truth's grid (nearest)
             rows = np.minimum((np.arange(height) * scale).astype(int), rgb.shape[0] - 1)
             cols = np.minimum((np.arange(width) * scale).astype(int), rgb.shape[1] - 1)
             maps = {name: np.asarray(m)[rows][:, cols] for name, m in maps.items()}
-    seconds = time.perf_counter() - start
+    if setting == "gpb" or mode != "merged":
+        seconds = time.perf_counter() - start
     scores = {}
     for name, labels in maps.items():
         per_human = _per_human(labels, gts)

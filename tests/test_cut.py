@@ -1,4 +1,4 @@
-"""The texture cue of the region merge cost (issue 15): gradient-orientation histograms per region."""
+"""The texture cue of the "contrast" merge cost (issue 15): gradient-orientation histograms per region."""
 
 import numpy as np
 import pytest
@@ -23,9 +23,9 @@ def stripes(seed=0):
 
 def test_texture_keeps_apart_what_colour_alone_merges():
     rgb, p = stripes()
-    colour_only = merge_regions(rgb, p, MERGE_THRESHOLD)
+    colour_only = merge_regions(rgb, p, MERGE_THRESHOLD, cost="contrast")
     assert int(colour_only.max()) + 1 == 1  # same mixture on both sides: one region
-    textured = merge_regions(rgb, p, MERGE_THRESHOLD, texture=1.0)
+    textured = merge_regions(rgb, p, MERGE_THRESHOLD, cost="contrast", texture=1.0)
     left, right = textured[:, :36], textured[:, 44:]  # away from the seam, where a superpixel may straddle it
     assert int(textured.max()) + 1 == 2
     assert np.unique(left).size == 1 and np.unique(right).size == 1 and left[0, 0] != right[0, 0]
@@ -33,11 +33,11 @@ def test_texture_keeps_apart_what_colour_alone_merges():
 
 def test_texture_zero_is_the_default_and_colour_only():
     rgb, p = stripes(seed=1)
-    default = region_hierarchy(rgb, p)
-    zero = region_hierarchy(rgb, p, texture=0)
+    default = region_hierarchy(rgb, p, cost="contrast")
+    zero = region_hierarchy(rgb, p, cost="contrast", texture=0)
     assert np.array_equal(default.merges, zero.merges) and np.array_equal(default.superpixels, zero.superpixels)
     # the cue only ever raises a merge's cost (it lowers the likeness), so the texture hierarchy has more regions
-    textured = region_hierarchy(rgb, p, texture=2.0)
+    textured = region_hierarchy(rgb, p, cost="contrast", texture=2.0)
     assert np.array_equal(textured.superpixels, zero.superpixels)
     assert textured.n_regions(MERGE_THRESHOLD) >= zero.n_regions(MERGE_THRESHOLD)
 
@@ -46,4 +46,4 @@ def test_texture_zero_is_the_default_and_colour_only():
 def test_bad_texture_weight_is_one_clear_error(bad):
     rgb, p = stripes()
     with pytest.raises(ValueError, match="texture must be a finite number >= 0"):
-        region_hierarchy(rgb, p, texture=bad)
+        region_hierarchy(rgb, p, cost="contrast", texture=bad)

@@ -440,12 +440,19 @@ def test_large_image_with_holes_labels_every_used_pixel(monkeypatch):
     mask[40:50, 20:26] = False  # a hole bigger than a block
     mask[::3, 90:] = False  # a striped patch: its blocks keep 6 of their 9 pixels
     mask[60:66, 30:36] = rng.random((6, 6)) > 0.8  # sparse blocks, unused at the working size, with used pixels
-    h = region_hierarchy(rgb, one_hot(truth), mask=mask)
+    away = np.abs(np.arange(120) - 59)[None, :].repeat(90, 0) >= 3
+    # the mask's handling, on the "contrast" cost: with 1200 working pixels SLIC leaves a one-block sliver of the
+    # left half along the edge, and the learned cost keeps the part of the half it borders apart (below)
+    h = region_hierarchy(rgb, one_hot(truth), mask=mask, cost="contrast")
     assert h.factor == 3
     labels = h.labels()
     assert assert_valid(labels, mask.shape, mask) == 2
-    away = np.abs(np.arange(120) - 59)[None, :].repeat(90, 0) >= h.factor
     assert same_partition(labels[mask & away], truth[mask & away])
+    # the learned cost: every used pixel labelled, and no region crosses the edge
+    labels = region_hierarchy(rgb, one_hot(truth), mask=mask).labels()
+    assert 2 <= assert_valid(labels, mask.shape, mask) <= 3
+    inside = mask & away
+    assert np.unique(np.stack([labels[inside], truth[inside]]), axis=1).shape[1] == np.unique(labels[inside]).size
 
 
 def test_scattered_used_pixels_too_sparse_for_any_block(monkeypatch):
