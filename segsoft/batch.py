@@ -69,7 +69,15 @@ from .outputs import (
     write,
 )
 from .outputs import _jsonable as _plain
-from .segment import DEFAULT_SAMPLE, _check_k_range, _count_distinct, apply_model, make_model, segment
+from .segment import (
+    DEFAULT_SAMPLE,
+    _check_k_range,
+    _count_distinct,
+    apply_model,
+    is_default_sample,
+    make_model,
+    segment,
+)
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -484,7 +492,9 @@ def run_batch(
     batch.report.excluded = excluded
     with batch.reporting():
         if not shared_model:
-            batch.process(_segment_task, (opts,), {"settings": opts.model_settings(), **opts.expect()})
+            # sample_default as segment() records it: --skip-existing tells the exact fit from a typed sample
+            expect_settings = {**opts.model_settings(), "sample_default": is_default_sample(opts.sample)}
+            batch.process(_segment_task, (opts,), {"settings": expect_settings, **opts.expect()})
             return batch.report
         model_path = out / SHARED_MODEL_NAME
         shared = _reuse_shared(model_path, opts) if skip_existing else None
@@ -568,6 +578,7 @@ def apply_batch(
     digest = _model_digest(fitted)
     items, out, excluded = _prepare(inputs, output, recursive, frames, max_pixels)
     settings = {**(record.get("settings") or {}), "applied_model": digest, "model_file": os.fspath(model)}
+    settings.pop("exact_fit", None)  # how the model was fitted on its own image, not on these
     job = _ApplyJob(fitted.to_dict(), spec.to_dict(), settings, max_pixels, writing, (os.fspath(model),))
     batch = _Batch(items, out, _jobs(jobs), skip_existing, progress, t0, scheduler, on_start)
     batch.report.excluded = excluded

@@ -1214,14 +1214,18 @@ EXACT_DISTINCT_SHARE = 0.25
 _DISTINCT_BINCOUNT_PIXELS = 1 << 23
 
 
-def _distinct_colors(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _distinct_colors(
+    image: Image, limit: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The distinct colours of an 8-bit RGB image's used pixels, cheaply.
 
     Returns (the distinct colours, float32 (n_d, 3), exactly as in the bands; counts
     (float64); inverse (int32: the distinct colour of each used pixel)), or None where
-    the image is not 8-bit 3-band colour, or its bands are not all exact 8-bit values
-    ``v / 255``. Colours are keyed by a 24-bit code; a bincount over the 2^24 codes
-    replaces a sort, and the colours come back from the codes (no scatter of every
+    the image is not 8-bit 3-band colour, its bands are not all exact 8-bit values
+    ``v / 255``, or it has more than ``limit`` distinct colours (counted on a bitmap of
+    the 2^24 codes first, before any sort). Colours are keyed by a 24-bit code: a sort
+    of the codes below :data:`_DISTINCT_BINCOUNT_PIXELS` used pixels, a bincount over the
+    2^24 codes from there on; the colours come back from the codes (no scatter of every
     pixel's index).
     """
     from .io import _LUT8
@@ -1248,6 +1252,14 @@ def _distinct_colors(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
         np.left_shift(byte[:m, 0], 16, out=code)
         code |= byte[:m, 1] << 8
         code |= byte[:m, 2]
+    if limit is not None:
+        # too many colours to pay is the common case on photos: find out from a 16 MB bitmap
+        # before the sort or the bins (a sort of every pixel for nothing doubled the features' time)
+        seen = np.zeros(1 << 24, dtype=bool)
+        seen[codes] = True
+        if np.count_nonzero(seen) > limit:
+            return None
+        del seen
     if n < _DISTINCT_BINCOUNT_PIXELS:
         # a sort: memory in proportion to the image, where the 192 MB of bins would cost more
         # than the per-pixel features the exact fit saves (same colours, order and counts)
@@ -1297,12 +1309,12 @@ def _exact_distinct_fit(
 
     if not img.is_color or img.n_bands != 3 or img.bit_depth != 8:
         return None
-    found = _distinct_colors(img)
+    found = _distinct_colors(img, limit=EXACT_DISTINCT_SHARE * img.n_used)
     if found is None:
         return None
     colors, counts, inverse = found
     n_d = colors.shape[0]
-    if n_d > EXACT_DISTINCT_SHARE * img.n_used or n_d < k_min:
+    if n_d < k_min:
         return None
     spec, src, cols = _resolve(img, spec)
     if spec.standardize and spec.offset is None:
@@ -1606,6 +1618,8 @@ def segment(
         m=m,
     )
     auto, k_lo, k_hi = _check_k(k, k_range, criterion, model)  # before reading the image
+    # left at the default: the exact fit where it applies, not what a typed --sample 200000 gives
+    settings["sample_default"] = is_default_sample(sample)
     if auto:
         settings.update(k_range=[k_lo, k_hi], criterion=criterion)
     if not (smoothing >= 0 and np.isfinite(smoothing)):

@@ -298,3 +298,39 @@ def test_smoothed_memberships_are_those_of_the_rows_path():
     lj = seg.model.weighted_log_prob(X, out=np.empty((X.shape[0], 3), np.float32))
     rows = seg_mod.PottsPrior(arr.shape[:2], 1.0, None).smooth(lj, sweeps=seg_mod.FINAL_SWEEPS)
     assert np.array_equal(probs.reshape(-1, 3), rows)
+
+
+def test_model_json_of_an_exact_fit_follows_the_schema_and_skip_existing_tells_the_fits_apart(tmp_path):
+    from segsoft.batch import apply_batch, run_batch
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((outputs.Path(seg_mod.__file__).parent / "model.schema.json").read_text())
+    src = tmp_path / "in"
+    src.mkdir()
+    PILImage.fromarray(_photo(3)).save(src / "p.png")
+    out = tmp_path / "out"
+    report = run_batch([src], out, SegmentOptions(k=3), jobs=1)
+    assert report.count("ok") == 1
+    record = json.loads((out / "p" / "model.json").read_text())
+    assert record["settings"]["exact_fit"]["rows"] == "distinct colours" and record["settings"]["sample_default"]
+    jsonschema.validate(record, schema)
+    # a typed --sample 200000 is another fit: redone, then kept by the same request
+    again = run_batch([src], out, SegmentOptions(k=3, sample=200_000), jobs=1, skip_existing=True)
+    assert again.count("ok") == 1 and again.count("skipped") == 0
+    record = json.loads((out / "p" / "model.json").read_text())
+    assert "exact_fit" not in record["settings"] and record["settings"]["sample_default"] is False
+    jsonschema.validate(record, schema)
+    assert run_batch([src], out, SegmentOptions(k=3, sample=200_000), jobs=1, skip_existing=True).count("skipped") == 1
+    assert run_batch([src], out, SegmentOptions(k=3), jobs=1, skip_existing=True).count("ok") == 1
+    # applied elsewhere, the model does not claim an exact fit on images it never fitted
+    applied = apply_batch(out / "p" / "model.json", [src / "p.png"], tmp_path / "applied", jobs=1)
+    assert applied.count("ok") == 1
+    assert "exact_fit" not in json.loads((tmp_path / "applied" / "p" / "model.json").read_text())["settings"]
+
+
+def test_too_many_colours_are_refused_before_any_sort():
+    rng = np.random.default_rng(0)
+    img = Image(pixels=rng.integers(0, 256, (64, 64, 3)).astype(np.float32) / 255)
+    assert seg_mod._distinct_colors(img, limit=0.25 * img.n_used) is None
+    colors, counts, inverse = seg_mod._distinct_colors(img)
+    assert counts.sum() == img.n_used and colors.shape[0] > 0.25 * img.n_used

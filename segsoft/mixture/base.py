@@ -124,7 +124,8 @@ CHUNK_BYTES = 64 << 20  # the (P, rows) float64 buffer of one chunk pass stays b
 # long enough that the two threads seldom wait for the GIL
 GROUP_ROWS = 1 << 15
 # a row whose every logit lies this far below the shift gets an exact log-sum-exp of its own
-# (exp(-600) is a normal float: above it, the memberships lose nothing that a per-row maximum keeps)
+# (exp(-600) is a normal float, so a row's largest memberships keep full precision above it; only
+# memberships some e^-100 or more below a row's largest can flush to 0, far under the float32 outputs)
 _FAR = 600.0
 
 
@@ -143,7 +144,7 @@ def _exact_rows(wt: np.ndarray, q: np.ndarray, resp: np.ndarray, score: np.ndarr
     """Redo the rows of one chunk whose shifted softmax under- or overflowed, by the per-row
     maximum (``wt``: shifted coefficients (K, P), ``q``: the chunk's features; fixes ``resp`` (K, n)
     and ``score`` (n,) in place)."""
-    bad = np.flatnonzero(~(score >= shift - _FAR))
+    bad = np.flatnonzero(~((score >= shift - _FAR) & (score < np.inf)))  # NaN fails both
     logits = wt @ q[:, bad]
     top = logits.max(axis=0)
     logits -= top
@@ -791,7 +792,9 @@ class _EMBase:
             for a, b in cuts:
                 sc = score[a:b]
                 i = int(np.argmin(sc))
-                if not sc[i] >= shift - _FAR:  # also catches -inf and NaN
+                # also catches -inf and NaN; +inf (a sum of exps that overflowed) is checked too,
+                # though the shift bounds every logit: only rounding could exceed it
+                if not (sc[i] >= shift - _FAR and sc.max() < np.inf):
                     _exact_rows(wt, q[:, a:b], resp[:, a:b], sc, shift)
                     i = int(np.argmin(sc))
                 worst.append(i)
