@@ -8,34 +8,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
+from test_cli_evaluate import make_dataset as _make_dataset
 
 from segsoft.contours import boundary_pr, ods_ois
 from segsoft.evaluate import load_ground_truth
+
+
+def make_dataset(folder: Path, n: int = 3) -> tuple[Path, Path]:
+    return _make_dataset(folder, n, noise=8)
 
 
 def segsoft(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, timeout=180, check=False
     )
-
-
-def make_dataset(folder: Path, n: int = 3) -> tuple[Path, Path]:
-    """Pictures of three colour blocks with a little noise, and two 'human' segmentations each."""
-    rng = np.random.default_rng(0)
-    images, gt = folder / "images", folder / "gt"
-    images.mkdir(parents=True)
-    gt.mkdir()
-    colors = np.array([[30, 30, 30], [200, 60, 40], [60, 160, 220]], float)
-    for i in range(n):
-        truth = np.zeros((40, 60), np.uint16)
-        truth[:, 20 + i :] = 1
-        truth[25:, 40:] = 2
-        img = np.clip(colors[truth] + rng.normal(0, 8, (40, 60, 3)), 0, 255).astype(np.uint8)
-        PILImage.fromarray(img).save(images / f"{100 + i}.png")
-        coarse = np.where(truth == 2, 1, truth)  # a second human who merged two of the blocks
-        np.savez_compressed(gt / f"{100 + i}.npz", segs=np.stack([truth + 1, coarse + 1]).astype(np.uint16))
-    return images, gt
 
 
 def summary_value(stdout: str, label: str) -> float:

@@ -17,8 +17,9 @@ def segsoft(*args) -> subprocess.CompletedProcess:
     )
 
 
-def make_dataset(folder: Path, n: int = 2) -> tuple[Path, Path]:
-    """Images of three colour blocks plus noise, and two 'human' outlines each."""
+def make_dataset(folder: Path, n: int = 2, noise: float = 10) -> tuple[Path, Path]:
+    """Images of three colour blocks plus noise, and two 'human' outlines each (also used by
+    test_ucm.py and test_cli_contours.py)."""
     rng = np.random.default_rng(0)
     images, gt = folder / "images", folder / "gt"
     images.mkdir(parents=True)
@@ -28,7 +29,7 @@ def make_dataset(folder: Path, n: int = 2) -> tuple[Path, Path]:
         truth = np.zeros((40, 60), np.uint16)
         truth[:, 20 + i :] = 1
         truth[25:, 40:] = 2
-        img = np.clip(colors[truth] + rng.normal(0, 10, (40, 60, 3)), 0, 255).astype(np.uint8)
+        img = np.clip(colors[truth] + rng.normal(0, noise, (40, 60, 3)), 0, 255).astype(np.uint8)
         PILImage.fromarray(img).save(images / f"{100 + i}.png")
         coarse = np.where(truth == 2, 1, truth)  # a second human who merged two regions
         np.savez_compressed(gt / f"{100 + i}.npz", segs=np.stack([truth + 1, coarse + 1]).astype(np.uint16))

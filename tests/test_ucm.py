@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from test_cli_evaluate import make_dataset
 
 from segsoft.boundaries import boundary_image, level_of_grey
 from segsoft.evaluate import EvaluationReport, ImageScore, cut_ucm, evaluate_directory, parse_thresholds
@@ -126,23 +126,6 @@ def test_report_pools_covering_and_picks_ods_and_ois():
     assert "OIS       PRI 0.8000, VoI 1.6000 bits, Covering 0.5500" in text
     assert "3 thresholds from 0.1 to 0.3" in text
     assert EvaluationReport(rows).ods == {} and "ODS" not in EvaluationReport(rows).summary()
-
-
-def make_dataset(folder: Path, n: int = 2) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    images, gt = folder / "images", folder / "gt"
-    images.mkdir(parents=True)
-    gt.mkdir()
-    colors = np.array([[30, 30, 30], [200, 60, 40], [60, 160, 220]], float)
-    for i in range(n):
-        truth = np.zeros((40, 60), np.uint16)
-        truth[:, 20 + i :] = 1
-        truth[25:, 40:] = 2
-        img = np.clip(colors[truth] + rng.normal(0, 10, (40, 60, 3)), 0, 255).astype(np.uint8)
-        PILImage.fromarray(img).save(images / f"{100 + i}.png")
-        coarse = np.where(truth == 2, 1, truth)
-        np.savez_compressed(gt / f"{100 + i}.npz", segs=np.stack([truth + 1, coarse + 1]).astype(np.uint16))
-    return images, gt
 
 
 def test_evaluate_directory_sweeps_one_hierarchy_per_image(tmp_path):
