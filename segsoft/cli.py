@@ -1208,6 +1208,7 @@ def _run_large(
         ("model", f"{large.settings.get('model')}  k={large.k}  features={'+'.join(large.spec.feature_names)}"),
         ("iterations", f"{model.n_iter_}  ({'converged' if model.converged_ else 'not converged: raise --max-iter'})"),
         ("score (-J)" if large.settings.get("model") == "fcm" else "log-likelihood", _fmt(large.log_likelihood)),
+        ("BIC", _fmt(large.bic, ".1f")),
         ("cluster sizes", _sizes([c / n for c in large.counts.tolist()])),
         *(
             [("k chosen", f"{large.k} by {large.selection['criterion'].upper()} (see k_selection.png)")]

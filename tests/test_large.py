@@ -138,6 +138,12 @@ def test_out_of_core_equals_in_memory(tiled, tmp_path, kw):
     big = segment_large(tiled, k=3, scheduler="threads", chunks=64, **kw)
     big.save(tmp_path / "o")
     assert abs(big.log_likelihood - ref.log_likelihood) <= 1e-10 * abs(ref.log_likelihood)
+    # the criteria of the full image, in the summary and model.json (not the preview's)
+    assert (big.bic is None) == (ref.bic is None) == (kw["model"] == "fcm")
+    if ref.bic is not None:
+        assert abs(big.bic - ref.bic) <= 1e-9 * abs(ref.bic) and abs(big.aic - ref.aic) <= 1e-9 * abs(ref.aic)
+    result = json.loads((tmp_path / "o" / "model.json").read_text())["result"]
+    assert result["bic"] == big.bic and result["aic"] == big.aic
     z = zarr.open_group(str(tmp_path / "o" / "probabilities.zarr"), mode="r")
     p = np.moveaxis(z["0"][:], 0, -1)
     assert np.abs(p - ref.probabilities).max() <= 1e-6
@@ -200,6 +206,7 @@ def test_cli_run_out_of_core_on_a_local_cluster(tiled, tmp_path):
     r = cli("run", tiled, "-k", "3", "--scheduler", "local", "--max-pixels", "1000", "-o", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert "out of core" in r.stdout
+    assert any(line.startswith("BIC") for line in r.stdout.splitlines())
     folder = tmp_path / "o" / "coffee"
     assert (folder / "probabilities.zarr" / "0" / ".zarray").is_file() and (folder / "montage.png").is_file()
     ref = segsoft.segment(tiled, k=3)

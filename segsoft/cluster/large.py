@@ -100,6 +100,26 @@ class LargeSegmentation:
         self.cache_path = None
 
     @property
+    def n_used(self) -> int:
+        """Pixels the memberships were computed on (every unmasked pixel of the full image)."""
+        return int(self.counts.sum()) if self.counts is not None else self.image.height * self.image.width
+
+    @property
+    def bic(self) -> float | None:
+        """BIC of the model on every used pixel of the full image (None for fuzzy c-means, or before memberships)."""
+        if not hasattr(self.model, "n_parameters") or self.log_likelihood is None:
+            return None
+        n = max(self.n_used, 1)
+        return float(-2.0 * self.log_likelihood * n + self.model.n_parameters() * np.log(n))
+
+    @property
+    def aic(self) -> float | None:
+        """AIC on every used pixel of the full image (None for fuzzy c-means, or before memberships)."""
+        if not hasattr(self.model, "n_parameters") or self.log_likelihood is None:
+            return None
+        return float(-2.0 * self.log_likelihood * self.n_used + 2.0 * self.model.n_parameters())
+
+    @property
     def k(self) -> int:
         return int(self.model.n_components)
 
@@ -707,10 +727,11 @@ def _replace_store(tmp: Path, final: Path) -> None:
 
 def _patch_record(record: dict, seg: LargeSegmentation, patch: dict) -> None:
     H, W = seg.image.height, seg.image.width
-    n_used = int(seg.counts.sum()) if seg.counts is not None else H * W
+    n_used = seg.n_used
     record["image"]["width"], record["image"]["height"] = W, H
     record["image"]["pixels_used"] = n_used
-    record["result"]["log_likelihood"] = seg.log_likelihood
+    # the preview's criteria would describe its block means: those of the full image instead
+    record["result"].update(log_likelihood=seg.log_likelihood, bic=seg.bic, aic=seg.aic)
     for j, c in enumerate(record["clusters"]):
         c["pixel_fraction"] = float(seg.counts[j]) / max(n_used, 1)
     record["probabilities"] = patch["probabilities"]
