@@ -364,9 +364,7 @@ class SoftSegmentation:
         if self._distinct is not None and self.mask is None and "labels" not in self.__dict__:
             pic = render.label_indexed(self._distinct_labels[None], colors=self.colors, k=self.k)
             if isinstance(pic, render.IndexedImage):
-                inverse = self._distinct[0]
-                out = _gather_rows(pic.indices[0], inverse, np.empty(inverse.size, np.uint8))
-                return render.IndexedImage(out.reshape(self.probabilities.shape[:2]), pic.palette, pic.transparent)
+                return self._gathered(pic)
         return render.label_indexed(self.labels, colors=self.colors, k=self.k)
 
     def _per_pixel(self, make: Callable[[np.ndarray, np.ndarray | None], render.IndexedImage]) -> render.IndexedImage:
@@ -378,8 +376,11 @@ class SoftSegmentation:
         """
         if self._distinct is None or self.mask is not None:
             return make(self.probabilities, self.mask)
-        inverse, per_colour = self._distinct[:2]
-        pic = make(per_colour[None], None)
+        return self._gathered(make(self._distinct[1][None], None))
+
+    def _gathered(self, pic: render.IndexedImage) -> render.IndexedImage:
+        """A (1, n_distinct) picture of the distinct colours, gathered back to every pixel."""
+        inverse = self._distinct[0]
         out = _gather_rows(pic.indices[0], inverse, np.empty(inverse.size, np.uint8))
         return render.IndexedImage(out.reshape(self.probabilities.shape[:2]), pic.palette, pic.transparent)
 
@@ -1681,6 +1682,16 @@ def segment(
         timings = {"read": t_read - t0, "features": 0.0, "fit": t_pred - t_feat, "memberships": 0.0, "total": t_pred - t0}
         return SoftSegmentation(img, probs, estimator, spec, float(mean), settings, timings, None)
     _check_full_covariance(name, model, covariance, img, spec)
+    def check(X: np.ndarray, fitted: FeatureSpec) -> None:
+        """Grey and hsv can merge colours (two colours of one luminance, every hue of a grey):
+        count the features' distinct colour rows too, on either path."""
+        nonlocal k_hi
+        if check_distinct and color in _MANY_TO_ONE:
+            distinct = _count_distinct(X[:, : fitted.n_color], k_hi if auto else k)
+            _refuse_too_few(name, color, k_min, distinct)
+            if auto:
+                k_hi = min(k_hi, distinct)
+
     if smoothing == 0 and spatial_weight == 0 and (auto or k > 1) and (not sample or is_default_sample(sample)):
         # colour-only features of a photo with few distinct colours: the full-data EM on
         # each distinct colour weighted by its count is the EM on every pixel, far cheaper
@@ -1688,14 +1699,6 @@ def segment(
         t_feat = time.perf_counter()
         exact_model = model_factory(model, {**settings, "sample": None})
         selection = None
-
-        def check(Xd: np.ndarray, fitted: FeatureSpec) -> None:
-            nonlocal k_hi
-            if check_distinct and color in _MANY_TO_ONE:  # as the per-pixel path below does
-                distinct = _count_distinct(Xd[:, : fitted.n_color], k_hi if auto else k)
-                _refuse_too_few(name, color, k_min, distinct)
-                if auto:
-                    k_hi = min(k_hi, distinct)
 
         def fit(Xd: np.ndarray, counts: np.ndarray, pixel_rows: Callable[[np.ndarray | None], np.ndarray]) -> Any:
             nonlocal selection
@@ -1740,13 +1743,7 @@ def segment(
             return seg
     X, spec = extract(img, spec, return_spec=True)
     t_feat = time.perf_counter()
-    if check_distinct and color in _MANY_TO_ONE:
-        # grey and hsv can merge colours (two colours of one luminance, every hue of
-        # a grey): count the features too
-        distinct = _count_distinct(X[:, : spec.n_color], k_hi if auto else k)
-        _refuse_too_few(name, color, k_min, distinct)
-        if auto:
-            k_hi = min(k_hi, distinct)
+    check(X, spec)
     selection = None
     try:
         if auto:
