@@ -337,3 +337,26 @@ def test_an_image_on_a_scheduler_thread_gets_one_core():
     t.join()
     assert seen == [1]
     assert batch_module._task_jobs() is None
+
+
+def _worker_state() -> tuple[list[str], bool]:
+    import signal
+
+    from segsoft.cluster.client import WORKER_IMPORTS
+
+    return [m for m in WORKER_IMPORTS if m in sys.modules], signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_workers_import_zarr_before_any_task_and_keep_their_ctrl_c(cluster):
+    # zarr's package import races with itself when a task's pickled zarr.Array is unpickled in the
+    # worker's event loop while a reader imports zarr in the task thread (seen in CI: "cannot import
+    # name ... from partially initialized module 'zarr.core.array'"); connecting imports it first
+    from segsoft.cluster.client import WORKER_IMPORTS, Executor
+
+    with Executor(cluster.scheduler_address) as ex:
+        ex.client.wait_for_workers(2, timeout=60)  # one may be restarting after a killed-worker test
+        states = ex.client.run(_worker_state)
+    assert len(states) == 2
+    for imported, ignores_ctrl_c in states.values():
+        assert imported == list(WORKER_IMPORTS)
+        assert not ignores_ctrl_c  # a cluster at an address belongs to whoever started it

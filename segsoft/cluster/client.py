@@ -149,6 +149,11 @@ class Executor:
             raise SegsoftError(f"--scheduler {address}: cannot reach the Dask scheduler ({_one_line(exc)})") from None
         except ValueError as exc:  # e.g. an unknown protocol
             raise SegsoftError(f"--scheduler {address}: {_one_line(exc)}") from None
+        try:
+            self.client.register_plugin(_worker_plugin(local=False), name="segsoft-imports")
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     def _start_local(self) -> None:
         import dask
@@ -168,7 +173,7 @@ class Executor:
             )
         try:
             self.client = Client(self.cluster, set_as_default=False)
-            self.client.register_plugin(_worker_plugin(), name="segsoft-worker")
+            self.client.register_plugin(_worker_plugin(local=True), name="segsoft-worker")
         except BaseException:
             self.close(kill=True)
             raise
@@ -282,21 +287,50 @@ def _run(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
 
-def _worker_plugin() -> Any:
-    """A worker plugin for the local cluster's workers: Ctrl-C is the driver's to handle.
+WORKER_IMPORTS = ("zarr", "numcodecs", "tifffile", "segsoft.batch", "segsoft.cluster.large")
+
+
+def warm_imports() -> None:
+    """Import, once per worker process, the modules its tasks unpickle and read with.
+
+    A worker unpickles a task in its event-loop thread while another task
+    runs in a task thread. When both import zarr for the first time at once
+    (a task's pickled ``zarr.Array`` and a reader's ``import zarr``), the two
+    imports race and one of them sees the package half-initialised
+    ("cannot import name ... from partially initialized module"). Importing
+    everything before the first task removes the race.
+    """
+    import importlib
+
+    for name in WORKER_IMPORTS:
+        with suppress(ImportError):  # tifffile/zarr absent on a worker: its tasks say so themselves
+            importlib.import_module(name)
+
+
+def _worker_plugin(local: bool) -> Any:
+    """A worker plugin: the imports of :func:`warm_imports` before any task (every cluster), and
+    for a local cluster's workers, Ctrl-C left to the driver.
 
     The terminal sends Ctrl-C to every process of its group, the local
     workers included; they ignore it (as the process pool's workers do), and
-    the driver stops them.
+    the driver stops them. Workers of a cluster at an address keep their own
+    Ctrl-C: they belong to whoever started them. Distributed runs a plugin's
+    ``setup`` on every worker, and on a restarted or late worker before it
+    takes tasks.
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class SegsoftWorker(WorkerPlugin):  # pickled by value (cloudpickle): no module of its own needed
-        def setup(self, worker: Any) -> None:
-            with suppress(ValueError):  # only possible in the main thread (the worker's event loop)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        def __init__(self, local: bool) -> None:
+            self.local = local
 
-    return SegsoftWorker()
+        def setup(self, worker: Any) -> None:
+            warm_imports()
+            if self.local:
+                with suppress(ValueError):  # only possible in the main thread (the worker's event loop)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return SegsoftWorker(local)
 
 
 def _kill_workers(cluster: Any) -> None:
