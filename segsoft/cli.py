@@ -1223,6 +1223,45 @@ def _run_large(
         typer.echo(f"{key:<16}{value}")
 
 
+@app.command(cls=_Command)
+@_guard
+def report(
+    output: Path = typer.Argument(
+        ...,
+        metavar="OUTPUT",
+        help="A segsoft output folder: of a batch (summary.csv) or of one image (model.json).",
+    ),
+    thumbnails: bool = typer.Option(
+        True, "--thumbnails/--no-thumbnails", help="Make small thumbnails of large overlays for the table."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Write OUTPUT/report.html again from what the folder holds.
+
+    For a batch written before reports existed, a folder filled by several
+    runs (--skip-existing), or one image's folder from `segsoft run`. Reads
+    summary.csv, or each image folder's model.json where there is none; writes
+    only report.html (and its thumbnails) inside OUTPUT, under the folder's
+    lock, so it never mixes with a batch still writing there.
+    """
+    from .outputs import folder_lock
+    from .report import report_rows, write_report
+
+    if not output.exists():
+        raise SegsoftError(f"{output}: no such output folder")
+    if not output.is_dir():
+        raise SegsoftError(f"{output}: is not a folder; give a segsoft output folder")
+    entries, _ = report_rows(output)
+    if not entries:
+        raise SegsoftError(
+            f"{output}: no segsoft outputs in it (no summary.csv, no model.json in it or its image folders)"
+        )
+    with folder_lock(output):
+        page = write_report(output, thumbnails=thumbnails)
+    if not quiet:
+        typer.echo(f"{len(entries)} image{'s' * (len(entries) != 1)}; report {page}")
+
+
 def entry() -> None:
     """Console-script entry point.
 
