@@ -14,7 +14,8 @@ and times these commands (each in its own process, ``-q``):
 (``git worktree add /tmp/base HEAD`` gives the last commit's code), alternating
 the two run by run so both see the same load, and reports the ratio of the
 medians and whether the two wrote byte-identical outputs (``model.json`` is
-compared without its timings and creation time). On a shared, noisy machine, compare only what
+compared without its timings and creation time). The CPU seconds (user + system of the whole
+process) vary less than the wall time on a busy machine. On a shared, noisy machine, compare only what
 ran side by side in one run.
 
     python benchmarks/bench_cli.py                               # 1, 12, 48 MP, 3 repeats
@@ -63,8 +64,12 @@ def synthesise(megapixels: float, path: Path) -> tuple[int, int]:
     return w, h
 
 
-def run_once(code: Path | None, photo: Path, out: Path, args: list[str]) -> tuple[float, float]:
-    """One `segsoft run` in a fresh process: (seconds, its peak resident memory in MiB)."""
+def run_once(code: Path | None, photo: Path, out: Path, args: list[str]) -> tuple[float, float, float]:
+    """One `segsoft run` in a fresh process: (seconds, its peak resident memory in MiB, its CPU seconds).
+
+    The CPU seconds (user + system, all its threads) hold better than the wall time on a
+    machine other work is using: they count what the command did, not what it waited for.
+    """
     env = dict(os.environ)
     if code is not None:  # another checkout first on the path: its segsoft, this environment's packages
         env["PYTHONPATH"] = str(code) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -78,7 +83,7 @@ def run_once(code: Path | None, photo: Path, out: Path, args: list[str]) -> tupl
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()}")
-    return seconds, usage.ru_maxrss / 1024.0
+    return seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -119,11 +124,11 @@ def main() -> None:
     print(f"# segsoft run end to end: {cores} cores, load average {os.getloadavg()[0]:.1f} at the start")
     print(f"# medians of {args.repeat}" + (f", alternating with the baseline {args.baseline}" if args.baseline else ""))
     print()
-    head = "| MP | command | seconds | peak MiB | bytes/pixel |"
-    rule = "| ---: | --- | ---: | ---: | ---: |"
+    head = "| MP | command | seconds | CPU s | peak MiB | bytes/pixel |"
+    rule = "| ---: | --- | ---: | ---: | ---: | ---: |"
     if args.baseline:
-        head += " baseline s | baseline MiB | speed-up | same outputs |"
-        rule += " ---: | ---: | ---: | --- |"
+        head += " baseline s | baseline CPU s | baseline MiB | speed-up | CPU ratio | same outputs |"
+        rule += " ---: | ---: | ---: | ---: | ---: | --- |"
     print(head)
     print(rule)
     with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
@@ -132,7 +137,7 @@ def main() -> None:
             photo = tmp_path / f"photo{mp:g}mp.jpg"
             w, h = synthesise(mp, photo)
             for name in names:
-                runs: dict[str, list[tuple[float, float]]] = {"new": [], "base": []}
+                runs: dict[str, list[tuple[float, float, float]]] = {"new": [], "base": []}
                 sides = [("new", args.code)] + ([("base", args.baseline)] if args.baseline else [])
                 outs = {}
                 for i in range(args.repeat):
@@ -142,15 +147,22 @@ def main() -> None:
                         runs[side].append(run_once(code, photo, out, COMMANDS[name]))
                         outs[side] = out / photo.stem
                 secs = statistics.median(r[0] for r in runs["new"])
+                cpu = statistics.median(r[2] for r in runs["new"])
                 peak = max(r[1] for r in runs["new"])
-                row = f"| {mp:g} | `{' '.join(COMMANDS[name])}` | {secs:.2f} | {peak:.0f} | {peak * 2**20 / (w * h):.0f} |"
+                row = (
+                    f"| {mp:g} | `{' '.join(COMMANDS[name])}` | {secs:.2f} | {cpu:.2f} | {peak:.0f} | "
+                    f"{peak * 2**20 / (w * h):.0f} |"
+                )
                 if args.baseline:
                     bsecs = statistics.median(r[0] for r in runs["base"])
+                    bcpu = statistics.median(r[2] for r in runs["base"])
                     bpeak = max(r[1] for r in runs["base"])
                     a, b = digest(outs["new"]), digest(outs["base"])
                     differ = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))
                     same = "yes" if not differ else "no: " + ", ".join(differ)
-                    row += f" {bsecs:.2f} | {bpeak:.0f} | {bsecs / secs:.2f}x | {same} |"
+                    row += (
+                        f" {bsecs:.2f} | {bcpu:.2f} | {bpeak:.0f} | {bsecs / secs:.2f}x | {bcpu / cpu:.2f}x | {same} |"
+                    )
                 print(row, flush=True)
 
 

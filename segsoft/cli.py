@@ -510,6 +510,10 @@ def _given(ctx: Any, name: str) -> bool:
 
 def _colormap_name(name: str) -> str:
     """Matplotlib names are case-sensitive (``Blues``); take another case when it names exactly one."""
+    from .render import _BUILTIN_LUTS
+
+    if name in _BUILTIN_LUTS:  # the default maps: no matplotlib import (tenths of a second, ~12 MB)
+        return name
     from matplotlib import colormaps
 
     if name in colormaps:

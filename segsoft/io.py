@@ -102,7 +102,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,7 +173,9 @@ class Image:
         for colour sources, the grey band in three equal channels for grey
         ones, and a display composite (see :func:`display_composite`) for
         any other number of bands. Renderers and regions use it; features
-        never do (they use ``bands``).
+        never do (they use ``bands``). An 8-bit RGB(A) file read by
+        :func:`read_image` keeps its decoded samples instead and makes this
+        array (the same values) when it is first asked for.
     mask : ndarray of bool, shape (H, W), or None
         True where the pixel is used (not transparent, and for float
         multiband data not NaN/inf in any band); None when all are.
@@ -271,12 +273,61 @@ class Image:
     @property
     def height(self) -> int:
         """Number of rows."""
-        return int(self.pixels.shape[0])
+        return int(self._shape[0])
 
     @property
     def width(self) -> int:
         """Number of columns."""
-        return int(self.pixels.shape[1])
+        return int(self._shape[1])
+
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        """(H, W, 3) of ``pixels``, without making them from the 8-bit samples."""
+        p = self.__dict__.get("_pixels")
+        if p is None:
+            rgb8 = self.__dict__.get("_rgb8")
+            if rgb8 is not None:
+                return rgb8.shape
+            p = self.pixels
+        return p.shape
+
+    @classmethod
+    def _from_rgb8(cls, rgb8: np.ndarray, mask: np.ndarray | None, path: Path | None, mode: str) -> Image:
+        """An 8-bit RGB image that keeps its decoded samples, uint8 (H, W, 3), and makes the float
+        ``pixels`` (and so ``bands``) only when they are first asked for.
+
+        The float values are ``rgb8 / 255`` in float32, exactly those the eager reader stores; until
+        they are made, the exact fit on distinct colours and the pictures read the samples (3 bytes a
+        pixel instead of 12) through :meth:`_rgb8_rows` and :meth:`_unit_window`. Once made, the
+        samples are dropped, so changing ``pixels`` in place cannot leave stale samples behind.
+        """
+        img = cls.__new__(cls)
+        for f in fields(cls):
+            setattr(img, f.name, f.default if f.default is not MISSING else None)
+        img._rgb8 = np.ascontiguousarray(rgb8, dtype=np.uint8)  # set first: the getters look at it
+        img.mask = mask
+        img.path = None if path is None else Path(path)
+        img.bit_depth, img.mode, img.is_gray, img.is_color = 8, mode, False, True
+        img.band_names = _default_band_names(3, True, False)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != rgb8.shape[:2] or mask.dtype != bool:
+                raise ValueError(f"mask must be a bool {rgb8.shape[:2]} array, got {mask.dtype} {mask.shape}")
+            img.mask = np.ascontiguousarray(mask)
+        return img
+
+    def _rgb8_rows(self) -> np.ndarray | None:
+        """The 8-bit samples as (H * W, 3) uint8 while the float pixels are not made (see
+        :meth:`_from_rgb8`), else None."""
+        rgb8 = self.__dict__.get("_rgb8")
+        return None if rgb8 is None else rgb8.reshape(-1, 3)
+
+    def _unit_window(self, rows: slice, cols: slice) -> np.ndarray:
+        """``pixels[rows, cols]``, float32, made from the 8-bit samples when the pixels are not made."""
+        rgb8 = self.__dict__.get("_rgb8")
+        if rgb8 is None:
+            return self.pixels[rows, cols]
+        return np.divide(rgb8[rows, cols], np.float32(255.0), dtype=np.float32)
 
     @property
     def n_pixels(self) -> int:
@@ -291,6 +342,8 @@ class Image:
     @property
     def n_bands(self) -> int:
         """Number of bands C (3 for a colour photo, 1 for a grey one)."""
+        if self.__dict__.get("_bands") is None and self.__dict__.get("_rgb8") is not None:
+            return 3
         return int(self.bands.shape[2])
 
     def with_display(self, display_bands: Sequence[int]) -> Image:
@@ -367,6 +420,48 @@ class Image:
         [0.0, 1.0]
         """
         return _array_image(arr, mask)
+
+
+_MAKE_PIXELS = threading.Lock()  # one thread makes the float pixels of an 8-bit image, the others wait for them
+
+
+def _get_pixels(self: Image) -> np.ndarray:
+    p = self.__dict__.get("_pixels")
+    if p is None and self.__dict__.get("_rgb8") is not None:
+        with _MAKE_PIXELS:
+            p = self.__dict__.get("_pixels")
+            if p is None:
+                p = _unit_rgb(self._rgb8)
+                self._pixels = p
+                if self.__dict__.get("_bands") is None:
+                    self._bands = p  # a colour image's bands are its pixels, as in __post_init__
+                self._rgb8 = None
+    return p
+
+
+def _set_pixels(self: Image, value: np.ndarray) -> None:
+    if self.__dict__.get("_rgb8") is not None and self.__dict__.get("_bands") is None:
+        self.pixels  # noqa: B018 - new pixels on an image whose bands are its pixels: the bands stay the old ones
+    self._rgb8 = None
+    self._pixels = value
+
+
+def _get_bands(self: Image) -> np.ndarray | None:
+    b = self.__dict__.get("_bands")
+    if b is None and self.__dict__.get("_rgb8") is not None:
+        self.pixels  # noqa: B018 - makes the pixels, which are the bands
+        b = self._bands
+    return b
+
+
+def _set_bands(self: Image, value: np.ndarray | None) -> None:
+    self._bands = value
+
+
+# Properties over the dataclass fields: an 8-bit RGB image read from a file makes its float32
+# pixels (12 bytes a pixel) only if something asks for them (see Image._from_rgb8).
+Image.pixels = property(_get_pixels, _set_pixels, doc="float32 (H, W, 3) RGB in [0, 1]; see the class docstring.")  # type: ignore[assignment]
+Image.bands = property(_get_bands, _set_bands, doc="float32 (H, W, C), the data the features are made of.")  # type: ignore[assignment]
 
 
 def _default_band_names(n: int, color: bool, gray: bool) -> tuple[str, ...]:
@@ -1425,6 +1520,9 @@ def _from_pil(
     arr = _orient(arr, orientation)
     if alpha is not None:
         alpha = _orient(alpha, orientation)
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and bit_depth == 8 and not is_gray:
+        # 8-bit colour: keep the samples, make the float pixels only if they are needed
+        return Image._from_rgb8(arr, _finish_mask(alpha, name), path, mode)
     if arr.dtype == np.float32:
         pixels = np.empty((*arr.shape[:2], 3), dtype=np.float32)
         pixels[...] = arr[..., None] if arr.ndim == 2 else arr

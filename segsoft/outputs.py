@@ -785,6 +785,9 @@ def _write_locked(
     # at most a few full-size pictures alive at once.
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending: list[Future] = []
+        # jobs that hold no full-size picture of their own, outside the bounded queue: waiting on
+        # the memberships file there held back the pictures' rendering until it was written
+        unbounded: list[Future] = []
 
         def submit(fn: Any, *args: Any) -> None:
             if len(pending) >= 3:
@@ -802,10 +805,10 @@ def _write_locked(
 
             def put_npy() -> None:
                 with atomic_path(folder / "probabilities.npy") as tmp:
-                    np.save(tmp, encode_probabilities(seg.probabilities, dtype))
+                    _save_probabilities_npy(tmp, seg, dtype)
 
             written["probabilities.npy"] = folder / "probabilities.npy"
-            submit(put_npy)
+            unbounded.append(pool.submit(put_npy))
         else:
             geo, note = geotiff_tags(seg)
             if fmt == "tiff":
@@ -846,6 +849,9 @@ def _write_locked(
         tiles = []  # shrunk as they are made: the montage never holds every full-size picture
         # the original's tile (a block mean of the whole image) on a worker while the pictures render
         original = pool.submit(seg.original, MONTAGE_TILE_WIDTH, None, True) if montage else None
+        # for model.json, made here while the workers write the memberships and the original's tile
+        # (made last, it ran alone after every picture was encoded)
+        seg.mean_rgb  # noqa: B018
         for name, title, make in seg.pictures(alpha, cmap, regions, region_threshold):
             picture = make()
             put_png(name, picture)
@@ -856,7 +862,7 @@ def _write_locked(
             put_png("montage.png", sheet)
         if seg.selection is not None:
             put_png("k_selection.png", render.selection_plot(seg.selection))
-        for job in pending:
+        for job in [*unbounded, *pending]:
             job.result()  # re-raises the first write error
     _remove_stale(folder, seg.k, seg.selection is not None, regions, fmt)
     record = model_record(seg)
@@ -873,6 +879,25 @@ def _write_locked(
 
 # --------------------------------------------------------------------------
 # memberships in other formats and dtypes
+
+
+def _save_probabilities_npy(path: str | os.PathLike, seg: SoftSegmentation, dtype: str) -> None:
+    """``np.save(path, encode_probabilities(seg.probabilities, dtype))``, the same bytes, block by block.
+
+    The header is the one ``np.save`` writes (format 1.0), then the rows are encoded and
+    written in blocks from :meth:`SoftSegmentation._probability_blocks`: after the exact fit
+    on distinct colours no image-sized memberships array (nor its encoded copy) is made.
+    """
+    h, w, k = seg.image.height, seg.image.width, seg.k
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (h, w, k),
+    }
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        # each block is written before the next is gathered into the same buffer
+        f.writelines(np.ascontiguousarray(encode_probabilities(b, dtype)).data for b in seg._probability_blocks())
 
 
 def encode_probabilities(p: np.ndarray, dtype: str = "float32") -> np.ndarray:

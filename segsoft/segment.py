@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,7 +97,10 @@ class SoftSegmentation:
         The input, as read.
     probabilities : ndarray, float32 (H, W, k)
         Memberships; each used pixel's sum to 1. Pixels masked out by
-        transparency are NaN.
+        transparency are NaN. After the exact fit on distinct colours the
+        array is made (gathered from each colour's memberships) on first
+        access: the pictures and the memberships file are made from the
+        colours' memberships without it.
     model : GaussianMixture, SoftKMeans or FuzzyCMeans
         The fitted model, on feature vectors made by ``spec``.
     spec : FeatureSpec
@@ -156,7 +160,42 @@ class SoftSegmentation:
 
     @property
     def k(self) -> int:
+        if self._probabilities is None and self._distinct is not None:  # without making them
+            return int(self._distinct[1].shape[1])
         return self.probabilities.shape[-1]
+
+    @property
+    def _hw(self) -> tuple[int, int]:
+        """(H, W) of the memberships, without making them."""
+        return self.image.height, self.image.width
+
+    def _gather_probabilities(self) -> np.ndarray:
+        """After the exact fit on distinct colours: the (H, W, k) memberships, gathered by colour."""
+        inverse, table = self._distinct[0], self._distinct[1]
+        (h, w), k = self._hw, table.shape[1]
+        if self.mask is None:
+            return _gather_rows(table, inverse, np.empty((h * w, k), np.float32)).reshape(h, w, k)
+        probs = np.full((h * w, k), np.nan, dtype=np.float32)
+        probs[self.mask.ravel()] = table[inverse]
+        return probs.reshape(h, w, k)
+
+    def _probability_blocks(self, step: int = 1 << 18) -> Iterator[np.ndarray]:
+        """The memberships as consecutive float32 (rows, k) blocks of the (H * W, k) array, in order.
+
+        After the exact fit on distinct colours (no mask) and before :attr:`probabilities`
+        is made, each block is gathered from the colours' memberships into one reused
+        buffer (valid until the next block): the same numbers without the image-sized array.
+        """
+        if self._probabilities is not None or self._distinct is None or self.mask is not None:
+            flat = self.probabilities.reshape(-1, self.k)
+            for s in range(0, flat.shape[0], step):
+                yield flat[s : s + step]
+            return
+        inverse, table = self._distinct[0], self._distinct[1]
+        buf = np.empty((min(step, inverse.size), table.shape[1]), np.float32)
+        for s in range(0, inverse.size, step):
+            part = inverse[s : s + step]
+            yield np.take(table, part, axis=0, out=buf[: part.size])
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -173,8 +212,8 @@ class SoftSegmentation:
             inverse, table = self._distinct[0], self._distinct_labels
             if self.mask is None:
                 out = np.empty(inverse.size, np.int32)
-                return _gather_rows(table, inverse, out).reshape(self.probabilities.shape[:2])
-            labels = np.full(self.probabilities.shape[:2], -1, dtype=np.int32)
+                return _gather_rows(table, inverse, out).reshape(self._hw)
+            labels = np.full(self._hw, -1, dtype=np.int32)
             labels[self.mask] = table[inverse]
             return labels
         # masked (NaN) pixels come out as 0 here and are set to -1 below; in chunks, so
@@ -264,13 +303,12 @@ class SoftSegmentation:
     @cached_property
     def mean_rgb(self) -> np.ndarray:
         """Membership-weighted mean sRGB of each cluster, float (k, 3) in [0, 1]."""
-        p = self.probabilities.reshape(-1, self.k)
-        rgb = self.image.pixels.reshape(-1, 3)
+        rgb8 = self.image._rgb8_rows()
+        rgb = self.image.pixels.reshape(-1, 3) if rgb8 is None else _UnitRows(rgb8)
         sums = np.zeros((self.k, 3))
         mass = np.zeros(self.k)
         step = 1 << 18  # float32 products, float64 totals: accurate and fast
-        for s in range(0, p.shape[0], step):
-            block = p[s : s + step]
+        for s, block in zip(range(0, rgb.shape[0], step), self._probability_blocks(step)):
             if self.mask is not None:
                 block = np.nan_to_num(block, nan=0.0)
             sums += block.T @ rgb[s : s + step]
@@ -279,12 +317,13 @@ class SoftSegmentation:
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """Soft overlay, uint8 RGB: each pixel blends the cluster colours by its memberships."""
-        if self._distinct is not None and self.mask is None and self.image.bands is self.image.pixels:
+        colours_are_bands = self.image._rgb8_rows() is not None or self.image.bands is self.image.pixels
+        if self._distinct is not None and self.mask is None and colours_are_bands:
             # a pixel's blend depends on its colour and memberships only: once per distinct colour
             # (the colours are the bands': not where --display-bands shows another composite)
             inverse, per_colour, _, colours = self._distinct
             table = render.soft_overlay(colours[None], per_colour[None], alpha=alpha, colors=self.colors)[0]
-            h, w = self.probabilities.shape[:2]
+            h, w = self._hw
             return _gather_rows(table, inverse, np.empty((h * w, 3), np.uint8)).reshape(h, w, 3)
         return render.soft_overlay(
             self.image.pixels, self.probabilities, alpha=alpha, colors=self.colors, mask=self.mask
@@ -382,7 +421,7 @@ class SoftSegmentation:
         """A (1, n_distinct) picture of the distinct colours, gathered back to every pixel."""
         inverse = self._distinct[0]
         out = _gather_rows(pic.indices[0], inverse, np.empty(inverse.size, np.uint8))
-        return render.IndexedImage(out.reshape(self.probabilities.shape[:2]), pic.palette, pic.transparent)
+        return render.IndexedImage(out.reshape(self._hw), pic.palette, pic.transparent)
 
     def original(self, width: int | None = None, height: int | None = None, alpha: bool = False) -> np.ndarray:
         """The input image as uint8 RGB, optionally shrunk for a montage tile.
@@ -413,9 +452,9 @@ class SoftSegmentation:
         >>> seg.original().shape, seg.original(256).shape
         ((2, 2000, 3), (1, 285, 3))
         """
-        pixels = self.image.pixels
-        fy, fx = (1, 1) if width is None else render.shrink_factors(pixels.shape, width, height)
-        h, w = pixels.shape[0] // fy, pixels.shape[1] // fx  # whole blocks only: at most f - 1 lines lost
+        shape = self.image._shape  # the pixels are read window by window (from 8-bit samples, if kept)
+        fy, fx = (1, 1) if width is None else render.shrink_factors(shape, width, height)
+        h, w = shape[0] // fy, shape[1] // fx  # whole blocks only: at most f - 1 lines lost
         mask = self.mask if alpha and self.mask is not None and not self.mask.all() else None
         out = np.empty((h, w, 3 if mask is None else 4), np.uint8)
         # bands of block rows, and of block columns for very wide images, of about a quarter megapixel
@@ -425,14 +464,14 @@ class SoftSegmentation:
             r1 = min(r0 + band_rows, h)
             for c0 in range(0, w, band_cols):
                 c1 = min(c0 + band_cols, w)
-                block = pixels[r0 * fy : r1 * fy, c0 * fx : c1 * fx]
+                block = self.image._unit_window(slice(r0 * fy, r1 * fy), slice(c0 * fx, c1 * fx))
                 if mask is not None:
                     used = mask[r0 * fy : r1 * fy, c0 * fx : c1 * fx].astype(np.float32)
                     block = block * used[..., None]
                     if fy > 1 or fx > 1:
                         used = used.reshape(r1 - r0, fy, c1 - c0, fx).mean(axis=(1, 3))
                 if fy > 1 or fx > 1:
-                    block = block.reshape(r1 - r0, fy, c1 - c0, fx, 3).mean(axis=(1, 3), dtype=np.float32)
+                    block = _block_mean(block, fy, fx)
                 if mask is not None:
                     block = block / np.maximum(used, np.float32(1e-6))[..., None]  # mean of the used pixels
                     out[r0:r1, c0:c1, 3] = np.rint(used * np.float32(255.0))
@@ -918,6 +957,50 @@ class SoftSegmentation:
         )
 
 
+_GATHER_PROBABILITIES = threading.Lock()  # the writer's threads may ask for them at once: made once
+
+
+def _block_mean(block: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """The mean of each ``fy`` x ``fx`` block of a float32 (r * fy, c * fx, 3) array, float32 (r, c, 3).
+
+    The same numbers as ``block.reshape(r, fy, c, fx, 3).mean(axis=(1, 3), dtype=np.float32)``:
+    numpy's reduction adds each block's values one after the other in row-major order in
+    float32 and then divides by the count (an intp, so in float64, cast back); here the
+    same sums are made a block position at a time over every block at once, about 3x
+    faster than the strided reduction (tests/test_speed_lazy.py checks them against it).
+    """
+    r, c = block.shape[0] // fy, block.shape[1] // fx
+    v = block.reshape(r, fy, c, fx, block.shape[2])
+    acc = v[:, 0, :, 0, :].copy()
+    for i in range(fy):
+        for j in range(fx):
+            if i or j:
+                acc += v[:, i, :, j, :]
+    np.true_divide(acc, np.intp(fy * fx), out=acc, casting="unsafe")
+    return acc
+
+
+def _get_probabilities(self: SoftSegmentation) -> np.ndarray:
+    p = self._probabilities
+    if p is None and self._distinct is not None:
+        # made once, on first access: the pictures and the memberships file never need it
+        with _GATHER_PROBABILITIES:
+            p = self._probabilities
+            if p is None:
+                p = self._probabilities = self._gather_probabilities()
+    return p
+
+
+def _set_probabilities(self: SoftSegmentation, value: np.ndarray | None) -> None:
+    self._probabilities = value
+
+
+# A property over the dataclass field, so that the exact fit's (H, W, k) array is made only when asked for.
+SoftSegmentation.probabilities = property(  # type: ignore[assignment]
+    _get_probabilities, _set_probabilities, doc="Memberships, float32 (H, W, k); see the class docstring."
+)
+
+
 def make_model(
     model: str = "gmm",
     k: int = 4,
@@ -1168,7 +1251,8 @@ def _count_distinct_bands(image: Image, spec: FeatureSpec, at_least: int) -> int
     will refuse the image or the bands (its message names the problem).
     """
     c = image.n_bands
-    flat = image.bands.reshape(-1, c)
+    rgb8 = image._rgb8_rows()
+    flat = image.bands.reshape(-1, c) if rgb8 is None else _UnitRows(rgb8)
     cols = None
     if spec.color != "bands":
         if not (image.is_color or image.is_gray):
@@ -1181,6 +1265,22 @@ def _count_distinct_bands(image: Image, spec: FeatureSpec, at_least: int) -> int
     if image.mask is not None:
         args["rows"] = np.flatnonzero(image.mask.ravel())
     return _count_distinct(flat, at_least, **args)
+
+
+class _UnitRows:
+    """(n, 3) float32 rows made from 8-bit samples as they are indexed: what the image's
+    ``bands.reshape(-1, 3)[key]`` would give (``v / 255`` in float32), without the whole float array."""
+
+    def __init__(self, rgb8: np.ndarray) -> None:
+        self._rgb8 = rgb8
+        self.shape = rgb8.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.divide(self._rgb8[key], np.float32(255.0), dtype=np.float32)
 
 
 def _refuse_too_few(name: str, color: str, k: int, distinct: int) -> None:
@@ -1215,6 +1315,62 @@ EXACT_DISTINCT_SHARE = 0.25
 _DISTINCT_BINCOUNT_PIXELS = 1 << 23
 
 
+_CODE_CHUNK = 1 << 16  # pixels per step of the colour codes: the scratch stays in cache
+
+
+def _color_codes(image: Image) -> np.ndarray | None:
+    """The 24-bit code ``r << 16 | g << 8 | b`` of each used pixel's 8-bit colour, int32, or
+    None where a band value is not exactly ``v / 255`` for an integer ``v`` in 0..255.
+
+    The check is element-wise: ``rint(x * 255)`` clipped to 0..255 and divided by 255 in
+    float32 (correctly rounded, so exactly :data:`segsoft.io._LUT8`'s value) must give
+    ``x`` back; NaN and out-of-range values fail it.
+    """
+    rows = None if image.mask is None else np.flatnonzero(image.mask.ravel())
+    rgb8 = image._rgb8_rows()
+    if rgb8 is not None:  # the decoded samples themselves: exact 8-bit values, nothing to check
+        n = rgb8.shape[0] if rows is None else rows.size
+        codes = np.empty(n, dtype=np.int32)
+        wide = np.empty((_CODE_CHUNK, 3), dtype=np.int32)
+        for s in range(0, n, _CODE_CHUNK):
+            block = rgb8[s : s + _CODE_CHUNK] if rows is None else rgb8[rows[s : s + _CODE_CHUNK]]
+            m = block.shape[0]
+            b = wide[:m]
+            np.copyto(b, block)
+            code = codes[s : s + m]
+            np.left_shift(b[:, 0], 16, out=code)
+            b[:, 1] <<= 8
+            code |= b[:, 1]
+            code |= b[:, 2]
+        return codes
+    flat = image.bands.reshape(-1, 3)
+    n = flat.shape[0] if rows is None else rows.size
+    codes = np.empty(n, dtype=np.int32)
+    step = _CODE_CHUNK
+    scaled = np.empty((step, 3), dtype=np.float32)
+    back = np.empty((step, 3), dtype=np.float32)
+    byte = np.empty((step, 3), dtype=np.int32)
+    same = np.empty((step, 3), dtype=bool)
+    for s in range(0, n, step):
+        block = flat[s : s + step] if rows is None else flat[rows[s : s + step]]
+        m = block.shape[0]
+        sc = scaled[:m]
+        np.multiply(block, np.float32(255.0), out=sc)
+        np.rint(sc, out=sc)
+        np.clip(sc, 0.0, 255.0, out=sc)  # NaN stays NaN, and fails the check below
+        np.divide(sc, np.float32(255.0), out=back[:m])
+        if not np.equal(back[:m], block, out=same[:m]).all():
+            return None
+        b = byte[:m]
+        np.copyto(b, sc, casting="unsafe")
+        code = codes[s : s + m]
+        np.left_shift(b[:, 0], 16, out=code)
+        b[:, 1] <<= 8
+        code |= b[:, 1]
+        code |= b[:, 2]
+    return codes
+
+
 def _distinct_colors(
     image: Image, limit: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -1224,59 +1380,58 @@ def _distinct_colors(
     (float64); inverse (int32: the distinct colour of each used pixel)), or None where
     the image is not 8-bit 3-band colour, its bands are not all exact 8-bit values
     ``v / 255``, or it has more than ``limit`` distinct colours (counted on a bitmap of
-    the 2^24 codes first, before any sort). Colours are keyed by a 24-bit code: a sort
-    of the codes below :data:`_DISTINCT_BINCOUNT_PIXELS` used pixels, a bincount over the
-    2^24 codes from there on; the colours come back from the codes (no scatter of every
-    pixel's index).
+    the 2^24 codes first, before any sort). Colours are keyed by a 24-bit code (from the
+    8-bit samples an image read from a file keeps, see :func:`_color_codes`): a sort of the
+    codes below :data:`_DISTINCT_BINCOUNT_PIXELS` used pixels; from there on the bitmap
+    gives the colours present, a 2^24 lookup turns the codes into indices in place and a
+    bincount of the indices the counts (about 4 bytes a pixel and 80 MB, where the int64
+    codes and 2^24 int64 bins took 8 bytes a pixel and 192 MB); the colours come back from
+    the codes (no scatter of every pixel's index).
     """
     from .io import _LUT8
 
     if not image.is_color or image.n_bands != 3 or image.bit_depth != 8:
         return None
-    flat = image.bands.reshape(-1, 3)
-    rows = None if image.mask is None else np.flatnonzero(image.mask.ravel())
-    n = flat.shape[0] if rows is None else rows.size
-    codes = np.empty(n, dtype=np.intp)  # intp: what bincount takes without a converted copy
-    step = 1 << 16  # chunks that stay in cache
-    scaled = np.empty((step, 3), dtype=np.float32)
-    byte = np.empty((step, 3), dtype=np.intp)
-    for s in range(0, n, step):
-        block = flat[s : s + step] if rows is None else flat[rows[s : s + step]]
-        m = block.shape[0]
-        np.multiply(block, np.float32(255.0), out=scaled[:m])
-        np.rint(scaled[:m], out=scaled[:m])
-        np.copyto(byte[:m], scaled[:m], casting="unsafe")
-        np.clip(byte[:m], 0, 255, out=byte[:m])  # NaN or out-of-range values fail the check below
-        if not np.array_equal(_LUT8[byte[:m]], block):
-            return None  # not exact 8-bit values (e.g. an Image made from floats)
-        code = codes[s : s + m]
-        np.left_shift(byte[:m, 0], 16, out=code)
-        code |= byte[:m, 1] << 8
-        code |= byte[:m, 2]
-    if limit is not None:
-        # too many colours to pay is the common case on photos: find out from a 16 MB bitmap
-        # before the sort or the bins (a sort of every pixel for nothing doubled the features' time)
-        seen = np.zeros(1 << 24, dtype=bool)
-        seen[codes] = True
-        if np.count_nonzero(seen) > limit:
-            return None
-        del seen
+    codes = _color_codes(image)
+    if codes is None:
+        return None  # not exact 8-bit values (e.g. an Image made from floats)
+    n = codes.size
     if n < _DISTINCT_BINCOUNT_PIXELS:
-        # a sort: memory in proportion to the image, where the 192 MB of bins would cost more
+        if limit is not None:
+            # too many colours to pay is the common case on photos: find out from a 16 MB bitmap
+            # before the sort (a sort of every pixel for nothing doubled the features' time)
+            seen = np.zeros(1 << 24, dtype=bool)
+            seen[codes] = True
+            if np.count_nonzero(seen) > limit:
+                return None
+            del seen
+        # a sort: memory in proportion to the image, where the 2^24 lookup would cost more
         # than the per-pixel features the exact fit saves (same colours, order and counts)
         present, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
         del codes
         inverse = inverse.astype(np.int32).reshape(-1)
         weights = counts.astype(np.float64)
     else:
-        counts = np.bincount(codes, minlength=1 << 24)
-        present = np.flatnonzero(counts)
-        weights = counts[present].astype(np.float64)
-        del counts
+        # the codes present, in increasing order, from a 16 MB bitmap (also the count of colours);
+        # then each pixel's code becomes its colour's index in place, and the counts come from
+        # those indices: no image-sized int64 array, no 2^24 int64 bins
+        seen = np.zeros(1 << 24, dtype=bool)
+        seen[codes] = True
+        present = np.flatnonzero(seen)
+        del seen
+        if limit is not None and present.size > limit:
+            return None
         lookup = np.empty(1 << 24, dtype=np.int32)
         lookup[present] = np.arange(present.size, dtype=np.int32)
-        inverse = lookup[codes]
-        del codes, lookup
+        inverse = codes
+        counts = np.zeros(present.size, dtype=np.int64)
+        step = 1 << 20
+        for s in range(0, n, step):
+            part = inverse[s : s + step]
+            np.take(lookup, part, out=part)
+            counts += np.bincount(part, minlength=present.size)
+        del lookup
+        weights = counts.astype(np.float64)
     colors = np.empty((present.size, 3), dtype=np.float32)
     colors[:, 0] = _LUT8[present >> 16]
     colors[:, 1] = _LUT8[(present >> 8) & 255]
@@ -1299,9 +1454,10 @@ def _exact_distinct_fit(
     the counts (``fit(features, counts, pixel_rows)`` returns the fitted model;
     ``pixel_rows(indices or None)`` gives the features of those used pixels, for the
     criteria of ``k="auto"``), and the memberships are computed once per colour and
-    gathered back. Returns (probabilities (H, W, k), mean log-likelihood, fitted spec,
-    estimator, (inverse, memberships, counts and colours of the distinct colours)), or
-    None where it does not apply (not 8-bit RGB, fewer distinct colours than ``k_min``,
+    gathered back when asked for (:attr:`SoftSegmentation.probabilities`). Returns (None,
+    in place of the (H, W, k) probabilities, mean log-likelihood, fitted spec, estimator,
+    (inverse, memberships, counts and colours of the distinct colours)), or None where it
+    does not apply (not 8-bit RGB, fewer distinct colours than ``k_min``,
     or too many to pay).
     """
     from dataclasses import replace
@@ -1317,7 +1473,11 @@ def _exact_distinct_fit(
     n_d = colors.shape[0]
     if n_d < k_min:
         return None
-    spec, src, cols = _resolve(img, spec)
+    rgb8 = img._rgb8_rows()
+    if rgb8 is not None and spec.color != "bands":
+        src, cols = _UnitRows(rgb8), None  # what _resolve gives a colour image, from the samples
+    else:
+        spec, src, cols = _resolve(img, spec)
     if spec.standardize and spec.offset is None:
         rows = None if img.mask is None else np.flatnonzero(img.mask.ravel())
         spec = _fit_standardization(spec, img, src, cols, rows, img.bit_depth == 8)
@@ -1334,14 +1494,8 @@ def _exact_distinct_fit(
     stage("memberships")
     probs_d = np.empty((n_d, k), dtype=np.float32)
     _, mean = estimator.predict_proba_and_score(Xd, out=probs_d, sample_weight=counts)
-    h, w = img.height, img.width
-    if img.mask is None:
-        probs = np.empty((h * w, k), dtype=np.float32)
-        _gather_rows(probs_d, inverse, probs)
-    else:
-        probs = np.full((h * w, k), np.nan, dtype=np.float32)
-        probs[img.mask.ravel()] = probs_d[inverse]
-    return probs.reshape(h, w, k), float(mean), spec, estimator, (inverse, probs_d, counts, colors)
+    # the (H, W, k) memberships are gathered from probs_d when first asked for (SoftSegmentation.probabilities)
+    return None, float(mean), spec, estimator, (inverse, probs_d, counts, colors)
 
 
 def _gather_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
