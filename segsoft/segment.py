@@ -1337,11 +1337,7 @@ def _color_codes(image: Image) -> np.ndarray | None:
             m = block.shape[0]
             b = wide[:m]
             np.copyto(b, block)
-            code = codes[s : s + m]
-            np.left_shift(b[:, 0], 16, out=code)
-            b[:, 1] <<= 8
-            code |= b[:, 1]
-            code |= b[:, 2]
+            _pack_codes(b, codes[s : s + m])
         return codes
     flat = image.bands.reshape(-1, 3)
     n = flat.shape[0] if rows is None else rows.size
@@ -1363,12 +1359,16 @@ def _color_codes(image: Image) -> np.ndarray | None:
             return None
         b = byte[:m]
         np.copyto(b, sc, casting="unsafe")
-        code = codes[s : s + m]
-        np.left_shift(b[:, 0], 16, out=code)
-        b[:, 1] <<= 8
-        code |= b[:, 1]
-        code |= b[:, 2]
+        _pack_codes(b, codes[s : s + m])
     return codes
+
+
+def _pack_codes(rgb: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = r << 16 | g << 8 | b`` of int32 (m, 3) 8-bit values (``rgb``'s green is shifted in place)."""
+    np.left_shift(rgb[:, 0], 16, out=out)
+    rgb[:, 1] <<= 8
+    out |= rgb[:, 1]
+    out |= rgb[:, 2]
 
 
 def _distinct_colors(
