@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scale.py                 # 1 gigapixel, 1000 small images (several minutes)
     python benchmarks/bench_scale.py --gigapixels 0.2 --images 200   # a quick look
+    python benchmarks/bench_scale.py --gigapixels 0 --repeat 3       # the batch only, 3 rounds
 
 Everything runs as whole ``segsoft`` processes, side by side in one run:
 
@@ -15,7 +16,11 @@ Everything runs as whole ``segsoft`` processes, side by side in one run:
    (``--probabilities-dtype uint8`` for both), as throughput in MP/s.
 2. ``--images`` small images (96 x 96 crops of the sample photos):
    ``segsoft batch`` on the process pool against ``--scheduler local``,
-   in images per second.
+   in images per second. ``--repeat N`` runs them N times, alternating, and
+   gives the medians and the median of each round's ratio (on a shared
+   machine one run of each says little).
+
+``--gigapixels 0`` or ``--images 0`` leaves that part out.
 
 Goals (issue 12): peak at most 4 GiB for the gigapixel; out-of-core
 throughput at least 70 % of the in-memory run's; the cluster batch at least
@@ -127,78 +132,96 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gigapixels", type=float, default=1.0)
     ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the batch part, pool and cluster alternating")
     ap.add_argument("--workdir", type=Path, default=None, help="where the test data go (default: a temporary folder)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segsoft-scale-", dir=args.workdir))
     exe = [sys.executable, "-m", "segsoft"]
     try:
         photo = np.asarray(Image.open(ROOT / "images" / "astronaut.jpg").convert("RGB"))
-        side = math.ceil(math.sqrt(args.gigapixels * 1e9) / TILE) * TILE
-        big = work / "big.tif"
-        t = time.perf_counter()
-        make_big(big, photo, side)
-        print(
-            f"made {side}x{side} = {side * side / 1e9:.2f} GP tiled TIFF ({big.stat().st_size / 2**30:.2f} GiB) "
-            f"in {time.perf_counter() - t:.0f} s"
-        )
-        mid = work / "mid.tif"
-        import tifffile
+        if args.gigapixels > 0:
+            side = math.ceil(math.sqrt(args.gigapixels * 1e9) / TILE) * TILE
+            big = work / "big.tif"
+            t = time.perf_counter()
+            make_big(big, photo, side)
+            print(
+                f"made {side}x{side} = {side * side / 1e9:.2f} GP tiled TIFF ({big.stat().st_size / 2**30:.2f} GiB) "
+                f"in {time.perf_counter() - t:.0f} s"
+            )
+            mid = work / "mid.tif"
+            import tifffile
 
-        tifffile.imwrite(mid, mirror_tile(photo, 0, 0, 6000, 8000), photometric="rgb")  # 48 MP
-        common = ["-k", "4", "--probabilities-dtype", "uint8", "-q"]
-        s_mem, p_mem, _ = timed([*exe, "run", str(mid), *common, "-o", str(work / "out_mem")])
-        s_big, p_big, _ = timed(
-            [
-                *exe,
-                "run",
-                str(big),
-                *common,
-                "--scheduler",
-                "local",
-                "--max-pixels",
-                str(100_000_000),
-                "-o",
-                str(work / "out_big"),
-            ]
-        )
-        mp_mem = 48.0 / s_mem
-        mp_big = side * side / 1e6 / s_big
-        print()
-        print("| one image, k=4 | pixels | seconds | MP/s | peak memory (process tree) |")
-        print("|---|---|---|---|---|")
-        print(f"| in memory (`segsoft run`) | 48 MP | {s_mem:.1f} | {mp_mem:.2f} | {p_mem / 2**30:.2f} GiB |")
-        print(
-            f"| out of core (`--scheduler local`, 2 workers) | {side * side / 1e9:.2f} GP | {s_big:.1f} | "
-            f"{mp_big:.2f} | {p_big / 2**30:.2f} GiB |"
-        )
-        print(
-            f"\nout-of-core throughput = {mp_big / mp_mem:.0%} of in-memory (goal >= 70 %); "
-            f"peak {p_big / 2**30:.2f} GiB (goal <= 4 GiB)"
-        )
-        shutil.rmtree(work / "out_big", ignore_errors=True)
-        big.unlink()
+            tifffile.imwrite(mid, mirror_tile(photo, 0, 0, 6000, 8000), photometric="rgb")  # 48 MP
+            common = ["-k", "4", "--probabilities-dtype", "uint8", "-q"]
+            s_mem, p_mem, _ = timed([*exe, "run", str(mid), *common, "-o", str(work / "out_mem")])
+            s_big, p_big, _ = timed(
+                [
+                    *exe,
+                    "run",
+                    str(big),
+                    *common,
+                    "--scheduler",
+                    "local",
+                    "--max-pixels",
+                    str(100_000_000),
+                    "-o",
+                    str(work / "out_big"),
+                ]
+            )
+            mp_mem = 48.0 / s_mem
+            mp_big = side * side / 1e6 / s_big
+            print()
+            print("| one image, k=4 | pixels | seconds | MP/s | peak memory (process tree) |")
+            print("|---|---|---|---|---|")
+            print(f"| in memory (`segsoft run`) | 48 MP | {s_mem:.1f} | {mp_mem:.2f} | {p_mem / 2**30:.2f} GiB |")
+            print(
+                f"| out of core (`--scheduler local`, 2 workers) | {side * side / 1e9:.2f} GP | {s_big:.1f} | "
+                f"{mp_big:.2f} | {p_big / 2**30:.2f} GiB |"
+            )
+            print(
+                f"\nout-of-core throughput = {mp_big / mp_mem:.0%} of in-memory (goal >= 70 %); "
+                f"peak {p_big / 2**30:.2f} GiB (goal <= 4 GiB)"
+            )
+            shutil.rmtree(work / "out_big", ignore_errors=True)
+            big.unlink()
 
         # many small images
-        src = work / "small"
-        src.mkdir()
-        photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((ROOT / "images").glob("*.jpg"))]
-        rng = np.random.default_rng(0)
-        for i in range(args.images):
-            ph = photos[i % len(photos)]
-            y, x = rng.integers(0, ph.shape[0] - 96), rng.integers(0, ph.shape[1] - 96)
-            Image.fromarray(ph[y : y + 96, x : x + 96]).save(src / f"img_{i:05d}.png")
-        s_pool, _, _ = timed([*exe, "batch", str(src), "-k", "3", "-q", "-o", str(work / "out_pool")])
-        s_clu, _, _ = timed(
-            [*exe, "batch", str(src), "-k", "3", "-q", "--scheduler", "local", "-o", str(work / "out_cluster")]
-        )
-        print()
-        print(f"| batch of {args.images} images, 96x96, k=3 | seconds | images/s |")
-        print("|---|---|---|")
-        print(f"| process pool (default) | {s_pool:.1f} | {args.images / s_pool:.1f} |")
-        print(f"| LocalCluster (`--scheduler local`) | {s_clu:.1f} | {args.images / s_clu:.1f} |")
-        print(f"\ncluster = {s_pool / s_clu:.0%} of the pool's images per second (goal >= 90 %)")
+        if args.images > 0:
+            batch_part(exe, work, args.images, max(1, args.repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def batch_part(exe: list[str], work: Path, n: int, repeat: int) -> None:
+    """``n`` 96 x 96 crops of the sample photos: the process pool against a LocalCluster, alternating."""
+    import statistics
+
+    src = work / "small"
+    src.mkdir()
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((ROOT / "images").glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        ph = photos[i % len(photos)]
+        y, x = rng.integers(0, ph.shape[0] - 96), rng.integers(0, ph.shape[1] - 96)
+        Image.fromarray(ph[y : y + 96, x : x + 96]).save(src / f"img_{i:05d}.png")
+    runs: dict[str, list[float]] = {"pool": [], "cluster": []}
+    for r in range(repeat):
+        for kind, extra in (("pool", []), ("cluster", ["--scheduler", "local"])):
+            out = work / f"out_{kind}"
+            shutil.rmtree(out, ignore_errors=True)
+            seconds, _, _ = timed([*exe, "batch", str(src), "-k", "3", "-q", *extra, "-o", str(out)])
+            runs[kind].append(seconds)
+            if repeat > 1:
+                print(f"round {r + 1}: {kind} {n / seconds:.1f} images/s", flush=True)
+    s_pool, s_clu = statistics.median(runs["pool"]), statistics.median(runs["cluster"])
+    ratio = statistics.median(p / c for p, c in zip(runs["pool"], runs["cluster"]))
+    what = "" if repeat == 1 else f" (medians of {repeat} rounds)"
+    print()
+    print(f"| batch of {n} images, 96x96, k=3{what} | seconds | images/s |")
+    print("|---|---|---|")
+    print(f"| process pool (default) | {s_pool:.1f} | {n / s_pool:.1f} |")
+    print(f"| LocalCluster (`--scheduler local`) | {s_clu:.1f} | {n / s_clu:.1f} |")
+    print(f"\ncluster = {ratio:.0%} of the pool's images per second (goal >= 90 %)")
 
 
 if __name__ == "__main__":

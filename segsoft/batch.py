@@ -711,7 +711,12 @@ class _Batch:
         """Tell ``on_start`` that ``stage`` begins, with every image's estimated pixels."""
         if self.on_start is None:
             return
-        if self.weights is None:  # once: the shared model's two stages weigh the same images
+        self.on_start(stage, dict(self.pixel_weights()))
+
+    def pixel_weights(self) -> dict[str, float]:
+        """Every image's estimated pixels (from the headers), by row path; read once: the shared
+        model's two stages, and a scheduler's tasks of several small images, weigh the same images."""
+        if self.weights is None:
             sizes: dict[str, tuple[int | None, int]] = {}  # per file: frames of one file share its header
             found = {}
             for i, (path, _, _) in enumerate(self.items):
@@ -720,7 +725,7 @@ class _Batch:
                     sizes[key] = _header_pixels(path)
                 found[self.row_path(i)] = sizes[key]
             self.weights = _pixel_weights(found)
-        self.on_start(stage, dict(self.weights))
+        return self.weights
 
     def sweep(self, i: int) -> None:
         """Remove the temporary files a stopped or dead worker left in image ``i``'s folder,
@@ -735,7 +740,8 @@ class _Batch:
         if self.scheduler is not None:
             from .cluster.client import Executor
 
-            self.executor = Executor(self.scheduler, self.jobs).__enter__()  # an address: connected now
+            # an address: connected now
+            self.executor = Executor(self.scheduler, self.jobs, reuse_memory=True).__enter__()
         try:
             yield
         except KeyboardInterrupt as exc:
@@ -761,11 +767,16 @@ class _Batch:
         if executor is not None:
             executor.close(kill=kill)
 
-    def execute(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
-        """The tasks' results in completion order, on the process pool or on the scheduler."""
+    def execute(
+        self, fn: Callable, calls: Sequence[tuple], in_flight: Any, images: Sequence[int]
+    ) -> Iterator[tuple[int, Any]]:
+        """The tasks' results in completion order, on the process pool or on the scheduler
+        (``images``: the image of each call; a scheduler runs several small ones as one task)."""
         if self.executor is None:
             return _execute(fn, calls, self.jobs, in_flight)
-        return self.executor.execute(fn, calls, in_flight)
+        weights = self.pixel_weights()
+        sizes = [weights[self.row_path(i)] for i in images]
+        return self.executor.execute(fn, calls, in_flight, sizes)
 
     def finish(self, interrupted: bool) -> None:
         rows = {**self.unreadable, **self.rows}
@@ -825,7 +836,7 @@ class _Batch:
             (os.path.abspath(self.items[i][0]), os.path.abspath(self.folder(i)), self.items[i][2], *extra) for i in todo
         ]
         in_flight = _Mapped(self.in_flight, todo)
-        with closing(self.execute(task, calls, in_flight)) as results:
+        with closing(self.execute(task, calls, in_flight, todo)) as results:
             for j, result in results:
                 row = _as_row(result, calls[j][0])
                 row.path = str(self.items[todo[j]][0])  # as the user named it
@@ -844,7 +855,7 @@ class _Batch:
             for i, (p, _, page) in enumerate(self.items)
         ]
         samples: dict[int, _Sample] = {}
-        with closing(self.execute(_sample_task, calls, set())) as results:
+        with closing(self.execute(_sample_task, calls, set(), range(n))) as results:
             for i, result in results:
                 if isinstance(result, _Sample):
                     samples[i] = result

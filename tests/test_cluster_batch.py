@@ -253,6 +253,117 @@ def test_worker_dying_every_time_fails_its_image_only(cluster, tmp_path, monkeyp
     assert not [p for p in (tmp_path / "out" / "doomed").iterdir() if p.name.startswith(".")]
 
 
+def _in_chunks_of_three(monkeypatch) -> list[list[list[int]]]:
+    """Six images on two worker threads in tasks of three (small batches are one image a task)."""
+    from segsoft.cluster import client as client_module
+
+    seen: list[list[list[int]]] = []
+    real = client_module.chunks
+
+    def spy(sizes, threads):
+        groups = real(sizes, threads)
+        seen.append(groups)
+        return groups
+
+    monkeypatch.setattr(client_module, "CHUNK_TASKS_PER_THREAD", 1)
+    monkeypatch.setattr(client_module, "CHUNK_IMAGES", 3)  # also while a killed worker restarts (one thread)
+    monkeypatch.setattr(client_module, "chunks", spy)
+    return seen
+
+
+def test_small_images_in_chunks_byte_identical_to_pool(images, pool_outputs, cluster, tmp_path, monkeypatch):
+    seen = _in_chunks_of_three(monkeypatch)
+    progress = []
+    out = tmp_path / "chunks"
+    report = run_batch(
+        [images],
+        out,
+        OPTS,
+        recursive=True,
+        scheduler=cluster.scheduler_address,
+        progress=lambda done, total, row: progress.append((done, total)),
+    )
+    assert seen == [[[0, 1, 2], [3, 4, 5]]]  # the six images (bad.png too) as two tasks
+    assert report.count("ok") == 5 and [r.error.startswith("not an image") for r in report.failed] == [True]
+    assert progress == [(i, 6) for i in range(1, 7)]  # still one step per image
+    assert_same_outputs(pool_outputs, out)
+
+
+def test_worker_killed_in_a_chunk_loses_no_image(cluster, pool_outputs, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    make_images(src, ("victim.png", "u.png", "v.png", "w.png", "x.png", "y.png"))
+    (src / "bad.png").unlink()
+    _patch_tasks(monkeypatch)
+    seen = _in_chunks_of_three(monkeypatch)
+    out = tmp_path / "out"
+    report = run_batch([src], out, OPTS, scheduler=cluster.scheduler_address)
+    assert (cluster.die_dir / "died-victim.png").exists()  # its worker died, and took u and v down with it
+    assert [len(g) for g in seen[0]] == [3, 3]
+    assert [(Path(r.path).name, r.status) for r in report.rows] == [
+        (n, "ok") for n in ("u.png", "v.png", "victim.png", "w.png", "x.png", "y.png")
+    ]
+    for name in ("u", "v", "victim"):
+        assert (out / name / "model.json").is_file()
+        assert not [n for n in files(out / name) if n.startswith(".")]  # no temporary file left behind
+    assert (out / "victim" / "overlay.png").read_bytes() == (pool_outputs / "a" / "overlay.png").read_bytes()
+
+
+def test_chunk_dying_every_time_fails_its_culprit_only(cluster, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    make_images(src, ("doomed.png", "x.png", "y.png", "z1.png", "z2.png", "z3.png"))
+    (src / "bad.png").unlink()
+    _patch_tasks(monkeypatch)
+    _in_chunks_of_three(monkeypatch)
+    before = cluster.scheduler.allowed_failures
+    cluster.scheduler.allowed_failures = 0  # the first death is final: the chunk comes back as KilledWorker
+    try:
+        report = run_batch([src], tmp_path / "out", OPTS, scheduler=cluster.scheduler_address)
+    finally:
+        cluster.scheduler.allowed_failures = before
+    rows = {Path(r.path).name: r for r in report.rows}
+    assert len(rows) == 6
+    # doomed.png's chunk mates were run again, alone: only doomed.png fails
+    assert {n: r.status for n, r in rows.items() if n != "doomed.png"} == dict.fromkeys(
+        ("x.png", "y.png", "z1.png", "z2.png", "z3.png"), "ok"
+    )
+    assert rows["doomed.png"].status == "failed"
+    assert rows["doomed.png"].error.startswith("the worker process died on this image")
+    assert not (tmp_path / "out" / "doomed" / "model.json").exists()
+
+
+def test_chunks_group_small_images_in_input_order():
+    from segsoft.cluster.client import CHUNK_IMAGES, CHUNK_PIXELS, chunks
+
+    groups = chunks([96 * 96] * 1000, threads=2)
+    assert [i for g in groups for i in g] == list(range(1000))  # every image once, in order
+    assert {len(g) for g in groups[:-1]} == {CHUNK_PIXELS // (96 * 96)}
+    assert chunks([4e6, 10, 10, 4e6], threads=1) == [[0], [1], [2], [3]]  # too few for one task of two
+    big = chunks([4e6] + [10] * 100, threads=1)
+    assert big[0] == [0] and max(len(g) for g in big) == CHUNK_IMAGES
+    assert chunks([10] * 5, threads=2) == [[0], [1], [2], [3], [4]]  # a short batch: one image a task
+
+
+def _trim_threshold() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_batch_workers_keep_freed_memory_for_the_next_image(reuse, monkeypatch):
+    # distributed starts its workers with MALLOC_TRIM_THRESHOLD_=65536: a task thread's freed arrays go
+    # back to the kernel and fault in again (1.7 x the CPU time of a 96 x 96 image); a batch's don't
+    from segsoft.cluster import client as client_module
+    from segsoft.cluster.client import Executor
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setattr(client_module, "_TRIM_USER", None)
+    before = dict(os.environ)
+    with Executor("local", 1, reuse_memory=reuse) as ex:
+        ex._start_local()
+        assert dict(os.environ) == before  # the nanny's variables did not leak into this process
+        (value,) = ex.client.run(_trim_threshold).values()
+    assert value == (None if reuse else "65536")
+
+
 # ----------------------------------------------------------------------------- the command line
 
 

@@ -10,7 +10,12 @@ and runs tasks with the contract of ``segsoft.batch._execute``: results come
 back in completion order, a task that raises comes back as its exception, and
 a task whose worker died is run again elsewhere (distributed reschedules the
 tasks of a dead worker up to ``distributed.scheduler.allowed-failures``
-times; after that the task comes back as :class:`WorkerDied`).
+times). A task that still fails that way, or a task of several images that
+fails as a whole, has its images run again one at a time with nothing else
+running, as the process pool retries its suspects: only an image that kills
+its worker even alone comes back as :class:`WorkerDied`. Small images go
+several to a task (:func:`chunks`), so that a task's fixed cost (the round
+trip through the scheduler, the result fetched) is paid once for them.
 
 The task functions are module-level functions of :mod:`segsoft.batch`; they
 pickle by name, so every worker must have segsoft installed (the same
@@ -24,6 +29,7 @@ dask and distributed are imported only here and only when a scheduler is used.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import signal
@@ -42,6 +48,17 @@ __all__ = ["CONNECT_TIMEOUT", "MISSING_EXTRA", "Executor", "WorkerDied", "check_
 MISSING_EXTRA = "--scheduler needs the dask extra: pip install 'segsoft[dask]'"
 CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler address before giving up
 WORKER_TIMEOUT = 60.0  # seconds a scheduler may go without any worker before the batch gives up
+
+# distributed's nannies start their workers with MALLOC_TRIM_THRESHOLD_=65536 (its default
+# ``distributed.nanny.pre-spawn-environ``): glibc then hands every freed block of more than 64 KiB
+# back to the kernel at once, and a task thread's next array of that size faults its pages in
+# again (96 x 96 images: 14 000 page faults and 1.7 x the CPU time per image). A batch's
+# workers run one image after another and reuse that memory, as the process pool's do.
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+_TRIM_KEY = f"distributed.nanny.pre-spawn-environ.{_TRIM}"
+_TRIM_DEFAULT = 65536
+_TRIM_USER = os.environ.get(_TRIM)  # the user's own setting, before any nanny wrote into os.environ
+_SPAWN_ENV = (_TRIM, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 _ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _HOST_PORT = re.compile(r"[^\s/:]+:\d+")
@@ -100,10 +117,11 @@ def execute(
     """Yield ``(index, fn(*calls[index]))`` in completion order on ``scheduler``.
 
     The one-shot form of :class:`Executor` (it starts and stops its own
-    cluster); ``in_flight`` (``add``/``discard``) tracks the indices
+    cluster, whose workers keep freed memory for the next task: each task is
+    one whole image); ``in_flight`` (``add``/``discard``) tracks the indices
     submitted and not yet returned.
     """
-    with Executor(scheduler, jobs) as ex:
+    with Executor(scheduler, jobs, reuse_memory=True) as ex:
         yield from ex.execute(fn, calls, in_flight)
 
 
@@ -115,16 +133,22 @@ class Executor:
     its cluster on the first task, so a batch with nothing to do starts none.
     ``jobs`` is the number of local worker processes (``local``) or threads
     (``threads``), default: every core; a cluster at an address uses all of
-    its workers.
+    its workers. ``reuse_memory``: a local cluster's workers keep the memory
+    a task frees for the next one (glibc's own default) instead of
+    distributed's ``MALLOC_TRIM_THRESHOLD_=65536``, which gives it back to
+    the kernel at once; right for a batch of whole images, each task the
+    size of the last. A user's own ``MALLOC_TRIM_THRESHOLD_`` (environment)
+    or ``distributed.nanny.pre-spawn-environ`` setting is kept.
     """
 
-    def __init__(self, scheduler: str, jobs: int | None = None):
+    def __init__(self, scheduler: str, jobs: int | None = None, *, reuse_memory: bool = False):
         self.scheduler = check_scheduler(scheduler)
         if jobs is None:
             from ..batch import default_jobs
 
             jobs = default_jobs()
         self.jobs = max(1, int(jobs))
+        self.reuse_memory = reuse_memory
         self.cluster: Any = None
         self.client: Any = None
         self._threads_cache: tuple[float, int] = (0.0, 0)
@@ -159,18 +183,30 @@ class Executor:
         import dask
         from distributed import Client, LocalCluster
 
-        # no dashboard to show it: the workers' statistical profiler would only take CPU from the images
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
-            self.cluster = LocalCluster(
-                n_workers=self.jobs,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                # no dashboard, but the scheduler still serves its health routes: on a free port, not 8787
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.CRITICAL,  # a restarted worker is reported by its image's row, not a log
-            )
+        # no dashboard to show them, logs silenced: the workers' statistical profiler, and every
+        # server's event-loop watchdog 50 times a second (scheduler, nannies, workers: 4 % of a core
+        # idle), would only take CPU from the images
+        config: dict[str, Any] = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}
+        if self.reuse_memory and _TRIM_USER is None and str(dask.config.get(_TRIM_KEY, None)) == str(_TRIM_DEFAULT):
+            config[_TRIM_KEY] = None  # unset: glibc's own default
+        # a nanny writes its workers' variables into this process's environment (and the workers
+        # inherit it): the user's own value of the trim threshold, not an earlier cluster's
+        _set_environ({_TRIM: _TRIM_USER})
+        saved = {name: os.environ.get(name) for name in _SPAWN_ENV}
+        try:
+            with dask.config.set(config):
+                self.cluster = LocalCluster(
+                    n_workers=self.jobs,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    # no dashboard, but the scheduler still serves its health routes: on a free port, not 8787
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    silence_logs=logging.CRITICAL,  # a restarted worker is reported by its image's row, not a log
+                )
+        finally:
+            _set_environ(saved)
         try:
             self.client = Client(self.cluster, set_as_default=False)
             self.client.register_plugin(_worker_plugin(local=True), name="segsoft-worker")
@@ -193,8 +229,14 @@ class Executor:
 
     # -- running tasks
 
-    def execute(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, fn(*calls[index]))`` in completion order (see the module docstring)."""
+    def execute(
+        self, fn: Callable, calls: Sequence[tuple], in_flight: Any, sizes: Sequence[float] | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*calls[index]))`` in completion order (see the module docstring).
+
+        ``sizes``: each call's pixels (estimated), to run several small images as one task
+        (see :func:`chunks`); None: one task per call.
+        """
         if not calls:
             return
         if self.scheduler == "threads":
@@ -202,10 +244,10 @@ class Executor:
             return
         if self.client is None:
             self._start_local()
-        yield from self._distributed(fn, calls, in_flight)
+        yield from self._distributed(fn, calls, in_flight, sizes)
 
     def _capacity(self) -> int:
-        """Tasks to keep submitted: one per worker thread, so a worker that dies takes only its own image down."""
+        """Tasks to keep submitted: one per worker thread, so a worker that dies takes only its own task down."""
         if self.cluster is not None:
             return self.jobs
         now = time.monotonic()
@@ -224,43 +266,121 @@ class Executor:
             self._threads_cache = (now, threads)
         return max(1, threads)
 
-    def _distributed(self, fn: Callable, calls: Sequence[tuple], in_flight: Any) -> Iterator[tuple[int, Any]]:
+    def _distributed(
+        self, fn: Callable, calls: Sequence[tuple], in_flight: Any, sizes: Sequence[float] | None
+    ) -> Iterator[tuple[int, Any]]:
         from distributed import KilledWorker, as_completed
 
         client = self.client
-        pending = deque(range(len(calls)))
-        running: dict[Any, int] = {}
+        groups = [[i] for i in range(len(calls))] if sizes is None else chunks(sizes, self._capacity())
+        pending = deque(groups)
+        # images of a task that failed as a whole, or whose worker died: run again one at a time with
+        # nothing else running (as the process pool retries its suspects), so that only a culprit fails,
+        # never an image that merely shared its task or its worker
+        suspects: deque[int] = deque()
+        running: dict[Any, tuple[list[int], bool]] = {}  # future: (its images, run alone)
         done = as_completed(loop=client.loop)
         tag = f"segsoft-{getattr(fn, '__name__', 'task')}-{time.time_ns():x}"
+        count = 0
+
+        def submit(group: list[int], alone: bool) -> None:
+            nonlocal count
+            if len(group) == 1:
+                # the arguments top level, each its own piece: dask passes them through untouched
+                future = client.submit(_run, fn, *calls[group[0]], key=f"{tag}-{count}", pure=False)
+            else:
+                future = client.submit(
+                    _run_all, fn, _Calls([calls[i] for i in group]), key=f"{tag}-{count}", pure=False
+                )
+            count += 1
+            running[future] = (group, alone)
+            done.add(future)
+            for i in group:
+                in_flight.add(i)
 
         def fill() -> None:
+            if suspects:
+                if not running:
+                    submit([suspects.popleft()], True)
+                return
             capacity = self._capacity()
             while pending and len(running) < capacity:
-                i = pending.popleft()
-                # the arguments top level, each its own piece: dask passes them through untouched
-                future = client.submit(_run, fn, *calls[i], key=f"{tag}-{i}", pure=False)
-                running[future] = i
-                done.add(future)
-                in_flight.add(i)
+                submit(pending.popleft(), False)
 
         try:
             fill()
             for future in done:
-                i = running.pop(future)
+                group, alone = running.pop(future)
+                died = False
                 try:
-                    result = future.result()
+                    value = future.result()
+                    results = [value] if len(group) == 1 else list(value)
                 except KilledWorker:
-                    result = WorkerDied("the worker process died on this image")
+                    results, died = [WorkerDied("the worker process died on this image")], True
                 except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
-                    result = exc
+                    results = [exc]
                 future.release()
-                in_flight.discard(i)
-                fill()  # before handing the result over, so the workers stay busy
-                yield i, result
+                if len(results) != len(group) or (died and not alone):
+                    suspects.extend(group)
+                    fill()
+                    continue
+                for i in group:
+                    in_flight.discard(i)
+                fill()  # before handing the results over, so the workers stay busy
+                yield from zip(group, results)
         finally:
             if running:
                 with suppress(Exception):
                     client.cancel(list(running), force=True)
+
+
+#: A task of several images: at most this many pixels together (96 x 96 images: 7 a task) ...
+CHUNK_PIXELS = 65536
+#: ... and at most this many images,
+CHUNK_IMAGES = 8
+#: and at least this many tasks per worker thread, so the last tasks still spread over the workers.
+CHUNK_TASKS_PER_THREAD = 4
+
+
+def chunks(sizes: Sequence[float], threads: int) -> list[list[int]]:
+    """The calls grouped into tasks: consecutive small images together, per-task overhead paid once.
+
+    A Dask task costs a few milliseconds of the scheduler's, the client's and
+    the worker's time (a round trip, a result fetched); a 96 x 96 image takes
+    about 60 ms. Images in input order fill a task up to
+    :data:`CHUNK_PIXELS` pixels and :data:`CHUNK_IMAGES` images, fewer when
+    the batch is short (:data:`CHUNK_TASKS_PER_THREAD`); a larger image is a
+    task of its own.
+
+    Examples
+    --------
+    >>> chunks([9216] * 10, threads=1)
+    [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    >>> chunks([9216] * 64 + [1e6, 10], threads=2)[-4:]
+    [[56, 57, 58, 59, 60, 61, 62], [63], [64], [65]]
+    """
+    n = len(sizes)
+    most = max(1, min(CHUNK_IMAGES, n // max(1, CHUNK_TASKS_PER_THREAD * threads)))
+    groups: list[list[int]] = []
+    group: list[int] = []
+    pixels = 0.0
+    for i, size in enumerate(sizes):
+        if group and (len(group) >= most or pixels + size > CHUNK_PIXELS):
+            groups.append(group)
+            group, pixels = [], 0.0
+        group.append(i)
+        pixels += size
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _one_line(exc: BaseException) -> str:
@@ -285,6 +405,24 @@ def _run(fn: Callable, *args: Any) -> Any:
         mark_task_thread()  # and segsoft's own threads to one: the worker's other threads run other images
         _limited.done = True
     return fn(*args)
+
+
+class _Calls:
+    """A task's list of calls, one opaque argument: dask does not look into it for keys or tasks."""
+
+    def __init__(self, calls: list[tuple]):
+        self.calls = calls
+
+
+def _run_all(fn: Callable, calls: _Calls) -> list[Any]:
+    """:func:`_run` for each call in turn; a call that raises gives its exception, as one task would."""
+    results: list[Any] = []
+    for args in calls.calls:
+        try:
+            results.append(_run(fn, *args))
+        except Exception as exc:  # noqa: BLE001 - returned, as the process pool returns it
+            results.append(exc)
+    return results
 
 
 WORKER_IMPORTS = ("zarr", "numcodecs", "tifffile", "segsoft.batch", "segsoft.cluster.large")
