@@ -751,12 +751,12 @@ def write(
     protect = [seg.image.path, *protect]
     check_targets(folder, protect)
     _prepare_folder(folder)
-    from threadpoolctl import threadpool_limits
+    from .mixture import one_blas_thread
 
     # BLAS on one thread, as in segment(): the pictures' skinny products (the overlay's blend,
     # the mean colours, the regions) gain nothing from OpenBLAS's threads, and on a busy machine
     # those threads spin against other processes (the 12 MP overlay took 3.0 s instead of 0.3 s)
-    with folder_lock(folder), threadpool_limits(1, user_api="blas"):
+    with folder_lock(folder), one_blas_thread():
         check_targets(folder, protect)  # again, now that no one else can change the folder
         return _write_locked(seg, folder, alpha, cmap, montage, regions, region_threshold, stored)
 

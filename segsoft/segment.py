@@ -1620,10 +1620,10 @@ def _one_image_threads(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from threadpoolctl import threadpool_limits
+        from .mixture import one_blas_thread
 
         jobs = _check_jobs(kwargs.get("n_jobs"))
-        with threadpool_limits(1, user_api="blas"), using_threads(jobs):
+        with one_blas_thread(), using_threads(jobs):
             return fn(*args, **kwargs)
 
     return wrapper

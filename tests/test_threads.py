@@ -163,3 +163,25 @@ def test_potts_sweeps_identical_for_any_band_and_thread_count(monkeypatch, k):
     for band_bytes, jobs in ((1, 1), (1, 2), (3 * 4 * k * 27, 2), (1 << 30, 2)):
         c, obj = run(band_bytes, jobs)
         assert np.array_equal(c, ref) and obj == ref_obj
+
+
+def test_one_blas_thread_limits_blas_and_looks_the_libraries_up_once(monkeypatch):
+    # threadpool_limits walks every loaded library on each call (1.5 ms in a batch worker, four
+    # times an image); the limit must still hold inside and be undone after
+    from threadpoolctl import threadpool_info
+
+    from segsoft.mixture import base, one_blas_thread
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    before = [i["num_threads"] for i in blas]
+    made = []
+    real = base.ThreadpoolController
+    monkeypatch.setattr(base, "_CONTROLLER", None)
+    monkeypatch.setattr(base, "ThreadpoolController", lambda: made.append(1) or real())
+    for _ in range(3):
+        with one_blas_thread():
+            assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+    assert made == [1]
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

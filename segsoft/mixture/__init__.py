@@ -46,6 +46,7 @@ from .base import (
     current_threads,
     kmeans,
     kmeans_plusplus,
+    one_blas_thread,
     using_threads,
 )
 from .gaussian import GaussianMixture
@@ -62,6 +63,7 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "model_from_dict",
+    "one_blas_thread",
     "using_threads",
 ]
 
