@@ -905,8 +905,11 @@ def _header_pixels(path: str | os.PathLike) -> tuple[int | None, int]:
         return None, 0
     from PIL import Image as PILImage
 
+    from .io import _pillow_limit_lifted, _quiet
+
     def pillow(p: str | os.PathLike) -> int:
-        with PILImage.open(p) as pil:  # lazy: reads the header only
+        # lazy: reads the header only; --max-pixels, not Pillow's limit (nor its warning), judges the size
+        with _pillow_limit_lifted(), _quiet(), PILImage.open(p) as pil:
             return int(pil.width) * int(pil.height)
 
     def tiff(p: str | os.PathLike) -> int:  # multiband and float TIFFs that Pillow refuses

@@ -109,7 +109,10 @@ def header_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
             return int(shape[0]), int(shape[1]), int(shape[2]) if len(shape) > 2 else 1
         from PIL import Image as PILImage
 
-        with PILImage.open(p) as pil:
+        from .io import _pillow_limit_lifted, _quiet
+
+        # our own --max-pixels check replaces Pillow's limit, and its warning would be noise
+        with _pillow_limit_lifted(), _quiet(), PILImage.open(p) as pil:
             return int(pil.height), int(pil.width), len(pil.getbands())
     except Exception:  # noqa: BLE001 - the reader reports a bad file properly; this is only an estimate
         return None
