@@ -284,7 +284,7 @@ def _resolve(image: Image, spec: FeatureSpec) -> tuple[FeatureSpec, np.ndarray, 
     """
     name = _image_name(image)
     c = image.n_bands
-    flat = image.bands.reshape(-1, c)
+    flat = image._band_rows()  # from an 8-bit file's kept samples: no image-sized float copy
     if spec.color != "bands":
         if image.is_color:
             return spec, flat, None

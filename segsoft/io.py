@@ -327,7 +327,13 @@ class Image:
         rgb8 = self.__dict__.get("_rgb8")
         if rgb8 is None:
             return self.pixels[rows, cols]
-        return np.divide(rgb8[rows, cols], np.float32(255.0), dtype=np.float32)
+        return _UnitRows(rgb8)[rows, cols]
+
+    def _band_rows(self) -> np.ndarray | _UnitRows:
+        """``bands.reshape(-1, C)``, or while 8-bit samples are kept, the same rows made from them
+        as they are indexed (:class:`_UnitRows`), without the image-sized float array."""
+        rgb8 = self._rgb8_rows()
+        return self.bands.reshape(-1, self.n_bands) if rgb8 is None else _UnitRows(rgb8)
 
     @property
     def n_pixels(self) -> int:
@@ -420,6 +426,22 @@ class Image:
         [0.0, 1.0]
         """
         return _array_image(arr, mask)
+
+
+class _UnitRows:
+    """Float32 values made from 8-bit samples as they are indexed: what the float pixels would give
+    at ``key`` (``v / 255`` in float32, exactly the reader's values), without the whole float array."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self._samples = samples
+        self.shape = samples.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.divide(self._samples[key], np.float32(255.0), dtype=np.float32)
 
 
 _MAKE_PIXELS = threading.Lock()  # one thread makes the float pixels of an 8-bit image, the others wait for them

@@ -22,7 +22,7 @@ import numpy as np
 from . import render
 from .errors import SegsoftError
 from .features import FeatureSpec, extract
-from .io import DEFAULT_MAX_PIXELS, Image, as_image
+from .io import DEFAULT_MAX_PIXELS, Image, _UnitRows, as_image
 from .limits import MAX_K
 from .mixture import FuzzyCMeans, GaussianMixture, SoftKMeans, available_cores, using_threads
 from .regions import MERGE_THRESHOLD, RegionHierarchy, check_regions_flag, check_threshold, region_hierarchy
@@ -1251,8 +1251,7 @@ def _count_distinct_bands(image: Image, spec: FeatureSpec, at_least: int) -> int
     will refuse the image or the bands (its message names the problem).
     """
     c = image.n_bands
-    rgb8 = image._rgb8_rows()
-    flat = image.bands.reshape(-1, c) if rgb8 is None else _UnitRows(rgb8)
+    flat = image._band_rows()
     cols = None
     if spec.color != "bands":
         if not (image.is_color or image.is_gray):
@@ -1265,22 +1264,6 @@ def _count_distinct_bands(image: Image, spec: FeatureSpec, at_least: int) -> int
     if image.mask is not None:
         args["rows"] = np.flatnonzero(image.mask.ravel())
     return _count_distinct(flat, at_least, **args)
-
-
-class _UnitRows:
-    """(n, 3) float32 rows made from 8-bit samples as they are indexed: what the image's
-    ``bands.reshape(-1, 3)[key]`` would give (``v / 255`` in float32), without the whole float array."""
-
-    def __init__(self, rgb8: np.ndarray) -> None:
-        self._rgb8 = rgb8
-        self.shape = rgb8.shape
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.divide(self._rgb8[key], np.float32(255.0), dtype=np.float32)
 
 
 def _refuse_too_few(name: str, color: str, k: int, distinct: int) -> None:
@@ -1473,11 +1456,7 @@ def _exact_distinct_fit(
     n_d = colors.shape[0]
     if n_d < k_min:
         return None
-    rgb8 = img._rgb8_rows()
-    if rgb8 is not None and spec.color != "bands":
-        src, cols = _UnitRows(rgb8), None  # what _resolve gives a colour image, from the samples
-    else:
-        spec, src, cols = _resolve(img, spec)
+    spec, src, cols = _resolve(img, spec)
     if spec.standardize and spec.offset is None:
         rows = None if img.mask is None else np.flatnonzero(img.mask.ravel())
         spec = _fit_standardization(spec, img, src, cols, rows, img.bit_depth == 8)

@@ -96,7 +96,7 @@ def test_lazy_pixels_made_once_across_threads(photo: Path) -> None:
 def test_unit_window_and_rows_match_pixels(masked_photo: Path) -> None:
     img = read_image(masked_photo)
     eager = _eager(img)
-    rows = seg_mod._UnitRows(img._rgb8_rows())
+    rows = img._band_rows()
     flat = eager.pixels.reshape(-1, 3)
     for key in (slice(None, None, 7), slice(100, 2000), np.array([5, 0, 7069, 3])):
         np.testing.assert_array_equal(rows[key], flat[key])

@@ -459,7 +459,7 @@ def _fake_image(n_bands: int, is_color: bool, is_gray: bool, band_names: Sequenc
     names = tuple(band_names) if band_names is not None else tuple(f"b{i}" for i in range(n_bands))
     return types.SimpleNamespace(
         n_bands=n_bands,
-        bands=np.empty((0, 0, n_bands), dtype=np.float32),
+        _band_rows=lambda: np.empty((0, n_bands), dtype=np.float32),
         is_color=is_color,
         is_gray=is_gray,
         band_names=names,
