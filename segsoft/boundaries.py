@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BOUNDARY_BLACK", "boundary_image", "level_of_grey"]
+__all__ = ["BOUNDARY_BLACK", "boundary_image", "grey_of_levels", "level_of_grey"]
 
 #: Merge level drawn black in boundaries.png (every later level is black too); a few times the default cut,
 #: so the default threshold's boundaries are mid-grey and the coarsest ones stand out.
@@ -57,7 +57,23 @@ def boundary_image(ucm: np.ndarray, black: float = BOUNDARY_BLACK) -> np.ndarray
     if u.ndim != 2:
         raise ValueError(f"ucm must be 2-D, got shape {u.shape}")
     bsds = u.shape[0] % 2 == 1 and u.shape[1] % 2 == 1 and u[1::2, 1::2].max(initial=0) == 0
-    thin = (u[2::2, 2::2] if bsds else u).astype(np.float32)  # thinned first: a quarter of the pixels to convert
+    return grey_of_levels(u[2::2, 2::2] if bsds else u, black)  # thinned first: a quarter of the pixels
+
+
+def grey_of_levels(levels: np.ndarray, black: float = BOUNDARY_BLACK) -> np.ndarray:
+    """:func:`boundary_image` of a thin map (or any rows of one), pixel by pixel: uint8, the same shape.
+
+    Each pixel's grey depends on its own level only, so a map written a band of rows at a
+    time (``segsoft run --regions``) is drawn band by band.
+
+    Examples
+    --------
+    >>> grey_of_levels(np.array([[0.0, 0.25, 0.001, 2.0]]), black=0.5).tolist()
+    [[255, 128, 254, 0]]
+    """
+    if not black > 0:
+        raise ValueError(f"black must be > 0, got {black!r}")
+    thin = np.asarray(levels).astype(np.float32)
     grey = np.round(255.0 * (1.0 - np.clip(thin / np.float32(black), 0.0, 1.0)))
     grey = np.where(thin > 0, np.minimum(grey, 254), 255)  # a boundary never reads as no boundary
     return grey.astype(np.uint8)

@@ -329,6 +329,12 @@ class Image:
             return self.pixels[rows, cols]
         return _UnitRows(rgb8)[rows, cols]
 
+    def _unit_pixels(self) -> np.ndarray | _UnitRows:
+        """``pixels``, or while 8-bit samples are kept the same (H, W, 3) values made from them as
+        they are indexed (:class:`_UnitRows`), without the image-sized float array."""
+        rgb8 = self.__dict__.get("_rgb8")
+        return self.pixels if rgb8 is None else _UnitRows(rgb8)
+
     def _band_rows(self) -> np.ndarray | _UnitRows:
         """``bands.reshape(-1, C)``, or while 8-bit samples are kept, the same rows made from them
         as they are indexed (:class:`_UnitRows`), without the image-sized float array."""
@@ -2208,15 +2214,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
     """Write ``data`` to ``path`` so that the file is either complete or untouched.
 
     Parameters
     ----------
     path : str or os.PathLike
         The final file; its folder is created if needed.
-    data : bytes
-        The whole content.
+    data : bytes, or an iterable of bytes
+        The whole content, or its pieces in order (written one after another, never joined).
 
     Raises
     ------
@@ -2233,8 +2239,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     ...         print(f.read())
     b'hello'
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = list(data)
+        if len(data) == 1:  # one piece: written as whole contents are
+            data = data[0]
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            tmp.write_bytes(data)
+        else:
+            with open(tmp, "wb") as f:
+                f.writelines(data)
 
 
 def _create_temp(target: Path) -> Path:

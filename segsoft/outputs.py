@@ -62,7 +62,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from . import __version__, render
-from .boundaries import boundary_image
+from .boundaries import grey_of_levels
 from .errors import SegsoftError
 from .features import FeatureSpec
 from .io import atomic_path, atomic_write_bytes, inside, safe_component, signals_deferred
@@ -204,19 +204,28 @@ def _adler32_combine(a1: int, a2: int, len2: int) -> int:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return b"".join(_png_chunk_parts(kind, [data]))
+
+
+def _png_chunk_parts(kind: bytes, parts: list[bytes]) -> list[bytes]:
+    """A PNG chunk holding the concatenation of ``parts``, as pieces to write one after another
+    (length and type, the parts themselves, the CRC): the data is never copied into one string."""
     import struct
     import zlib
 
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+    crc = zlib.crc32(kind)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [struct.pack(">I", sum(map(len, parts))) + kind, *parts, struct.pack(">I", crc)]
 
 
-def _deflate_rows(rows: np.ndarray, above: np.ndarray | None, last: bool) -> tuple[bytes, int, int]:
+def _deflate_rows(rows: np.ndarray, above: np.ndarray | None, last: bool) -> tuple[list[bytes], int, int]:
     """Raw deflate of PNG scanlines ``rows`` (uint8 (n, W * C)) under the Up filter.
 
     ``above`` is the row before the first (None at the top of the picture). Returns the
-    compressed bytes (ending in a sync flush, or the final block where ``last``), the
-    Adler-32 of the filtered bytes and their length, so segments made on several threads
-    join into one zlib stream (zlib and numpy release the GIL on this work).
+    compressed bytes in pieces (ending in a sync flush, or the final block where ``last``),
+    the Adler-32 of the filtered bytes and their length, so segments made on several
+    threads join into one zlib stream (zlib and numpy release the GIL on this work).
     """
     import zlib
 
@@ -240,22 +249,29 @@ def _deflate_rows(rows: np.ndarray, above: np.ndarray | None, last: bool) -> tup
         length += out.size
         parts.append(comp.compress(data))
     parts.append(comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
-    return b"".join(parts), adler, length
+    return parts, adler, length
 
 
 def _rgb_png_bytes(picture: np.ndarray) -> bytes:
+    """:func:`_rgb_png_parts` joined."""
+    return b"".join(_rgb_png_parts(picture))
+
+
+def _rgb_png_parts(picture: np.ndarray) -> list[bytes]:
     """An 8-bit RGB or RGBA PNG of ``picture`` (uint8 (H, W, 3 or 4)), Up-filtered, at zlib level
     :data:`PNG_ZLIB_LEVEL`, a large one compressed in :data:`_PNG_SEGMENTS` pieces on as many threads.
 
     Same pixels as Pillow's PNG; on a 12 MP overlay 2x faster on one thread and a smaller file
-    (the Up filter at level 2: 8.2 MiB, Pillow's adaptive filters at level 1: 8.4 MiB).
+    (the Up filter at level 2: 8.2 MiB, Pillow's adaptive filters at level 1: 8.4 MiB). The file
+    comes in pieces, to be written one after another: joined, the 8 MB of a 12 MP overlay were
+    copied twice more while the pictures after it were held.
     """
     import struct
 
     h, w, c = picture.shape
     rows = np.ascontiguousarray(picture).reshape(h, w * c)
     cuts = [0, h]
-    if h * w >= _PNG_PARALLEL_PIXELS and h >= 2 * _PNG_SEGMENTS:
+    if _segmented(h, w):
         cuts = [round(i * h / _PNG_SEGMENTS) for i in range(_PNG_SEGMENTS + 1)]
     jobs = [(rows[a:b], rows[a - 1] if a > 0 else None, b == h) for a, b in itertools.pairwise(cuts)]
     if len(jobs) > 1:
@@ -270,21 +286,43 @@ def _rgb_png_bytes(picture: np.ndarray) -> bytes:
     header = bytes([0x78, level_bits])
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2 if c == 3 else 6, 0, 0, 0)
     out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", header)]
-    out += [_png_chunk(b"IDAT", piece) for piece, _, _ in pieces]
+    for parts, _, _ in pieces:
+        out += _png_chunk_parts(b"IDAT", parts)
     out += [_png_chunk(b"IDAT", struct.pack(">I", adler)), _png_chunk(b"IEND", b"")]
-    return b"".join(out)
+    return out
 
 
-def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
-    extra: dict[str, Any] = {}
-    if (
+def _rgb_in_segments(picture: Any) -> bool:
+    """Whether :func:`_png_parts` compresses ``picture`` in several segments on threads of its own."""
+    return _is_rgb8(picture) and _segmented(picture.shape[0], picture.shape[1])
+
+
+def _segmented(h: int, w: int) -> bool:
+    return h * w >= _PNG_PARALLEL_PIXELS and h >= 2 * _PNG_SEGMENTS
+
+
+def _is_rgb8(picture: Any) -> bool:
+    """An 8-bit RGB(A) array with pixels: compressed by segsoft itself (:func:`_rgb_png_parts`)."""
+    return (
         isinstance(picture, np.ndarray)
         and picture.dtype == np.uint8
         and picture.ndim == 3
         and picture.shape[2] in (3, 4)
         and picture.shape[0] * picture.shape[1] > 0
-    ):
-        return _rgb_png_bytes(picture)
+    )
+
+
+def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
+    """A picture as a PNG file: :func:`_png_parts` joined."""
+    parts = _png_parts(picture)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _png_parts(picture: np.ndarray | render.IndexedImage) -> list[bytes]:
+    """A picture as a PNG file in pieces, to be written one after another (see :func:`_rgb_png_parts`)."""
+    extra: dict[str, Any] = {}
+    if _is_rgb8(picture):
+        return _rgb_png_parts(picture)
     if isinstance(picture, render.IndexedImage):
         img = PILImage.fromarray(picture.indices)
         img.putpalette(picture.palette.tobytes())  # turns the L image into P
@@ -294,7 +332,7 @@ def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
         img = PILImage.fromarray(picture)  # RGBA where the image has transparent pixels
     buf = _io.BytesIO()
     img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
-    return buf.getvalue()
+    return [buf.getvalue()]
 
 
 def _jsonable(value: Any) -> Any:
@@ -783,7 +821,7 @@ def _write_locked(
     # Pillow releases the GIL while encoding, so PNGs are encoded and written
     # on worker threads while the next picture renders; a bounded queue keeps
     # at most a few full-size pictures alive at once.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool, ThreadPoolExecutor(max_workers=1) as merging:
         pending: list[Future] = []
         # jobs that hold no full-size picture of their own, outside the bounded queue: waiting on
         # the memberships file there held back the pictures' rendering until it was written
@@ -796,16 +834,20 @@ def _write_locked(
 
         def put_png(name: str, picture: Any) -> None:
             written[name] = folder / name
-            submit(lambda: atomic_write_bytes(written[name], _png_bytes(picture)))
+            submit(lambda: atomic_write_bytes(written[name], _png_parts(picture)))
 
         record_probabilities: dict[str, Any] = {**stored, "file": None, "labels_file": None}
+        mean_here = False
         if fmt == "external":
             pass
         elif fmt == "npy":
+            # model.json's mean colours summed on this worker from the blocks it writes (gathered once for
+            # both), unless the pictures need them first (--palette mean)
+            mean_here = seg.palette != "mean" and "mean_rgb" not in seg.__dict__
 
             def put_npy() -> None:
                 with atomic_path(folder / "probabilities.npy") as tmp:
-                    _save_probabilities_npy(tmp, seg, dtype)
+                    _save_probabilities_npy(tmp, seg, dtype, mean_rgb=mean_here)
 
             written["probabilities.npy"] = folder / "probabilities.npy"
             unbounded.append(pool.submit(put_npy))
@@ -827,36 +869,50 @@ def _write_locked(
                 transparent="NaN" if dtype != "uint8" else UINT8_NODATA,
                 scale=UINT8_SCALE if dtype == "uint8" else None,
             )
-        if regions:
-            region_map = seg.regions(region_threshold)
-
-            def put_regions() -> None:
-                with atomic_path(folder / "regions.npy") as tmp:
-                    np.save(tmp, region_map)
-
-            written["regions.npy"] = folder / "regions.npy"
-            submit(put_regions)
-            # the whole hierarchy: each boundary's merge level, BSDS500's ucm2 layout (2H+1, 2W+1)
-            ucm = seg.hierarchy.ucm()
-
-            def put_ucm() -> None:
-                with atomic_path(folder / "ucm.npy") as tmp:
-                    np.save(tmp, ucm)
-
-            written["ucm.npy"] = folder / "ucm.npy"
-            submit(put_ucm)
-            put_png("boundaries.png", boundary_image(ucm))
-        tiles = []  # shrunk as they are made: the montage never holds every full-size picture
-        # the original's tile (a block mean of the whole image) on a worker while the pictures render
+        # the original's tile (a block mean of the whole image) on a worker while the regions are merged
+        # and the pictures render
         original = pool.submit(seg.original, MONTAGE_TILE_WIDTH, None, True) if montage else None
-        # for model.json, made here while the workers write the memberships and the original's tile
-        # (made last, it ran alone after every picture was encoded)
-        seg.mean_rgb  # noqa: B018
-        for name, title, make in seg.pictures(alpha, cmap, regions, region_threshold):
+        region_map_job = None
+        if regions:
+            # the regions are merged, and regions.npy, ucm.npy (the whole hierarchy: each boundary's merge
+            # level, BSDS500's ucm2 layout (2H+1, 2W+1)) and boundaries.png written, on a thread of their own
+            # while the other pictures render (on the main thread the merging left a core idle); ucm.npy and
+            # boundaries.png a band of rows at a time, without the image-sized map
+            for name in ("regions.npy", "ucm.npy", "boundaries.png"):
+                written[name] = folder / name
+            region_map_job = merging.submit(seg._region_map, region_threshold)  # the cached map: only read
+
+            def put_region_files() -> None:
+                region_map = region_map_job.result()
+                with atomic_path(written["regions.npy"]) as tmp:
+                    np.save(tmp, region_map)
+                with atomic_path(written["ucm.npy"]) as tmp:
+                    grey = _save_ucm_npy(tmp, seg.hierarchy)
+                atomic_write_bytes(written["boundaries.png"], _png_parts(grey))
+
+            unbounded.append(merging.submit(put_region_files))
+        if not mean_here:
+            # for model.json, made here while the workers write the memberships and the original's tile
+            # (made last, it ran alone after every picture was encoded)
+            seg.mean_rgb  # noqa: B018
+        pictures = seg.pictures(alpha, cmap, regions, region_threshold)
+        for name, _, _ in pictures:
+            written[name] = folder / name  # in the montage's order, whatever order they are made in
+        tiles: list[Any] = [None] * len(pictures)  # shrunk as they are made: never every full-size picture
+        # the regions' picture last, when the regions are most likely merged
+        for i in sorted(range(len(pictures)), key=lambda i: pictures[i][0] == "regions.png"):
+            name, title, make = pictures[i]
+            if name == "regions.png" and region_map_job is not None:
+                region_map_job.result()
             picture = make()
-            put_png(name, picture)
+            if _rgb_in_segments(picture):
+                # compressed on threads of its own: written here, so the pictures after it are not made (and held)
+                # while it is (the 12 MP overlay, 34 MB, and three heatmaps set the peak memory)
+                atomic_write_bytes(written[name], _png_parts(picture))
+            else:
+                put_png(name, picture)
             if montage:
-                tiles.append((name, title, render.shrink(picture, MONTAGE_TILE_WIDTH)))
+                tiles[i] = (name, title, render.shrink(picture, MONTAGE_TILE_WIDTH))
         if montage:
             sheet = seg.montage_sheet(tiles, cmap=cmap, tile_width=MONTAGE_TILE_WIDTH, original=original.result())
             put_png("montage.png", sheet)
@@ -867,7 +923,7 @@ def _write_locked(
     _remove_stale(folder, seg.k, seg.selection is not None, regions, fmt)
     record = model_record(seg)
     if regions:
-        record["regions"] = {"threshold": region_threshold, "count": int(region_map.max()) + 1}
+        record["regions"] = {"threshold": region_threshold, "count": int(region_map_job.result().max()) + 1}
     record["probabilities"] = _jsonable(record_probabilities)
     if record_patch is not None:
         record_patch(record)
@@ -881,23 +937,63 @@ def _write_locked(
 # memberships in other formats and dtypes
 
 
-def _save_probabilities_npy(path: str | os.PathLike, seg: SoftSegmentation, dtype: str) -> None:
-    """``np.save(path, encode_probabilities(seg.probabilities, dtype))``, the same bytes, block by block.
+def _save_npy_blocks(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) -> None:
+    """What ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``, from its consecutive ``blocks``.
 
-    The header is the one ``np.save`` writes (format 1.0), then the rows are encoded and
-    written in blocks from :meth:`SoftSegmentation._probability_blocks`: after the exact fit
-    on distinct colours no image-sized memberships array (nor its encoded copy) is made.
+    The header is the one ``np.save`` writes (format 1.0); each block is written before the
+    next is asked for, so a generator may reuse one buffer.
     """
-    h, w, k = seg.image.height, seg.image.width, seg.k
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": (h, w, k),
-    }
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
+        f.writelines(np.ascontiguousarray(b, dtype=dtype).data for b in blocks)
+
+
+def _save_probabilities_npy(path: str | os.PathLike, seg: SoftSegmentation, dtype: str, mean_rgb: bool = False) -> None:
+    """``np.save(path, encode_probabilities(seg.probabilities, dtype))``, the same bytes, block by block.
+
+    The rows are encoded and written in blocks from :meth:`SoftSegmentation._probability_blocks`:
+    after the exact fit on distinct colours no image-sized memberships array (nor its encoded
+    copy) is made. ``mean_rgb``: also sum :attr:`SoftSegmentation.mean_rgb` from the same
+    blocks (the same numbers) and store it, unless it was made meanwhile.
+    """
+    from .segment import _MEAN_STEP, _MeanColours
+
+    h, w, k = seg.image.height, seg.image.width, seg.k
+    mean = _MeanColours(seg) if mean_rgb else None
+
+    def blocks() -> Iterator[np.ndarray]:
         # each block is written before the next is gathered into the same buffer
-        f.writelines(np.ascontiguousarray(encode_probabilities(b, dtype)).data for b in seg._probability_blocks())
+        for b in seg._probability_blocks(_MEAN_STEP):
+            if mean is not None:
+                mean.add(b)
+            yield encode_probabilities(b, dtype)
+
+    _save_npy_blocks(path, dtype, (h, w, k), blocks())
+    if mean is not None:
+        seg.__dict__.setdefault("mean_rgb", mean.result())  # as the cached property stores it
+
+
+def _save_ucm_npy(path: str | os.PathLike, hierarchy: Any) -> np.ndarray:
+    """``np.save(path, hierarchy.ucm())``, the same bytes, a band of rows at a time; returns
+    ``boundary_image`` of it, uint8 (H, W), drawn from the same bands.
+
+    The ucm2 layout has four times the image's pixels (192 MB of float32 at 12 MP): neither
+    it nor the full-size boundary levels are made (:meth:`RegionHierarchy._ucm_bands`).
+    """
+    H, W = hierarchy.shape
+    grey = np.empty((H, W), np.uint8)
+
+    def bands() -> Iterator[np.ndarray]:
+        for r0, band in hierarchy._ucm_bands():
+            if r0 == 0:
+                yield band[:1]  # the frame's top row copies the first row through the pixels
+            # the thin map is ucm2[2::2, 2::2]: the rows below the pixels, at the corners
+            grey[r0 : r0 + band.shape[0] // 2] = grey_of_levels(band[1::2, 2::2])
+            yield band
+
+    _save_npy_blocks(path, np.float32, (2 * H + 1, 2 * W + 1), bands())
+    return grey
 
 
 def encode_probabilities(p: np.ndarray, dtype: str = "float32") -> np.ndarray:

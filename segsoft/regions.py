@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,39 +261,87 @@ class RegionHierarchy:
         (2, 2)
         """
         H, W = self.shape
-        ucm2 = np.zeros((2 * H + 1, 2 * W + 1), np.float32)
-        if self.n_superpixels > 0:
-            right, down = self._full_edge_levels()
-            ucm2[1:-1:2, 2:-1:2] = right
-            ucm2[2:-1:2, 1:-1:2] = down
-            # a corner holds the largest of its four boundaries, so an 8-connected cut cannot slip through it
-            corner = np.maximum(np.maximum(right[:-1], right[1:]), np.maximum(down[:, :-1], down[:, 1:]))
-            ucm2[2:-1:2, 2:-1:2] = corner
-            # the frame continues each boundary that meets it, as in BSDS500's ucm2 (else an 8-connected cut
-            # would join the regions along the image's edge through the frame)
-            ucm2[0], ucm2[-1] = ucm2[1], ucm2[-2]
-            ucm2[:, 0], ucm2[:, -1] = ucm2[:, 1], ucm2[:, -2]
-        return ucm2 if bsds else np.ascontiguousarray(ucm2[2::2, 2::2])
+        ucm2 = np.empty((2 * H + 1, 2 * W + 1), np.float32) if bsds else None
+        thin = None if bsds else np.empty((H, W), np.float32)
+        for r0, band in self._ucm_bands():
+            r1 = r0 + band.shape[0] // 2
+            if ucm2 is None:
+                thin[r0:r1] = band[1::2, 2::2]
+                continue
+            if r0 == 0:
+                ucm2[0] = band[0]
+            ucm2[2 * r0 + 1 : 2 * r1 + 1] = band
+        return ucm2 if bsds else thin
 
-    def _full_edge_levels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Levels of the boundaries right of (H, W-1) and below (H-1, W) each full-resolution pixel.
+    def _ucm_bands(self, rows: int = 32) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`ucm`'s ``ucm2`` a band at a time: ``(r0, ucm2[2 * r0 + 1 : 2 * r1 + 1])`` for pixel rows r0..r1-1.
 
-        Without a mask, a block-averaged hierarchy's boundaries lie between
-        blocks only: the working copy's levels are spread onto the last
-        column (row) of each block, so a 12 MP photo costs no full-size
-        superpixel map.
+        Each band (float32, two rows per pixel row, in one buffer reused for the next band)
+        holds the rows through its pixels and the rows below them; the top frame row
+        ``ucm2[0]`` is a copy of the first band's first row. So ``ucm.npy`` and
+        ``boundaries.png`` are written without the image-sized map (four times the pixels)
+        or the full-size boundary levels (:meth:`_full_edge_levels`).
         """
-        if self.factor == 1 or self.mask is not None:
-            return self._edge_levels(self._full_superpixels())
         H, W = self.shape
+        buf = np.empty((min(rows, H), 2, 2 * W + 1), np.float32)
+        if self.n_superpixels == 0:  # nothing used: no boundary anywhere
+            buf.fill(0.0)
+            for r0 in range(0, H, rows):
+                yield r0, buf[: min(rows, H - r0)].reshape(-1, 2 * W + 1)
+            return
+        levels = self._full_edge_levels()
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            right, down = levels(r0, r1)
+            out = buf[: r1 - r0]
+            # the row through pixels r: 0 at the pixels and the frame, the boundary to the right between them
+            odd, even = out[:, 0], out[:, 1]
+            odd[:, 1::2] = 0.0
+            odd[:, 0] = odd[:, -1] = 0.0
+            odd[:, 2:-1:2] = right[: r1 - r0]
+            # the row below pixels r: the boundaries below them and, between those, each corner holds the
+            # largest of its four boundaries, so an 8-connected cut cannot slip through it
+            m = down.shape[0]  # every row but the image's last has one below it
+            even[:m, 1:-1:2] = down
+            corner = np.maximum(np.maximum(right[:m], right[1 : m + 1]), np.maximum(down[:, :-1], down[:, 1:]))
+            even[:m, 2:-1:2] = corner
+            # the frame continues each boundary that meets it, as in BSDS500's ucm2 (else an 8-connected cut
+            # would join the regions along the image's edge through the frame): its bottom row copies the last
+            # row through the pixels
+            even[:m, 0], even[:m, -1] = down[:, 0], down[:, -1]
+            even[m:] = odd[m:]
+            yield r0, out.reshape(-1, 2 * W + 1)
+
+    def _full_edge_levels(self) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+        """Levels of the full-resolution boundaries, by rows: ``levels(r0, r1)`` gives ``(right, down)``.
+
+        ``right`` holds the boundaries to the right of pixel rows r0..r1 (one row more than
+        asked, for the corners below them, where the image has it), float32 (rows, W-1);
+        ``down`` those below rows r0..r1-1 (not below the image's last row), (rows, W).
+        Without a mask, a block-averaged hierarchy's boundaries lie between blocks only: the
+        working copy's levels are spread onto the last column (row) of each block as rows are
+        asked for, so a 12 MP photo costs no full-size superpixel map or level arrays.
+        """
+        H, W = self.shape
+        if self.factor == 1 or self.mask is not None:
+            right, down = self._edge_levels(self._full_superpixels())
+            return lambda r0, r1: (right[r0 : r1 + 1], down[r0:r1])
         f = self.factor
         small_right, small_down = self._edge_levels(self.superpixels)
-        rows, cols = (np.minimum(f, n - f * np.arange(m)) for n, m in zip(self.shape, self.superpixels.shape))
-        right = np.zeros((H, W - 1), np.float32)
-        right[:, np.cumsum(cols)[:-1] - 1] = np.repeat(small_right, rows, axis=0)
-        down = np.zeros((H - 1, W), np.float32)
-        down[np.cumsum(rows)[:-1] - 1] = np.repeat(small_down, cols, axis=1)
-        return right, down
+        cols = np.minimum(f, W - f * np.arange(self.superpixels.shape[1]))
+        edge_cols = np.cumsum(cols)[:-1] - 1  # the last column of every block but the last
+
+        def levels(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = np.arange(r0, min(H, r1 + 1))
+            right = np.zeros((rows.size, W - 1), np.float32)
+            right[:, edge_cols] = small_right[rows // f]
+            down = np.zeros((max(0, min(r1, H - 1) - r0), W), np.float32)
+            last = rows[: down.shape[0]]
+            last = last[(last + 1) % f == 0]  # the last row of a block (not the image's last row)
+            down[last - r0] = np.repeat(small_down[last // f], cols, axis=1)
+            return right, down
+
+        return levels
 
     def _full_superpixels(self) -> np.ndarray:
         """Superpixel ids at full resolution (blocks repeated), -1 off the used pixels."""
@@ -537,7 +585,10 @@ def _working_copy(
     memberships, inside ``mask``). Works through tiles of whole blocks, about
     :data:`_TILE_PIXELS` each (many bands of f rows at once, or part of a
     band when the image is very wide), so a large image of any shape costs no
-    full-size temporary and a number of steps proportional to its size.
+    full-size temporary and a number of steps proportional to its size. With
+    ``f > 1``, ``rgb`` and ``p`` need only a ``shape`` and ``[rows, cols]``
+    slicing: the memberships may be gathered a tile at a time from a
+    per-colour table (:meth:`segsoft.segment.SoftSegmentation.hierarchy`).
     """
     H, W = p.shape[:2]
     K = p.shape[2]
@@ -565,31 +616,52 @@ def _working_copy(
         for c0 in range(0, W, cols):
             c1 = min(W, c0 + cols)
             pt = np.asarray(p[r0:r1, c0:c1], dtype=np.float32)
-            u = np.isfinite(pt).all(axis=-1)
-            if mask is not None:
-                u &= mask[r0:r1, c0:c1]
-            used[r0:r1, c0:c1] = u
-            keep = u[..., None]
-            pt = np.where(keep, pt, 0.0)
-            rt = np.where(keep, np.asarray(rgb[r0:r1, c0:c1], dtype=np.float32), 0.0)
+            rt = np.asarray(rgb[r0:r1, c0:c1], dtype=np.float32)
             starts = np.arange(0, c1 - c0, f)
             widths = np.diff(np.append(starts, c1 - c0))
             full = (r1 - r0) // f * f  # rows in whole bands; the image's last band may be shorter
-            for b0, b1 in ((0, full), (full, r1 - r0)):
-                if b1 == b0:
-                    continue
+            bands = [(b0, b1) for b0, b1 in ((0, full), (full, r1 - r0)) if b1 > b0]
+
+            def band_sums(b0: int, b1: int, pt: np.ndarray = pt, width: int = c1 - c0) -> np.ndarray:
+                # each band's rows summed (one after another, as numpy sums a leading axis); each block's
+                # columns are summed below
+                return pt[b0:b1].reshape(-1, min(f, b1 - b0), width, K).sum(axis=1, dtype=np.float64)
+
+            # every pixel used (no mask, finite memberships) is the common case: the band sums are finite
+            # exactly when the tile is (float32 values summed in float64 cannot overflow), so such a tile
+            # needs no per-pixel check and no zeroed copies (half the time of a 12 MP working copy)
+            sums = None
+            if mask is None or mask[r0:r1, c0:c1].all():
+                sums = [band_sums(b0, b1) for b0, b1 in bands]
+                if not all(np.isfinite(s).all() for s in sums):
+                    sums = None
+            if sums is None:
+                u = np.isfinite(pt).all(axis=-1)
+                if mask is not None:
+                    u &= mask[r0:r1, c0:c1]
+                keep = u[..., None]
+                pt = np.where(keep, pt, 0.0)
+                rt = np.where(keep, rt, 0.0)
+                sums = [band_sums(b0, b1, pt) for b0, b1 in bands]
+                used[r0:r1, c0:c1] = u
+            else:
+                u = None
+                used[r0:r1, c0:c1] = True
+            for (b0, b1), band_p in zip(bands, sums):
                 n = min(f, b1 - b0)  # rows per band here
                 i0 = (r0 + b0) // f
                 i1 = i0 + (b1 - b0) // n
                 j0, j1 = c0 // f, c0 // f + len(starts)
-                # sum each band's rows (one after another, as numpy sums a leading axis), then each block's columns
-                weight = np.add.reduceat(u[b0:b1].reshape(-1, n, c1 - c0).sum(axis=1), starts, axis=1)
+                if u is None:  # the used pixels' count of every block: all of them
+                    weight = np.broadcast_to(widths * n, (i1 - i0, len(starts)))
+                else:
+                    weight = np.add.reduceat(u[b0:b1].reshape(-1, n, c1 - c0).sum(axis=1), starts, axis=1)
                 safe = np.maximum(weight, 1)[..., None]
-                band_p = pt[b0:b1].reshape(-1, n, c1 - c0, K).sum(axis=1, dtype=np.float64)
                 p_w[i0:i1, j0:j1] = np.add.reduceat(band_p, starts, axis=1) / safe
                 band_rgb = rt[b0:b1].reshape(-1, n, c1 - c0, 3).sum(axis=1)
                 rgb_w[i0:i1, j0:j1] = np.add.reduceat(band_rgb, starts, axis=1) / safe
                 share[i0:i1, j0:j1] = weight / (widths * n)
+            del pt, rt, sums, band_sums  # before the next tile is gathered: one tile's scratch at a time
     return rgb_w, p_w, share, used
 
 

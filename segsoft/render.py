@@ -679,34 +679,58 @@ def region_image(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True)
 def region_indexed(pixels: ArrayLike, regions: ArrayLike, boundaries: bool = True) -> IndexedImage | np.ndarray:
     """:func:`region_image` as palette indices (exact) when there are at most 254 regions, else uint8 RGB.
 
+    ``pixels`` may also be anything with a ``shape`` whose ``[rows, :, c]`` gives those
+    values (the 8-bit samples' stand-in :class:`segsoft.io._UnitRows`): the picture is made
+    a band of rows at a time, so no image-sized float copy is needed.
+
     Examples
     --------
     >>> pic = region_indexed(np.ones((1, 3, 3)), np.array([[0, 1, -1]]), boundaries=False)
     >>> pic.indices.tolist(), pic.palette.tolist()
     ([[0, 1, 2]], [[255, 255, 255], [255, 255, 255], [0, 0, 0], [255, 255, 255]])
     """
-    rgb = np.asarray(pixels)
+    rgb = pixels if hasattr(pixels, "shape") and hasattr(pixels, "__getitem__") else np.asarray(pixels)
     reg = np.asarray(regions)
-    if reg.ndim != 2 or rgb.shape != (*reg.shape, 3):
-        raise SegsoftError(f"regions must be (H, W) and pixels (H, W, 3), got {reg.shape} and {rgb.shape}")
-    flat = reg.ravel()
-    n = int(flat.max()) + 1 if flat.size else 0
-    ids = np.where(flat >= 0, flat, n).astype(np.int32)  # unused pixels: one extra bin; int32 halves the memory
-    counts = np.maximum(np.bincount(ids, minlength=n + 1), 1)
-    mean = np.stack(
-        [np.bincount(ids, rgb[..., c].ravel().astype(np.float64), minlength=n + 1) for c in range(3)], axis=1
-    )
-    palette = np.rint(np.clip(mean / counts[:, None], 0.0, 1.0) * 255.0).astype(np.uint8)
+    if reg.ndim != 2 or tuple(rgb.shape) != (*reg.shape, 3):
+        raise SegsoftError(f"regions must be (H, W) and pixels (H, W, 3), got {reg.shape} and {tuple(rgb.shape)}")
+    H, W = reg.shape
+    n = int(reg.max()) + 1 if reg.size else 0
+    # palette indices: unused pixels one extra region n, boundaries n + 1 (white)
+    index = np.empty(reg.shape, np.uint8 if n + 2 <= 256 else np.int32)
+    counts = np.zeros(n + 1, np.int64)
+    sums = np.zeros((3, n + 1))
+    unused = False
+    rows = max(1, _CHUNK_PIXELS // max(W, 1))
+    weights = np.empty((min(rows, H), W))
+    for a in range(0, H, rows):
+        b = min(H, a + rows)
+        band = reg[a:b]
+        used = band >= 0
+        unused = unused or not used.all()
+        ids = np.where(used, band, n).astype(np.int32)
+        flat = ids.ravel()
+        counts += np.bincount(flat, minlength=n + 1)  # whole numbers: any order gives the same counts
+        w = weights[: b - a]
+        for c in range(3):
+            # each region's colour sum in float64, pixel after pixel in the image's order as one bincount over
+            # the whole image adds them (ufunc.at adds in index order): the same sums without full-size weights
+            np.copyto(w, rgb[a:b, :, c])
+            np.add.at(sums[c], flat, w.ravel())
+        out = index[a:b]
+        out[...] = ids
+        if boundaries:
+            edge = np.zeros(band.shape, dtype=bool)
+            edge[:, :-1] = band[:, :-1] != band[:, 1:]
+            below = reg[a + 1 : b + 1]  # the next band's first row too, except at the image's bottom
+            edge[: below.shape[0]] |= band[: below.shape[0]] != below
+            edge &= used
+            out[edge] = n + 1
+    counts = np.maximum(counts, 1)
+    palette = np.rint(np.clip(sums.T / counts[:, None], 0.0, 1.0) * 255.0).astype(np.uint8)
     palette[n] = 0  # unused: black
     palette = np.concatenate([palette, np.full((1, 3), 255, np.uint8)])  # n + 1: boundary white
-    index = ids.reshape(reg.shape)
-    if boundaries:
-        edge = np.zeros(reg.shape, dtype=bool)
-        edge[:, :-1] |= reg[:, :-1] != reg[:, 1:]
-        edge[:-1, :] |= reg[:-1, :] != reg[1:, :]
-        index = np.where(edge & (reg >= 0), n + 1, index)
     if n + 2 <= 256:
-        return IndexedImage(index.astype(np.uint8), palette, n if (flat < 0).any() else None)
+        return IndexedImage(index, palette, n if unused else None)
     return np.take(palette, index, axis=0)
 
 

@@ -8,7 +8,9 @@ returns renders pictures on demand and saves everything with ``save()``.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -195,7 +197,7 @@ class SoftSegmentation:
         buf = np.empty((min(step, inverse.size), table.shape[1]), np.float32)
         for s in range(0, inverse.size, step):
             part = inverse[s : s + step]
-            yield np.take(table, part, axis=0, out=buf[: part.size])
+            yield np.take(table, part, axis=0, out=buf[: part.size], mode="clip")  # see _gather_rows
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -236,7 +238,43 @@ class SoftSegmentation:
     @cached_property
     def hierarchy(self) -> RegionHierarchy:
         """Superpixels and their merge sequence (see :mod:`segsoft.regions`); made once, cut by :meth:`regions`."""
+        lazy = self._block_hierarchy()
+        if lazy is not None:
+            return lazy
         return region_hierarchy(_region_colors(self.image), self.probabilities, mask=self.mask)
+
+    def _block_hierarchy(self) -> RegionHierarchy | None:
+        """:func:`~segsoft.regions.region_hierarchy` of a large photo after the exact fit, from its working copy.
+
+        A large image is merged on a block-averaged working copy. Here that copy is made tile
+        by tile from the exact fit's per-colour memberships and the 8-bit samples, merged as an
+        image of its own (no larger than the working size, it is merged as it is: the same
+        superpixels and merges) and scaled back to the image's size: the same hierarchy without
+        the (H, W, k) memberships (576 MB at 12 MP, k = 12) or the float pixels. None where this
+        does not apply (no exact fit, transparency, an image merged at full resolution).
+        """
+        from dataclasses import replace
+
+        from .regions import WORK_PIXELS, _working_copy
+
+        if self._distinct is None or self._probabilities is not None or self.mask is not None:
+            return None
+        if not (self.image.is_color or self.image.is_gray):  # another view of the bands (_region_colors)
+            return None
+        h, w = self._hw
+        factor = max(1, math.ceil(math.sqrt(h * w / WORK_PIXELS)))  # as region_hierarchy chooses it
+        if factor == 1:
+            return None
+        rgb = self.image._unit_pixels()
+        inverse, table = self._distinct[0], self._distinct[1]
+        probabilities = _TableRows(table, inverse.reshape(h, w))
+        rgb_w, p_w, _, used = _working_copy(rgb, probabilities, None, factor)
+        if not used.all():  # memberships that are not finite: the general path marks those pixels unused
+            return None
+        small = region_hierarchy(rgb_w, p_w)
+        if small.factor != 1 or small.mask is not None:  # a copy over the working size would be copied again
+            return None
+        return replace(small, shape=(h, w), factor=factor)
 
     def regions(self, threshold: float = MERGE_THRESHOLD) -> np.ndarray:
         """Regions: connected segments merged along weak boundaries, int32 (H, W); -1 where masked.
@@ -256,11 +294,15 @@ class SoftSegmentation:
         >>> sorted(np.unique(regions).tolist())
         [0, 1]
         """
+        return self._region_map(threshold).copy()
+
+    def _region_map(self, threshold: float) -> np.ndarray:
+        """:meth:`regions` without the copy: the cached map, for readers that never change it."""
         key = check_threshold(threshold)
         if key not in self._region_maps:  # run, save and the summary all ask for the same cut
             self._region_maps.clear()
             self._region_maps[key] = self.hierarchy.labels(threshold)
-        return self._region_maps[key].copy()
+        return self._region_maps[key]
 
     @property
     def bic(self) -> float | None:
@@ -303,17 +345,10 @@ class SoftSegmentation:
     @cached_property
     def mean_rgb(self) -> np.ndarray:
         """Membership-weighted mean sRGB of each cluster, float (k, 3) in [0, 1]."""
-        rgb8 = self.image._rgb8_rows()
-        rgb = self.image.pixels.reshape(-1, 3) if rgb8 is None else _UnitRows(rgb8)
-        sums = np.zeros((self.k, 3))
-        mass = np.zeros(self.k)
-        step = 1 << 18  # float32 products, float64 totals: accurate and fast
-        for s, block in zip(range(0, rgb.shape[0], step), self._probability_blocks(step)):
-            if self.mask is not None:
-                block = np.nan_to_num(block, nan=0.0)
-            sums += block.T @ rgb[s : s + step]
-            mass += block.sum(0, dtype=np.float64)
-        return sums / np.maximum(mass, 1e-12)[:, None]
+        mean = _MeanColours(self)
+        for block in self._probability_blocks(_MEAN_STEP):
+            mean.add(block)
+        return mean.result()
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """Soft overlay, uint8 RGB: each pixel blends the cluster colours by its memberships."""
@@ -376,7 +411,7 @@ class SoftSegmentation:
         if regions:
 
             def region_picture() -> Any:
-                pic = render.region_indexed(self.image.pixels, self.regions(region_threshold))
+                pic = render.region_indexed(self.image._unit_pixels(), self._region_map(region_threshold))
                 return pic if isinstance(pic, render.IndexedImage) else render.with_alpha(pic, self.mask)
 
             pics.append(("regions.png", "regions", region_picture))
@@ -957,6 +992,38 @@ class SoftSegmentation:
         )
 
 
+_MEAN_STEP = 1 << 18  # rows of memberships per block of :class:`_MeanColours` (and of the memberships file)
+
+
+class _MeanColours:
+    """:attr:`SoftSegmentation.mean_rgb`, summed block by block over the memberships' rows in order.
+
+    Fed the blocks of :meth:`SoftSegmentation._probability_blocks` (``_MEAN_STEP`` rows each),
+    by the property itself or by a writer that reads them anyway (``probabilities.npy``), so
+    the memberships are gathered once for both. float32 products, float64 totals: accurate
+    and fast.
+    """
+
+    def __init__(self, seg: SoftSegmentation) -> None:
+        rgb8 = seg.image._rgb8_rows()
+        self._rgb = seg.image.pixels.reshape(-1, 3) if rgb8 is None else _UnitRows(rgb8)
+        self._masked = seg.mask is not None
+        self._start = 0
+        self._sums = np.zeros((seg.k, 3))
+        self._mass = np.zeros(seg.k)
+
+    def add(self, block: np.ndarray) -> None:
+        """The next block of memberships, float32 (rows, k)."""
+        s, self._start = self._start, self._start + block.shape[0]
+        if self._masked:
+            block = np.nan_to_num(block, nan=0.0)
+        self._sums += block.T @ self._rgb[s : self._start]
+        self._mass += block.sum(0, dtype=np.float64)
+
+    def result(self) -> np.ndarray:
+        return self._sums / np.maximum(self._mass, 1e-12)[:, None]
+
+
 _GATHER_PROBABILITIES = threading.Lock()  # the writer's threads may ask for them at once: made once
 
 
@@ -1314,10 +1381,17 @@ def _color_codes(image: Image) -> np.ndarray | None:
     if rgb8 is not None:  # the decoded samples themselves: exact 8-bit values, nothing to check
         n = rgb8.shape[0] if rows is None else rows.size
         codes = np.empty(n, dtype=np.int32)
-        wide = np.empty((_CODE_CHUNK, 3), dtype=np.int32)
+        # little-endian: a code's four bytes are b, g, r, 0, so the samples are copied into place
+        # (a third of the time of widening them to int32 and shifting)
+        quad = codes.view(np.uint8).reshape(n, 4) if sys.byteorder == "little" else None
+        wide = np.empty((_CODE_CHUNK, 3), dtype=np.int32) if quad is None else None
         for s in range(0, n, _CODE_CHUNK):
             block = rgb8[s : s + _CODE_CHUNK] if rows is None else rgb8[rows[s : s + _CODE_CHUNK]]
             m = block.shape[0]
+            if quad is not None:
+                q = quad[s : s + m]
+                q[:, 0], q[:, 1], q[:, 2], q[:, 3] = block[:, 2], block[:, 1], block[:, 0], 0
+                continue
             b = wide[:m]
             np.copyto(b, block)
             _pack_codes(b, codes[s : s + m])
@@ -1477,11 +1551,33 @@ def _exact_distinct_fit(
     return None, float(mean), spec, estimator, (inverse, probs_d, counts, colors)
 
 
+class _TableRows:
+    """Memberships (H, W, k) gathered from a per-colour table by each pixel's colour, as they are indexed.
+
+    ``self[rows, cols]`` is ``probabilities[rows, cols]`` (float32): what
+    :func:`segsoft.regions._working_copy` reads a tile at a time, so the image-sized array
+    is never made.
+    """
+
+    def __init__(self, table: np.ndarray, index: np.ndarray) -> None:
+        self._table, self._index = table, index
+        self.shape = (*index.shape, table.shape[1])
+        self.dtype = table.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.take(self._table, self._index[key], axis=0, mode="clip")  # see _gather_rows
+
+
 def _gather_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[:] = table[index]`` in cache-sized chunks (no index copy per chunk)."""
+    """``out[:] = table[index]`` in cache-sized chunks (no index copy per chunk).
+
+    ``index`` holds the distinct colours' own indices (0 .. n - 1), so ``mode="clip"`` clips
+    nothing; it spares numpy's bounds check and the copy of ``out`` it makes under the
+    default mode (a whole chunk's scratch).
+    """
     step = 1 << 18
     for s in range(0, index.size, step):
-        np.take(table, index[s : s + step], axis=0, out=out[s : s + step])
+        np.take(table, index[s : s + step], axis=0, out=out[s : s + step], mode="clip")
     return out
 
 
