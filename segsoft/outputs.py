@@ -699,9 +699,12 @@ def _sweep(folder: Path, pattern: re.Pattern) -> None:
 
 def _start_folder(folder: Path) -> None:
     """Mark ``folder`` incomplete before (re)writing it: an old model.json would
-    otherwise vouch for a mix of old and new files if this write is killed."""
-    with suppress(OSError):
-        (folder / "model.json").unlink()
+    otherwise vouch for a mix of old and new files if this write is killed. An old
+    report.html goes too: it would show the earlier run's numbers beside this run's
+    pictures (``run --report`` writes a new one after the files)."""
+    for name in ("model.json", "report.html"):
+        with suppress(OSError):
+            (folder / name).unlink()
     _sweep(folder, _FOLDER_TEMP)
 
 

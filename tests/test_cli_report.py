@@ -68,6 +68,9 @@ def test_report_of_one_image_folder(tmp_path):
     assert done.returncode == 0 and done.stdout == "", done.stderr
     assert sorted(p.name for p in (out / "a").iterdir()) == sorted([*before, "report.html"])
     assert "a.png" in (out / "a" / "report.html").read_text()
+    # a later run without --report removes the page: it would show the old run's numbers
+    assert cli("run", img, "-k", "3", "-q", "-o", out).returncode == 0
+    assert sorted(p.name for p in (out / "a").iterdir()) == sorted([*before, "prob_2.png"])
 
 
 @pytest.mark.parametrize(
