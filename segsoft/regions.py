@@ -533,7 +533,7 @@ def region_hierarchy(
     shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     if mask is not None and np.shape(mask) != shape:
         raise ValueError(f"mask must be (H, W) = {shape}, got {np.shape(mask)}")
-    factor = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / WORK_PIXELS)))
+    factor = work_factor(shape)
     rgb_w, p_w, share, used = _working_copy(rgb, probabilities, mask, factor)
     full_mask = None if used.all() else used
     used_w = share >= 0.5
@@ -573,6 +573,21 @@ def region_hierarchy(
         lab_sums = np.stack([np.bincount(flat, lab_used[:, c], minlength=n) for c in range(3)], axis=1)
     merges = _greedy_merges(sp, sums, counts, contrast, orient, texture, cost=cost, lab_sums=lab_sums, observe=_observe)
     return RegionHierarchy(sp, merges, shape, full_mask, factor)
+
+
+def work_factor(shape: tuple[int, int]) -> int:
+    """Block size of the working copy an image of ``shape`` (H, W) is merged on: 1 up to
+    :data:`WORK_PIXELS` pixels, else the smallest whole factor that brings it to about that size.
+
+    A merge of the working copy as an image of its own is the merge of the image: nothing in
+    :func:`region_hierarchy` but the copy depends on the factor (``SoftSegmentation`` relies on it).
+
+    Examples
+    --------
+    >>> work_factor((321, 481)), work_factor((3000, 4000))
+    (1, 9)
+    """
+    return max(1, math.ceil(math.sqrt(shape[0] * shape[1] / WORK_PIXELS)))
 
 
 def _working_copy(

@@ -8,7 +8,6 @@ returns renders pictures on demand and saves everything with ``save()``.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 import threading
@@ -255,18 +254,20 @@ class SoftSegmentation:
         """
         from dataclasses import replace
 
-        from .regions import WORK_PIXELS, _working_copy
+        from .regions import _working_copy, work_factor
 
         if self._distinct is None or self._probabilities is not None or self.mask is not None:
             return None
         if not (self.image.is_color or self.image.is_gray):  # another view of the bands (_region_colors)
             return None
         h, w = self._hw
-        factor = max(1, math.ceil(math.sqrt(h * w / WORK_PIXELS)))  # as region_hierarchy chooses it
-        if factor == 1:
+        factor = work_factor((h, w))  # as region_hierarchy chooses it
+        if factor == 1 or work_factor((-(-h // factor), -(-w // factor))) != 1:
+            return None  # merged at full size, or a copy still over the working size (a 1-px strip)
+        inverse, table = self._distinct[0], self._distinct[1]
+        if not np.isfinite(table).all():  # the general path marks those pixels unused: no copy made in vain
             return None
         rgb = self.image._unit_pixels()
-        inverse, table = self._distinct[0], self._distinct[1]
         probabilities = _TableRows(table, inverse.reshape(h, w))
         rgb_w, p_w, _, used = _working_copy(rgb, probabilities, None, factor)
         if not used.all():  # memberships that are not finite: the general path marks those pixels unused
