@@ -851,17 +851,23 @@ class _StatusLine:
     _EVERY = 0.1  # seconds between forced redraws; the live display also redraws 12.5 times a second
 
     def __init__(self, quiet: bool, name: str, score: str = "log-likelihood", console: Any = None):
-        from rich.console import Console
-        from rich.live import Live
-        from rich.spinner import Spinner
-
-        console = console or Console(stderr=True)
-        # a dumb terminal cannot rewrite a line: it would get one line per redraw
-        self.enabled = not quiet and console.is_terminal and not console.is_dumb_terminal
         self.name, self.score = name, score
-        self.spinner = Spinner("dots")
-        # stdout is left alone: what goes there (the summary, a pipe) must stay there
-        self.live = Live(self.spinner, console=console, transient=True, refresh_per_second=12.5, redirect_stdout=False)
+        self.enabled = False
+        if not quiet:  # rich's live display costs 0.05-0.1 s to import: not for a line never drawn
+            from rich.console import Console
+
+            console = console or Console(stderr=True)
+            # a dumb terminal cannot rewrite a line: it would get one line per redraw
+            self.enabled = console.is_terminal and not console.is_dumb_terminal
+        if self.enabled:
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            self.spinner = Spinner("dots")
+            # stdout is left alone: what goes there (the summary, a pipe) must stay there
+            self.live = Live(
+                self.spinner, console=console, transient=True, refresh_per_second=12.5, redirect_stdout=False
+            )
         self.current = ""
         self.drawn = 0.0
         self.iterated = False  # the current stage has reported an iteration
