@@ -1486,7 +1486,7 @@ def _distinct_colors(
         step = 1 << 20
         for s in range(0, n, step):
             part = inverse[s : s + step]
-            np.take(lookup, part, out=part)
+            np.take(lookup, part, out=part, mode="clip")  # 24-bit codes: in range; spares a scratch copy
             counts += np.bincount(part, minlength=present.size)
         del lookup
         weights = counts.astype(np.float64)
