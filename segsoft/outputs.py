@@ -314,8 +314,7 @@ def _is_rgb8(picture: Any) -> bool:
 
 def _png_bytes(picture: np.ndarray | render.IndexedImage) -> bytes:
     """A picture as a PNG file: :func:`_png_parts` joined."""
-    parts = _png_parts(picture)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(_png_parts(picture))  # one piece: join returns it as it is, no copy
 
 
 def _png_parts(picture: np.ndarray | render.IndexedImage) -> list[bytes]:

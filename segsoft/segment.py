@@ -269,13 +269,10 @@ class SoftSegmentation:
             return None
         rgb = self.image._unit_pixels()
         probabilities = _TableRows(table, inverse.reshape(h, w))
-        rgb_w, p_w, _, used = _working_copy(rgb, probabilities, None, factor)
-        if not used.all():  # memberships that are not finite: the general path marks those pixels unused
-            return None
-        small = region_hierarchy(rgb_w, p_w)
-        if small.factor != 1 or small.mask is not None:  # a copy over the working size would be copied again
-            return None
-        return replace(small, shape=(h, w), factor=factor)
+        # every pixel used (finite memberships, no mask) and a copy at most the working size: merged
+        # as it is, with no mask and factor 1, so only the full image's shape and factor are set here
+        rgb_w, p_w, _, _ = _working_copy(rgb, probabilities, None, factor)
+        return replace(region_hierarchy(rgb_w, p_w), shape=(h, w), factor=factor)
 
     def regions(self, threshold: float = MERGE_THRESHOLD) -> np.ndarray:
         """Regions: connected segments merged along weak boundaries, int32 (H, W); -1 where masked.
@@ -1512,10 +1509,9 @@ def _exact_distinct_fit(
     the counts (``fit(features, counts, pixel_rows)`` returns the fitted model;
     ``pixel_rows(indices or None)`` gives the features of those used pixels, for the
     criteria of ``k="auto"``), and the memberships are computed once per colour and
-    gathered back when asked for (:attr:`SoftSegmentation.probabilities`). Returns (None,
-    in place of the (H, W, k) probabilities, mean log-likelihood, fitted spec, estimator,
-    (inverse, memberships, counts and colours of the distinct colours)), or None where it
-    does not apply (not 8-bit RGB, fewer distinct colours than ``k_min``,
+    gathered back when asked for (:attr:`SoftSegmentation.probabilities`). Returns (mean
+    log-likelihood, fitted spec, estimator, (inverse, memberships, counts and colours of the
+    distinct colours)), or None where it does not apply (not 8-bit RGB, fewer distinct colours than ``k_min``,
     or too many to pay).
     """
     from dataclasses import replace
@@ -1549,7 +1545,7 @@ def _exact_distinct_fit(
     probs_d = np.empty((n_d, k), dtype=np.float32)
     _, mean = estimator.predict_proba_and_score(Xd, out=probs_d, sample_weight=counts)
     # the (H, W, k) memberships are gathered from probs_d when first asked for (SoftSegmentation.probabilities)
-    return None, float(mean), spec, estimator, (inverse, probs_d, counts, colors)
+    return float(mean), spec, estimator, (inverse, probs_d, counts, colors)
 
 
 class _TableRows:
@@ -1971,7 +1967,7 @@ def segment(
         except ValueError as exc:
             raise SegsoftError(f"{name}: {exc}") from exc
         if exact is not None:
-            probs, mean, spec, estimator, distinct_rows = exact
+            mean, spec, estimator, distinct_rows = exact
             # "sample" stays as given (what --skip-existing compares); this says what was done
             settings["exact_fit"] = {"rows": "distinct colours", "distinct": int(distinct_rows[1].shape[0])}
             t_pred = time.perf_counter()
@@ -1982,7 +1978,8 @@ def segment(
                 "memberships": 0.0,
                 "total": t_pred - t0,
             }
-            seg = SoftSegmentation(img, probs, estimator, spec, mean, settings, timings, selection)
+            # the (H, W, k) memberships are gathered from the colours' on first access
+            seg = SoftSegmentation(img, None, estimator, spec, mean, settings, timings, selection)
             seg._distinct = distinct_rows
             return seg
     X, spec = extract(img, spec, return_spec=True)

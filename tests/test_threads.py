@@ -165,7 +165,7 @@ def test_potts_sweeps_identical_for_any_band_and_thread_count(monkeypatch, k):
         assert np.array_equal(c, ref) and obj == ref_obj
 
 
-def test_one_blas_thread_limits_blas_and_looks_the_libraries_up_once(monkeypatch):
+def test_one_blas_thread_limits_blas_and_looks_the_libraries_up_once(monkeypatch, request):
     # threadpool_limits walks every loaded library on each call (1.5 ms in a batch worker, four
     # times an image); the limit must still hold inside and be undone after
     from threadpoolctl import threadpool_info
@@ -178,7 +178,8 @@ def test_one_blas_thread_limits_blas_and_looks_the_libraries_up_once(monkeypatch
     before = [i["num_threads"] for i in blas]
     made = []
     real = base.ThreadpoolController
-    monkeypatch.setattr(base, "_CONTROLLER", None)
+    base._controller.cache_clear()  # looked up anew, with the counting stand-in below
+    request.addfinalizer(base._controller.cache_clear)
     monkeypatch.setattr(base, "ThreadpoolController", lambda: made.append(1) or real())
     for _ in range(3):
         with one_blas_thread():

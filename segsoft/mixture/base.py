@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 import threading
@@ -26,8 +27,9 @@ COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 ProgressFn = Callable[[int, float], None]
 
 
-_CONTROLLER: ThreadpoolController | None = None
-_CONTROLLER_LOCK = threading.Lock()
+@functools.cache
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def one_blas_thread() -> Any:
@@ -46,12 +48,7 @@ def one_blas_thread() -> Any:
     ...     float(np.ones((2, 2)) @ np.ones(2) @ np.ones(2))
     4.0
     """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        with _CONTROLLER_LOCK:
-            if _CONTROLLER is None:
-                _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def _one_blas_thread(method: Callable) -> Callable:
@@ -61,7 +58,6 @@ def _one_blas_thread(method: Callable) -> Callable:
     threads make them 2-3x slower, so parallelism comes from our chunk
     threads instead.
     """
-    import functools
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
