@@ -8,9 +8,10 @@ memberships. Each measurement runs in its own subprocess so its peak memory
 (threadpoolctl for BLAS, ``cv2.setNumThreads(1)``): scikit-learn's two
 threads fall apart when the machine is busy (20x quiet, 64-81x under load), so
 its one-thread time is the steadier reference. ``segsoft-2t`` is segsoft's
-passes on two threads (``n_jobs=2``, still one BLAS thread); its "vs 1t" column is
-segsoft's one-thread seconds over its own. "cpu/iter" is the process's CPU seconds an
-iteration (for one thread, what a shared machine's wall clock inflates least).
+passes on two workers (``n_jobs=2``: a forked child process takes half of each
+fitting pass, see ``segsoft.mixture.forked``; still one BLAS thread each); its "vs 1t"
+column is segsoft's one-thread seconds over its own. "cpu/iter" is the process's CPU seconds an
+iteration, its forked children's included (for one thread, what a shared machine's wall clock inflates least).
 
 The same run measures this machine's floor: dgemm GFLOP/s on one thread (numpy
 matmul of two 2048 x 2048 float64 matrices) and memory bandwidth (a 512 MiB
@@ -127,8 +128,14 @@ def run_one(method: str, megapixels: float) -> dict:
         return _run_one(method, megapixels, X, means0)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the forked passes of ``segsoft-2t``)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) -> dict:
-    cpu_start = time.process_time()
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     if method in ("segsoft", "segsoft-2t", *BASELINE):
         from segsoft.mixture import GaussianMixture  # the baseline's, in its children (PYTHONPATH)
@@ -209,7 +216,7 @@ def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) 
         raise SystemExit(f"unknown method {method}")
     if method not in ("sklearn", "opencv"):
         elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start  # the untimed scoring of sklearn/opencv included: a bound
+    cpu = _cpu_seconds() - cpu_start  # the untimed scoring of sklearn/opencv included: a bound
     return {
         "method": method,
         "mp": megapixels,

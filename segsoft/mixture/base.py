@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from . import forked
+
 _LOG_2PI = math.log(2.0 * math.pi)
 _EPS10 = 10.0 * np.finfo(np.float64).eps  # scikit-learn adds this to every N_k
 _TINY = np.finfo(np.float64).tiny
@@ -770,7 +772,10 @@ class _EMBase:
         n_chunks = -(-n // size)
         # only an explicit n_jobs: the features, smoothing and batch paths decide for themselves
         n_jobs = min(self.n_jobs or 1, n_chunks)
-        step = size * _group_chunks(size, n_chunks, n_jobs)
+        # processes where they can be had (see segsoft.mixture.forked): a chunk a task, as on one thread
+        fork = n_jobs > 1 and resp_out is None and score_out is None and n >= forked.FORK_MIN_ROWS
+        fork = fork and forked.can_fork()
+        step = size * _group_chunks(size, n_chunks, 1 if fork else n_jobs)
         local = threading.local()
 
         def reduce(q: np.ndarray, weights: np.ndarray, score: np.ndarray, s: int, worst: int | None = None) -> tuple:
@@ -842,6 +847,8 @@ class _EMBase:
         if n_jobs <= 1:
             with np.errstate(divide="ignore", over="ignore", invalid="ignore") if shift is not None else _NO_CONTEXT:
                 results = [r for s0 in starts for r in work(s0)]
+        elif fork:
+            results = [r for part in forked.map_forked(task, starts, n_jobs) for r in part]
         else:
             # numpy releases the GIL in BLAS and ufuncs; partial sums are added
             # in chunk order, so the result does not depend on thread timing

@@ -1,0 +1,142 @@
+"""EM passes in forked children (segsoft.mixture.forked): the same numbers as one process, no child left behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from segsoft.mixture import FuzzyCMeans, GaussianMixture, SoftKMeans, forked
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked passes are used on Linux only")
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """The pids of the children forked during the test; at its end each must have been reaped."""
+    pids: list[int] = []
+    real = os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    yield pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped: no zombie, no child still running
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _blobs(n: int = 9000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 0.0], [3.0, 0.5, -1.0], [-2.0, 2.5, 1.0]])
+    return (centres[rng.integers(0, 3, n)] + rng.normal(scale=0.6, size=(n, 3))).astype(np.float32)
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 7, 12])
+def test_split_covers_items_in_order(n_parts):
+    parts = forked.split(range(10), n_parts)
+    assert [i for p in parts for i in p] == list(range(10))
+    assert len(parts) == min(n_parts, 10) and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert forked.split([], 3) == [[]]
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3, 5])
+def test_map_forked_gives_the_values_in_order_from_other_processes(n_jobs, forks):
+    parent = os.getpid()
+    out = forked.map_forked(lambda i: (i, os.getpid()), range(8), n_jobs)
+    assert [i for i, _ in out] == list(range(8))
+    pids = {pid for _, pid in out}
+    assert parent in pids and len(pids) == min(n_jobs, 8)  # every part but the first ran in a child
+    assert len(forks) == min(n_jobs, 8) - 1
+
+
+def test_a_failed_child_has_its_part_done_here(forks):
+    parent = os.getpid()
+
+    def fn(i):
+        if os.getpid() != parent:
+            os._exit(3)  # a child killed mid-way (out of memory, a signal)
+        return i * i
+
+    assert forked.map_forked(fn, range(6), 3) == [i * i for i in range(6)]
+    assert len(forks) == 2
+
+
+def test_an_error_is_raised_here_and_no_child_is_left(forks):
+    def fn(i):
+        if i == 0:
+            raise ValueError("bad chunk")
+        return i
+
+    with pytest.raises(ValueError, match="bad chunk"):
+        forked.map_forked(fn, range(4), 2)
+    assert len(forks) == 1
+
+
+def test_no_fork_while_another_thread_runs():
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not forked.can_fork()
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda j: GaussianMixture(3, chunk_size=500, n_jobs=j, seed=2),
+        lambda j: GaussianMixture(3, covariance="diag", chunk_size=500, n_jobs=j, seed=2, sample_size=2000),
+        lambda j: SoftKMeans(3, chunk_size=500, n_jobs=j, seed=2),
+        lambda j: FuzzyCMeans(3, chunk_size=500, n_jobs=j, seed=2),
+    ],
+)
+def test_models_identical_with_forked_passes(make, monkeypatch, forks):
+    X = _blobs()
+    w = np.random.default_rng(3).integers(0, 4, X.shape[0]).astype(np.float64)
+    calls = []
+    real = forked.map_forked
+
+    def spy(fn, items, n_jobs):
+        calls.append(n_jobs)
+        return real(fn, items, n_jobs)
+
+    for weights in (None, w):
+        a = make(1).fit(X, sample_weight=weights)
+        with monkeypatch.context() as m:  # threads (the pool of an xdist worker) would keep it off: force it
+            m.setattr(forked, "FORK_MIN_ROWS", 1000)
+            m.setattr(forked, "can_fork", lambda: True)
+            m.setattr(forked, "map_forked", spy)
+            b = make(2).fit(X, sample_weight=weights)
+        assert calls and forks, "the passes did not fork"
+        calls.clear()
+        assert np.array_equal(a.log_likelihood_trace_, b.log_likelihood_trace_)
+        assert a.log_likelihood_ == b.log_likelihood_
+        assert np.array_equal(a.means_, b.means_)
+        pa, sa = a.predict_proba_and_score(X)
+        pb, sb = b.predict_proba_and_score(X)
+        assert np.array_equal(pa, pb) and sa == sb
+
+
+def test_small_passes_and_membership_passes_stay_in_this_process(monkeypatch):
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+
+    def refuse(*args):
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(forked, "map_forked", refuse)
+    X = _blobs(3000)
+    gm = GaussianMixture(3, chunk_size=500, n_jobs=2, seed=0).fit(X)  # under FORK_MIN_ROWS
+    monkeypatch.setattr(forked, "FORK_MIN_ROWS", 1000)
+    gm.predict_proba(X)  # writes memberships: the children could not
+    with pytest.raises(AssertionError, match="forked"):
+        gm.score(X)
