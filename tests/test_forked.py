@@ -140,3 +140,23 @@ def test_small_passes_and_membership_passes_stay_in_this_process(monkeypatch):
     gm.predict_proba(X)  # writes memberships: the children could not
     with pytest.raises(AssertionError, match="forked"):
         gm.score(X)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_no_child_to_be_had_means_the_work_is_done_here(monkeypatch, fail_at):
+    real, made = os.fork, []
+
+    def fork():
+        if len(made) + 1 >= fail_at:
+            raise OSError(12, "Cannot allocate memory")
+        pid = real()
+        if pid:
+            made.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    assert forked.map_forked(lambda i: i + 1, range(9), 4) == list(range(1, 10))  # in order, whoever did it
+    assert len(made) == fail_at - 1
+    for pid in made:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

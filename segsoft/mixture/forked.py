@@ -71,38 +71,26 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R]
     True
     """
     parts = split(items, n_jobs)
-    children: list[list] = []  # [pid, read end (-1 once a file object owns it), part]
+    children: list[list] = []  # [pid, read end (-1 once a file object owns it), index of its part]
+    here = [0]  # the parts done in this process: the first, and any no child could be made for
     try:
-        for part in parts[1:]:
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: compute, send, and never return into the caller's code
-                status = 1
-                try:
-                    os.close(read_end)
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child, not a handler
-                    payload = pickle.dumps([fn(i) for i in part], protocol=pickle.HIGHEST_PROTOCOL)
-                    with os.fdopen(write_end, "wb") as pipe:
-                        pipe.write(payload)
-                    status = 0
-                finally:
-                    os._exit(status)
-            os.close(write_end)
-            children.append([pid, read_end, part])
-        out = [fn(i) for i in parts[0]]
+        for j in range(1, len(parts)):
+            child = _fork(fn, parts[j])
+            if child is None:
+                here.extend(range(j, len(parts)))
+                break
+            children.append([*child, j])
+        done = {j: [fn(i) for i in parts[j]] for j in here}
         while children:
-            child = children[0]
-            pipe = os.fdopen(child[1], "rb")
-            child[1] = -1
+            pid, read_end, j = children[0]
+            pipe = os.fdopen(read_end, "rb")
+            children[0][1] = -1
             with pipe:
                 payload = pipe.read()
-            _, status = os.waitpid(child[0], 0)
+            _, status = os.waitpid(pid, 0)
             children.pop(0)
-            if status == 0:
-                out.extend(pickle.loads(payload))
-            else:
-                out.extend(fn(i) for i in child[2])
-        return out
+            done[j] = pickle.loads(payload) if status == 0 else [fn(i) for i in parts[j]]
+        return [r for j in range(len(parts)) for r in done[j]]
     finally:
         for pid, read_end, _ in children:  # this process raised (or was interrupted): leave no child behind
             try:
@@ -112,3 +100,33 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R]
                 pass
             if read_end >= 0:
                 os.close(read_end)
+
+
+def _fork(fn: Callable[[T], R], part: Sequence[T]) -> tuple[int, int] | None:
+    """A child computing ``[fn(i) for i in part]`` and writing it, pickled, to a pipe: (its pid, the read end).
+
+    None where no child can be made (out of file descriptors, memory or processes).
+    """
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid == 0:  # the child: compute, send, and never return into the caller's code
+        status = 1
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child, not a handler
+            payload = pickle.dumps([fn(i) for i in part], protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    return pid, read_end
