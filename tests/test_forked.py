@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -50,11 +51,36 @@ def test_split_covers_items_in_order(n_parts):
 @pytest.mark.parametrize("n_jobs", [1, 2, 3, 5])
 def test_map_forked_gives_the_values_in_order_from_other_processes(n_jobs, forks):
     parent = os.getpid()
-    out = forked.map_forked(lambda i: (i, os.getpid()), range(8), n_jobs)
+
+    def fn(i):
+        time.sleep(0.02)  # long enough for every child to take an item from the queue
+        return i, os.getpid()
+
+    out = forked.map_forked(fn, range(8), n_jobs)
     assert [i for i, _ in out] == list(range(8))
-    pids = {pid for _, pid in out}
-    assert parent in pids and len(pids) == min(n_jobs, 8)  # every part but the first ran in a child
-    assert len(forks) == min(n_jobs, 8) - 1
+    assert len(forks) == n_jobs - 1
+    assert parent in {pid for _, pid in out} and (n_jobs == 1 or len({pid for _, pid in out}) >= 2)
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_runs_of_items_with_outputs_copied_back(n_jobs, forks):
+    parent, seen = os.getpid(), []
+    out = forked.shared_array((9,), np.int64)
+    mine = np.full(9, -1)
+
+    def fn(i):
+        (out if forked.in_child() else mine)[i] = 10 * i
+        return os.getpid()
+
+    def received(part):
+        seen.append(list(part))
+        mine[part[0] : part[-1] + 1] = out[part[0] : part[-1] + 1]
+
+    pids = forked.map_forked(fn, range(9), n_jobs, received)
+    assert pids[: 3 if n_jobs == 3 else 5] == [parent] * (3 if n_jobs == 3 else 5)  # the first run: this process
+    assert parent not in pids[-3:] and len(forks) == n_jobs - 1
+    assert seen == [list(p) for p in forked.split(range(9), n_jobs)[1:]]
+    assert mine.tolist() == [10 * i for i in range(9)]
 
 
 def test_a_failed_child_has_its_part_done_here(forks):
@@ -106,28 +132,33 @@ def test_models_identical_with_forked_passes(make, monkeypatch, forks):
     calls = []
     real = forked.map_forked
 
-    def spy(fn, items, n_jobs):
+    def spy(fn, items, n_jobs, received=None):
         calls.append(n_jobs)
-        return real(fn, items, n_jobs)
+        return real(fn, items, n_jobs, received)
 
     for weights in (None, w):
         a = make(1).fit(X, sample_weight=weights)
+        pa, sa = a.predict_proba_and_score(X)
         with monkeypatch.context() as m:  # threads (the pool of an xdist worker) would keep it off: force it
             m.setattr(forked, "FORK_MIN_ROWS", 1000)
             m.setattr(forked, "can_fork", lambda: True)
             m.setattr(forked, "map_forked", spy)
             b = make(2).fit(X, sample_weight=weights)
-        assert calls and forks, "the passes did not fork"
-        calls.clear()
+            assert calls and forks, "the passes did not fork"
+            calls.clear()
+            pb, sb = b.predict_proba_and_score(X)  # memberships and scores written by a child too
+            assert calls, "the memberships pass did not fork"
+            out = np.full((X.shape[0], 3), np.nan, np.float32)
+            b.predict_proba(X, out=out)
         assert np.array_equal(a.log_likelihood_trace_, b.log_likelihood_trace_)
         assert a.log_likelihood_ == b.log_likelihood_
         assert np.array_equal(a.means_, b.means_)
-        pa, sa = a.predict_proba_and_score(X)
-        pb, sb = b.predict_proba_and_score(X)
         assert np.array_equal(pa, pb) and sa == sb
+        assert np.array_equal(out, pa.astype(np.float32))
+        np.testing.assert_array_equal(b.score_samples(X), a.score_samples(X))
 
 
-def test_small_passes_and_membership_passes_stay_in_this_process(monkeypatch):
+def test_small_passes_stay_in_this_process(monkeypatch):
     monkeypatch.setattr(forked, "can_fork", lambda: True)
 
     def refuse(*args):
@@ -136,10 +167,26 @@ def test_small_passes_and_membership_passes_stay_in_this_process(monkeypatch):
     monkeypatch.setattr(forked, "map_forked", refuse)
     X = _blobs(3000)
     gm = GaussianMixture(3, chunk_size=500, n_jobs=2, seed=0).fit(X)  # under FORK_MIN_ROWS
+    gm.predict_proba(X)
     monkeypatch.setattr(forked, "FORK_MIN_ROWS", 1000)
-    gm.predict_proba(X)  # writes memberships: the children could not
     with pytest.raises(AssertionError, match="forked"):
         gm.score(X)
+
+
+def test_a_failed_child_of_a_memberships_pass_leaves_right_memberships(monkeypatch):
+    X = _blobs()
+    gm = GaussianMixture(3, chunk_size=500, seed=1).fit(X)
+    expect = gm.predict_proba(X)
+    real = forked._fork
+
+    def dying(job):
+        return real(lambda: os._exit(9))  # every child dies before it sends anything
+
+    monkeypatch.setattr(forked, "_fork", dying)
+    monkeypatch.setattr(forked, "FORK_MIN_ROWS", 1000)
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    gm.n_jobs = 3
+    np.testing.assert_array_equal(gm.predict_proba(X), expect)
 
 
 @pytest.mark.parametrize("fail_at", [1, 2])

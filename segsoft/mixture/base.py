@@ -773,10 +773,30 @@ class _EMBase:
         # only an explicit n_jobs: the features, smoothing and batch paths decide for themselves
         n_jobs = min(self.n_jobs or 1, n_chunks)
         # processes where they can be had (see segsoft.mixture.forked): a chunk a task, as on one thread
-        fork = n_jobs > 1 and resp_out is None and score_out is None and n >= forked.FORK_MIN_ROWS
-        fork = fork and forked.can_fork()
+        fork = n_jobs > 1 and n >= forked.FORK_MIN_ROWS and forked.can_fork()
         step = size * _group_chunks(size, n_chunks, 1 if fork else n_jobs)
         local = threading.local()
+        starts = range(0, n, step)
+        parts = forked.split(starts, n_jobs) if fork else []
+        child0 = parts[1][0] if len(parts) > 1 else n  # the children's rows: child0 onwards
+        child_resp = child_score = None
+        if fork and resp_out is not None:
+            child_resp = forked.shared_array((n - child0, k), resp_out.dtype)
+        if fork and score_out is not None:
+            child_score = forked.shared_array((n - child0,), score_out.dtype)
+
+        def outputs() -> tuple[np.ndarray | None, np.ndarray | None, int]:
+            """Where this process writes memberships and scores, and the row of their first line."""
+            if fork and forked.in_child():
+                return child_resp, child_score, child0
+            return resp_out, score_out, 0
+
+        def received(part: range) -> None:  # a child's rows: from the shared arrays into the outputs
+            a, b, c = part[0], min(part[-1] + step, n), child0
+            if resp_out is not None:
+                resp_out[a:b] = child_resp[a - c : b - c]
+            if score_out is not None:
+                score_out[a:b] = child_score[a - c : b - c]
 
         def reduce(q: np.ndarray, weights: np.ndarray, score: np.ndarray, s: int, worst: int | None = None) -> tuple:
             if sw is None:
@@ -800,13 +820,14 @@ class _EMBase:
             for a, b in cuts:
                 np.matmul(wt, q[:, a:b], out=logits[:, a:b])
             out = []
+            r_out, s_out, o = outputs()
             if shift is None:
                 for a, b in cuts:
                     resp, weights, score = post(logits[:, a:b])
-                    if resp_out is not None:
-                        resp_out[s0 + a : s0 + b] = resp.T
-                    if score_out is not None:
-                        score_out[s0 + a : s0 + b] = score
+                    if r_out is not None:
+                        r_out[s0 - o + a : s0 - o + b] = resp.T
+                    if s_out is not None:
+                        s_out[s0 - o + a : s0 - o + b] = score
                     out.append(reduce(q[:, a:b], weights, score, s0 + a))
                 return out
             # the softmax, in place over the whole group: memberships in `logits`, scores in `score`
@@ -827,10 +848,10 @@ class _EMBase:
                     _exact_rows(wt, q[:, a:b], resp[:, a:b], sc, shift)
                     i = int(np.argmin(sc))
                 worst.append(i)
-            if resp_out is not None:
-                resp_out[s0:e1] = resp.T
-            if score_out is not None:
-                score_out[s0:e1] = score
+            if r_out is not None:
+                r_out[s0 - o : e1 - o] = resp.T
+            if s_out is not None:
+                s_out[s0 - o : e1 - o] = score
             for (a, b), i in zip(cuts, worst):
                 out.append(reduce(q[:, a:b], resp[:, a:b], score[a:b], s0 + a, i))
             return out
@@ -843,12 +864,11 @@ class _EMBase:
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 return work(s0)
 
-        starts = range(0, n, step)
         if n_jobs <= 1:
             with np.errstate(divide="ignore", over="ignore", invalid="ignore") if shift is not None else _NO_CONTEXT:
                 results = [r for s0 in starts for r in work(s0)]
         elif fork:
-            results = [r for part in forked.map_forked(task, starts, n_jobs) for r in part]
+            results = [r for part in forked.map_forked(task, starts, n_jobs, received) for r in part]
         else:
             # numpy releases the GIL in BLAS and ufuncs; partial sums are added
             # in chunk order, so the result does not depend on thread timing
