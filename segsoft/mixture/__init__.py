@@ -29,11 +29,10 @@ the scores. The softmax needs no per-row maximum: every component's logit is at
 most its log weight plus its log density at its mean, so the logits are shifted
 by the largest of those bounds (folded into W's constant row). A row whose every
 logit lies more than 600 below the shift (``exp`` would lose it) is redone with
-its own maximum. With ``n_jobs`` > 1, a fitting pass over a million rows or more
-is split into ``n_jobs`` runs of consecutive chunks, all but the first computed in
-forked child processes that share the rows (Linux, and only while no other thread
-runs: see :mod:`segsoft.mixture.forked`; threads hand the GIL back and forth at every
-one of a pass's short numpy calls and gain nothing). Otherwise each thread takes
+its own maximum. With ``n_jobs`` > 1, a pass over a million rows or more is shared
+with ``n_jobs - 1`` forked child processes that share the rows (Linux, and only while
+no other thread runs: see :mod:`segsoft.mixture.forked`; threads hand the GIL back and
+forth at every one of a pass's short numpy calls and gain nothing). Otherwise each thread takes
 several consecutive chunks at a time and runs the row-by-row steps over all of them
 at once. Either way every sum is formed per chunk and added in chunk order, so the
 numbers are the same for any ``n_jobs``.

@@ -50,12 +50,12 @@ class GaussianMixture(_LikelihoodMixin, _EMBase):
         Rows per chunk in each pass; bounds the working memory.
     n_jobs : int or None
         Workers for the chunked passes (default 1); the results do not
-        depend on it. On Linux, a fitting pass over at least a million rows
-        in a process with no other thread running forks ``n_jobs - 1``
-        children that share the rows and send back their chunks' sums
+        depend on it. On Linux, a pass over at least a million rows in a
+        process with no other thread running forks ``n_jobs - 1`` children
+        that share the rows and send back their chunks' sums
         (:mod:`segsoft.mixture.forked`: 1.5-1.7x an iteration on two cores,
-        where threads measured 0.8-1.1x); other passes use threads, each
-        taking groups of consecutive chunks (about 32,768 rows). On a
+        where threads measured 0.8-1.1x); elsewhere the passes use threads,
+        each taking groups of consecutive chunks (about 32,768 rows). On a
         machine whose other cores are busy, more workers do not help.
 
     Attributes
