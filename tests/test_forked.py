@@ -117,16 +117,19 @@ def test_no_fork_while_another_thread_runs():
         t.join()
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda j: GaussianMixture(3, chunk_size=500, n_jobs=j, seed=2),
-        lambda j: GaussianMixture(3, covariance="diag", chunk_size=500, n_jobs=j, seed=2, sample_size=2000),
-        lambda j: SoftKMeans(3, chunk_size=500, n_jobs=j, seed=2),
-        lambda j: FuzzyCMeans(3, chunk_size=500, n_jobs=j, seed=2),
-    ],
-)
-def test_models_identical_with_forked_passes(make, monkeypatch, forks):
+def _model(name: str, n_jobs: int):
+    """The models of tests/test_threads.py: a full and a diagonal Gaussian mixture (this one on a sample), soft
+    k-means, fuzzy c-means."""
+    if name == "soft-kmeans":
+        return SoftKMeans(3, chunk_size=500, n_jobs=n_jobs, seed=2)
+    if name == "fcm":
+        return FuzzyCMeans(3, chunk_size=500, n_jobs=n_jobs, seed=2)
+    extra = {"covariance": "diag", "sample_size": 2000} if name == "diag" else {}
+    return GaussianMixture(3, chunk_size=500, n_jobs=n_jobs, seed=2, **extra)
+
+
+@pytest.mark.parametrize("name", ["full", "diag", "soft-kmeans", "fcm"])
+def test_models_identical_with_forked_passes(name, monkeypatch, forks):
     X = _blobs()
     w = np.random.default_rng(3).integers(0, 4, X.shape[0]).astype(np.float64)
     calls = []
@@ -137,13 +140,13 @@ def test_models_identical_with_forked_passes(make, monkeypatch, forks):
         return real(fn, items, n_jobs, received)
 
     for weights in (None, w):
-        a = make(1).fit(X, sample_weight=weights)
+        a = _model(name, 1).fit(X, sample_weight=weights)
         pa, sa = a.predict_proba_and_score(X)
         with monkeypatch.context() as m:  # threads (the pool of an xdist worker) would keep it off: force it
             m.setattr(forked, "FORK_MIN_ROWS", 1000)
             m.setattr(forked, "can_fork", lambda: True)
             m.setattr(forked, "map_forked", spy)
-            b = make(2).fit(X, sample_weight=weights)
+            b = _model(name, 2).fit(X, sample_weight=weights)
             assert calls and forks, "the passes did not fork"
             calls.clear()
             pb, sb = b.predict_proba_and_score(X)  # memberships and scores written by a child too
