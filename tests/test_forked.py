@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -15,11 +16,17 @@ from segsoft.mixture import FuzzyCMeans, GaussianMixture, SoftKMeans, forked
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked passes are used on Linux only")
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 @pytest.fixture
 def forks(monkeypatch):
-    """The pids of the children forked during the test; at its end each must have been reaped."""
+    """The pids of the children forked during the test; at its end each must have been reaped and no
+    descriptor left open."""
     pids: list[int] = []
     real = os.fork
+    fds = _open_fds()
 
     def fork():
         pid = real()
@@ -32,6 +39,7 @@ def forks(monkeypatch):
     for pid in pids:
         with pytest.raises(ChildProcessError):  # reaped: no zombie, no child still running
             os.waitpid(pid, os.WNOHANG)
+    assert _open_fds() == fds
 
 
 def _blobs(n: int = 9000, seed: int = 0) -> np.ndarray:
@@ -51,15 +59,38 @@ def test_split_covers_items_in_order(n_parts):
 @pytest.mark.parametrize("n_jobs", [1, 2, 3, 5])
 def test_map_forked_gives_the_values_in_order_from_other_processes(n_jobs, forks):
     parent = os.getpid()
+    taken = forked.shared_array((1,), np.int64)  # items the children took
 
     def fn(i):
-        time.sleep(0.02)  # long enough for every child to take an item from the queue
+        if forked.in_child():
+            taken[0] += 1
+        elif n_jobs > 1:  # this process waits (up to 10 s) until a child has taken an item from the queue
+            deadline = time.monotonic() + 10
+            while taken[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
         return i, os.getpid()
 
     out = forked.map_forked(fn, range(8), n_jobs)
     assert [i for i, _ in out] == list(range(8))
     assert len(forks) == n_jobs - 1
-    assert parent in {pid for _, pid in out} and (n_jobs == 1 or len({pid for _, pid in out}) >= 2)
+    pids = {pid for _, pid in out}
+    assert parent in pids or n_jobs > 1
+    assert n_jobs == 1 or (taken[0] >= 1 and len(pids - {parent}) >= 1)
+
+
+def test_a_small_pipe_or_many_items_fall_back_to_runs(monkeypatch, forks):
+    monkeypatch.setattr(forked, "_MAX_QUEUED", 3)
+    assert forked.map_forked(lambda i: 2 * i, range(10), 3) == [2 * i for i in range(10)]
+    assert len(forks) == 2
+
+
+def test_children_reaped_by_someone_else_still_count(forks):
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps every child at once
+    try:
+        assert forked.map_forked(lambda i: i + 3, range(7), 3) == [i + 3 for i in range(7)]
+        assert forked.map_forked(lambda i: i + 3, range(7), 3, received=lambda part: None) == [i + 3 for i in range(7)]
+    finally:
+        signal.signal(signal.SIGCHLD, old)
 
 
 @pytest.mark.parametrize("n_jobs", [2, 3])
@@ -132,12 +163,16 @@ def _model(name: str, n_jobs: int):
 def test_models_identical_with_forked_passes(name, monkeypatch, forks):
     X = _blobs()
     w = np.random.default_rng(3).integers(0, 4, X.shape[0]).astype(np.float64)
-    calls = []
-    real = forked.map_forked
+    calls: list[str] = []
+    real_map, real_queued = forked.map_forked, forked._map_queued
 
     def spy(fn, items, n_jobs, received=None):
-        calls.append(n_jobs)
-        return real(fn, items, n_jobs, received)
+        calls.append("runs" if received else "queue")
+        return real_map(fn, items, n_jobs, received)
+
+    def queued(fn, items, n_jobs):
+        calls.append("queued")
+        return real_queued(fn, items, n_jobs)
 
     for weights in (None, w):
         a = _model(name, 1).fit(X, sample_weight=weights)
@@ -146,19 +181,35 @@ def test_models_identical_with_forked_passes(name, monkeypatch, forks):
             m.setattr(forked, "FORK_MIN_ROWS", 1000)
             m.setattr(forked, "can_fork", lambda: True)
             m.setattr(forked, "map_forked", spy)
+            m.setattr(forked, "_map_queued", queued)
             b = _model(name, 2).fit(X, sample_weight=weights)
-            assert calls and forks, "the passes did not fork"
+            assert forks and {"queue", "queued"} <= set(calls), "the fitting passes did not use the queue"
             calls.clear()
             pb, sb = b.predict_proba_and_score(X)  # memberships and scores written by a child too
-            assert calls, "the memberships pass did not fork"
             out = np.full((X.shape[0], 3), np.nan, np.float32)
             b.predict_proba(X, out=out)
+            scores = b.score_samples(X)  # scores alone
+            assert calls == ["runs"] * 3
         assert np.array_equal(a.log_likelihood_trace_, b.log_likelihood_trace_)
         assert a.log_likelihood_ == b.log_likelihood_
         assert np.array_equal(a.means_, b.means_)
         assert np.array_equal(pa, pb) and sa == sb
         assert np.array_equal(out, pa.astype(np.float32))
-        np.testing.assert_array_equal(b.score_samples(X), a.score_samples(X))
+        np.testing.assert_array_equal(scores, a.score_samples(X))
+
+
+@pytest.mark.parametrize(("n", "chunk", "n_jobs"), [(977, 100, 2), (1001, 7, 3), (64, 10, 2), (130, 13, 5)])
+def test_odd_sizes_identical(n, chunk, n_jobs, monkeypatch, forks):
+    X = _blobs(n, seed=4)
+    a = GaussianMixture(3, chunk_size=chunk, seed=1, max_iter=5).fit(X)
+    pa, sa = a.predict_proba_and_score(X)
+    monkeypatch.setattr(forked, "FORK_MIN_ROWS", 1)
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    b = GaussianMixture(3, chunk_size=chunk, seed=1, max_iter=5, n_jobs=n_jobs).fit(X)
+    pb, sb = b.predict_proba_and_score(X)
+    assert np.array_equal(a.log_likelihood_trace_, b.log_likelihood_trace_) and np.array_equal(a.means_, b.means_)
+    assert np.array_equal(pa, pb) and sa == sb
+    assert len(forks) >= 1
 
 
 def test_small_passes_stay_in_this_process(monkeypatch):
@@ -182,8 +233,8 @@ def test_a_failed_child_of_a_memberships_pass_leaves_right_memberships(monkeypat
     expect = gm.predict_proba(X)
     real = forked._fork
 
-    def dying(job):
-        return real(lambda: os._exit(9))  # every child dies before it sends anything
+    def dying(job, mask):
+        return real(lambda: os._exit(9), mask)  # every child dies before it sends anything
 
     monkeypatch.setattr(forked, "_fork", dying)
     monkeypatch.setattr(forked, "FORK_MIN_ROWS", 1000)

@@ -868,7 +868,8 @@ class _EMBase:
             with np.errstate(divide="ignore", over="ignore", invalid="ignore") if shift is not None else _NO_CONTEXT:
                 results = [r for s0 in starts for r in work(s0)]
         elif fork:
-            results = [r for part in forked.map_forked(task, starts, n_jobs, received) for r in part]
+            copy = received if resp_out is not None or score_out is not None else None  # else: the queue
+            results = [r for part in forked.map_forked(task, starts, n_jobs, copy) for r in part]
         else:
             # numpy releases the GIL in BLAS and ufuncs; partial sums are added
             # in chunk order, so the result does not depend on thread timing

@@ -15,6 +15,8 @@ rows (a fork costs a few milliseconds). Elsewhere the callers use threads.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import itertools
 import mmap
 import os
@@ -102,13 +104,13 @@ def map_forked(
     out of memory, an exception) has its items computed again here, so an error ``fn``
     raises is raised here as usual. Call it only where :func:`can_fork` is true.
 
-    Without ``received``, the items are handed out one at a time from a queue (the indices
-    in a pipe, whose small reads are atomic), so a process the machine runs faster takes
-    more of them. A child's writes to this process's arrays are lost: a task that fills an
-    output writes, where :func:`in_child` is true, to a :func:`shared_array` instead, and
-    then each process takes one run of consecutive items (:func:`split`) and
-    ``received(part)`` (called here for each part a child did, once its results are in)
-    copies them over.
+    Without ``received``, the items are handed out one at a time from a queue (their
+    indices in a pipe, whose small reads are atomic), so a process the machine runs faster
+    takes more of them. A child's writes to this process's arrays are lost: a task that
+    fills an output writes, where :func:`in_child` is true, to a :func:`shared_array`
+    instead. With ``received``, each process takes one run of consecutive items, exactly
+    the parts of ``split(items, n_jobs)`` (this process the first), and ``received(part)``
+    is called here for each part a child did, once its results are in, to copy them over.
 
     Examples
     --------
@@ -116,39 +118,55 @@ def map_forked(
     True
     """
     n_jobs = max(1, min(n_jobs, len(items)))
-    if received is None and len(items) <= _MAX_QUEUED:
-        return _map_queued(fn, items, n_jobs)
+    if received is None:
+        queued = _map_queued(fn, items, n_jobs)
+        if queued is not None:
+            return queued
     parts = split(items, n_jobs)
     done: dict[int, list[R]] = {}
 
-    def child_part(j: int) -> Callable[[], list[R]]:
-        return lambda: [fn(i) for i in parts[j]]
+    def mine() -> None:
+        done[0] = [fn(i) for i in parts[0]]
 
-    def accept(j: int, result: list[R] | None) -> None:
-        if result is None:  # the child failed: its part is done here
+    def accept(c: int, result: object) -> None:
+        if result is not None:
+            done[c + 1] = result  # type: ignore[assignment]
+            if received is not None:
+                received(parts[c + 1])
+
+    _run_children([functools.partial(_run_part, fn, part) for part in parts[1:]], mine, accept)
+    for j in range(1, len(parts)):  # the parts of children that failed, or that no child could be made for
+        if j not in done:
             done[j] = [fn(i) for i in parts[j]]
-            return
-        done[j] = result
-        if received is not None:
-            received(parts[j])
-
-    def mine(here: list[int]) -> None:
-        for j in here:
-            done[j] = [fn(i) for i in parts[j]]
-
-    _run_children([child_part(j) for j in range(1, len(parts))], mine, lambda c, r: accept(c + 1, r), offset=1)
     return [r for j in range(len(parts)) for r in done[j]]
 
 
-_MAX_QUEUED = 16_000  # 4-byte indices in a pipe's default 64 KiB, written before anyone reads
+def _run_part(fn: Callable[[T], R], part: Sequence[T]) -> list[R]:
+    return [fn(i) for i in part]
 
 
-def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R]:
-    """:func:`map_forked` without ``received``: every process takes the next index from a shared pipe."""
+_MAX_QUEUED = 1 << 18  # indices a queue may hold (1 MiB: Linux's usual pipe-max-size)
+
+
+def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R] | None:
+    """:func:`map_forked` without ``received``: every process takes the next index from a shared pipe.
+
+    None where the indices do not fit in a pipe (too many, or the system keeps pipes small):
+    they are written before anyone reads, so they must fit whole.
+    """
+    if len(items) > _MAX_QUEUED:
+        return None
+    indices = np.arange(len(items), dtype="<i4").tobytes()
     queue_r, queue_w = os.pipe()
     try:
         try:
-            os.write(queue_w, np.arange(len(items), dtype="<i4").tobytes())
+            if len(indices) > fcntl.fcntl(queue_w, fcntl.F_GETPIPE_SZ):
+                fcntl.fcntl(queue_w, fcntl.F_SETPIPE_SZ, len(indices))
+            os.set_blocking(queue_w, False)  # a short write means it did not fit after all
+            if os.write(queue_w, indices) != len(indices):
+                return None
+        except OSError:  # F_SETPIPE_SZ refused (over pipe-max-size, or this user's pipe quota), or a full pipe
+            return None
         finally:
             os.close(queue_w)  # every reader sees the end once the indices are taken
         done: dict[int, R] = {}
@@ -160,15 +178,12 @@ def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R
                 out[i] = fn(items[i])
             return out
 
-        def mine(here: list[int]) -> None:
-            done.update(take())
-
-        def accept(c: int, result: dict[int, R] | None) -> None:
+        def accept(c: int, result: object) -> None:
             if result is not None:
-                done.update(result)
+                done.update(result)  # type: ignore[call-overload]
 
-        _run_children([take] * (n_jobs - 1), mine, accept, offset=0)
-        for i in range(len(items)):  # the items of a child that failed
+        _run_children([take] * (n_jobs - 1), lambda: done.update(take()), accept)
+        for i in range(len(items)):  # the items a failed child had taken
             if i not in done:
                 done[i] = fn(items[i])
         return [done[i] for i in range(len(items))]
@@ -178,70 +193,105 @@ def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R
 
 def _run_children(
     work: list[Callable[[], object]],
-    mine: Callable[[list[int]], None],
+    mine: Callable[[], None],
     accept: Callable[[int, object], None],
-    offset: int,
 ) -> None:
-    """Fork a child for each of ``work``, run ``mine`` (given the indices, plus ``offset``, of the work no child
-    could be made for: this process does it), then ``accept(index, result or None)`` for each child in turn.
-    Leaves no child behind, whatever is raised."""
-    children: list[list] = []  # [pid, read end (-1 once a file object owns it), index]
+    """Fork a child for each of ``work`` (as many as can be made), run ``mine`` here, then call
+    ``accept(index, its result, or None if it failed)`` for each child in turn; the work no child could be made
+    for is left to the caller. No child is left behind and no descriptor left open, whatever is raised here.
+    """
+    children: list[list[int]] = []  # [pid, read end or -1 once closed, index]
     try:
-        here = [0] if offset else []
         for c, job in enumerate(work):
-            child = _fork(job)
-            if child is None:  # no more children to be had: this process does the rest
-                here.extend(range(c + offset, len(work) + offset))
+            # signals wait while a child is made and recorded: a Ctrl-C at that moment could otherwise
+            # raise in the child before it is inside its own guard, or leave a child no one knows of
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            try:
+                child = _fork(job, blocked)
+                if child is not None:
+                    children.append([*child, c])
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if child is None:  # no more children to be had
                 break
-            children.append([*child, c])
-        mine(here)
+        mine()
         while children:
             pid, read_end, c = children[0]
-            pipe = os.fdopen(read_end, "rb")
+            payload = _read_all(read_end)
             children[0][1] = -1
-            with pipe:
-                payload = pipe.read()
-            _, status = os.waitpid(pid, 0)
+            os.close(read_end)
+            _reap(pid)
             children.pop(0)
-            accept(c, pickle.loads(payload) if status == 0 else None)
+            accept(c, _unframe(payload))
     finally:
-        for pid, read_end, _ in children:  # this process raised (or was interrupted): leave no child behind
+        for child in children:  # this process raised (or was interrupted): leave no child behind
+            pid, read_end, _ = child
             try:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ChildProcessError, ProcessLookupError):
+            except ProcessLookupError:
                 pass
+            _reap(pid)
             if read_end >= 0:
-                os.close(read_end)
+                child[1] = -1
+                try:
+                    os.close(read_end)
+                except OSError:
+                    pass
 
 
-def _fork(job: Callable[[], object]) -> tuple[int, int] | None:
-    """A child running ``job()`` and writing its result, pickled, to a pipe: (its pid, the read end).
+def _fork(job: Callable[[], object], mask: set) -> tuple[int, int] | None:
+    """A child running ``job()`` and writing its result, pickled and framed, to a pipe: (its pid, the read end).
 
-    None where no child can be made (out of file descriptors, memory or processes).
+    Called with signals blocked; the child restores ``mask`` once it is inside its guard. None where no
+    child can be made (out of file descriptors, memory or processes).
     """
+    global _IN_CHILD
     try:
         read_end, write_end = os.pipe()
     except OSError:
         return None
     try:
         pid = os.fork()
-    except OSError:
+    except BaseException as exc:
         os.close(read_end)
         os.close(write_end)
-        return None
+        if isinstance(exc, OSError):  # no memory or processes left for a child
+            return None
+        raise
     if pid == 0:  # the child: compute, send, and never return into the caller's code
-        global _IN_CHILD
-        _IN_CHILD = True
         status = 1
         try:
+            _IN_CHILD = True
             os.close(read_end)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child, not a handler
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child, not a Python handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             payload = pickle.dumps(job(), protocol=pickle.HIGHEST_PROTOCOL)
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(payload)
+            view = memoryview(len(payload).to_bytes(8, "little") + payload)
+            while view:
+                view = view[os.write(write_end, view) :]
             status = 0
         finally:
             os._exit(status)
     os.close(write_end)
     return pid, read_end
+
+
+def _read_all(fd: int) -> bytes:
+    pieces = []
+    while piece := os.read(fd, 1 << 20):
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _unframe(payload: bytes) -> object:
+    """A child's result from its framed payload; None where it did not send all of it (it failed)."""
+    if len(payload) < 8 or int.from_bytes(payload[:8], "little") != len(payload) - 8:
+        return None
+    return pickle.loads(payload[8:])
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped already (SIGCHLD ignored, or a handler that reaps)
+        pass
