@@ -5,12 +5,17 @@ Threads running them hand the GIL back and forth at every call: on the 2-core ma
 threads ran a pass at 0.8-1.1x the speed of one (each BLAS call and ufunc alone scaled to
 1.9x), while two processes ran the same pass at 1.8-1.9x. A child made by ``fork`` shares
 the rows copy-on-write (they are only read, so nothing is copied) and sends back only its
-per-chunk sums, a few hundred bytes a chunk.
+per-chunk sums (P x K numbers a chunk: 672 bytes for K = 4 on D = 5 features). A pass that
+writes memberships or scores has the children write their rows to shared memory, copied
+into the output afterwards: up to (n_jobs - 1) / n_jobs of the output's size again, for the
+length of the pass.
 
 Forking is used only where it is safe and pays: on Linux, in a process with no other
 Python thread (a thread holding a lock at the moment of the fork could leave it locked in
 the child: a Dask worker, a picture writer), for passes of at least :data:`FORK_MIN_ROWS`
-rows (a fork costs a few milliseconds). Elsewhere the callers use threads.
+rows (a fork costs a few milliseconds). Elsewhere the callers use threads. Threads that
+Python does not know of are not counted: the passes run BLAS on one thread
+(:func:`segsoft.mixture.one_blas_thread`), and OpenBLAS makes its pool safe across a fork.
 """
 
 from __future__ import annotations
