@@ -10,7 +10,9 @@ threads fall apart when the machine is busy (20x quiet, 64-81x under load), so
 its one-thread time is the steadier reference. ``segsoft-2t`` is segsoft's
 passes on two workers (``n_jobs=2``: a forked child process takes half of each
 fitting pass, see ``segsoft.mixture.forked``; still one BLAS thread each); its "vs 1t"
-column is segsoft's one-thread seconds over its own. "cpu/iter" is the process's CPU seconds an
+column is segsoft's one-thread seconds over its own. Below each size, "an EM iteration alone" is
+segsoft's fit less a fit of half as many iterations from the same start, over the difference in
+iterations: the start, the centring pass and the final memberships pass drop out. "cpu/iter" is the process's CPU seconds an
 iteration, its forked children's included (for one thread, what a shared machine's wall clock inflates least).
 
 The same run measures this machine's floor: dgemm GFLOP/s on one thread (numpy
@@ -142,6 +144,7 @@ def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) 
 
         jobs = 2 if method.endswith("-2t") else 1
         gm = GaussianMixture(K, max_iter=ITERS, tol=0.0, n_jobs=jobs).fit(X, means_init=means0)
+        fit_seconds = time.perf_counter() - start
         _, ll = gm.predict_proba_and_score(X)
         iters = gm.n_iter_
     elif method == "opencv":
@@ -217,10 +220,18 @@ def _run_one(method: str, megapixels: float, X: np.ndarray, means0: np.ndarray) 
     if method not in ("sklearn", "opencv"):
         elapsed = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start  # the untimed scoring of sklearn/opencv included: a bound
+    em_iter = None
+    if method in ("segsoft", "segsoft-2t", *BASELINE):
+        # the iterations alone: this fit less one of half as many iterations, from the same start (what the
+        # start, the centring pass and the final memberships pass cost drops out)
+        t = time.perf_counter()
+        GaussianMixture(K, max_iter=ITERS // 2, tol=0.0, n_jobs=jobs).fit(X, means_init=means0)
+        em_iter = (fit_seconds - (time.perf_counter() - t)) / (ITERS - ITERS // 2)
     return {
         "method": method,
         "mp": megapixels,
         "seconds": elapsed,
+        "em_iter": em_iter,
         "cpu": cpu,
         "rows": int(X.shape[0]),
         "iters": iters,
@@ -377,6 +388,13 @@ def main() -> None:
                     f"{mp:>5} {r['method']:<12} {r['seconds']:>8.2f} {per_iter:>8.3f} {r['cpu'] / r['iters']:>8.3f} "
                     f"{floor_s:>7} {times:>7} {gain:>6} {r['peak_mib']:>9.0f} {ll:>16} {diff:>10} {speed:>9}"
                 )
+        ours = [m for m in ("segsoft", "segsoft-2t", "base", "base-2t") if m in rows]
+        if ours:
+            alone = ", ".join(f"{m} {rows[m]['em_iter']:.3f} s" for m in ours)
+            two = ""
+            if "segsoft" in rows and "segsoft-2t" in rows:
+                two = f"; two workers {rows['segsoft']['em_iter'] / rows['segsoft-2t']['em_iter']:.2f}x"
+            print(f"# {mp:g} MP, an EM iteration alone ({ITERS} less {ITERS // 2} iterations): {alone}{two}")
         sys.stdout.flush()
         if args.baseline:
             for ours, theirs in (("segsoft", "base"), ("segsoft-2t", "base-2t")):
