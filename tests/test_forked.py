@@ -261,3 +261,23 @@ def test_no_child_to_be_had_means_the_work_is_done_here(monkeypatch, fail_at):
     for pid in made:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def test_out_of_descriptors_means_the_work_is_done_here(monkeypatch):
+    def no_pipe():
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "pipe", no_pipe)
+    fds = _open_fds()
+    assert forked.map_forked(lambda i: i * 3, range(7), 3) == [i * 3 for i in range(7)]
+    assert forked.map_forked(lambda i: i * 3, range(7), 3, received=lambda part: None) == [i * 3 for i in range(7)]
+    assert _open_fds() == fds
+
+
+def test_signals_are_not_left_blocked():
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    forked.map_forked(lambda i: i, range(5), 3)
+    forked.map_forked(lambda i: i, range(5), 3, received=lambda part: None)
+    with pytest.raises(ValueError, match="bad"):
+        forked.map_forked(lambda i: (_ for _ in ()).throw(ValueError("bad")), range(5), 2)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

@@ -20,6 +20,7 @@ Python does not know of are not counted: the passes run BLAS on one thread
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import itertools
@@ -29,7 +30,7 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -156,24 +157,30 @@ _MAX_QUEUED = 1 << 18  # indices a queue may hold (1 MiB: Linux's usual pipe-max
 def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R] | None:
     """:func:`map_forked` without ``received``: every process takes the next index from a shared pipe.
 
-    None where the indices do not fit in a pipe (too many, or the system keeps pipes small):
-    they are written before anyone reads, so they must fit whole.
+    None where the indices do not fit in a pipe (too many, or the system keeps pipes small:
+    they are written before anyone reads, so they must fit whole) or no pipe can be had.
     """
     if len(items) > _MAX_QUEUED:
         return None
     indices = np.arange(len(items), dtype="<i4").tobytes()
-    queue_r, queue_w = os.pipe()
+    fds: list[int] = []  # the queue's read and write ends, -1 once closed
     try:
+        with _signals_held():  # made and recorded at once: an interrupt cannot leak them
+            try:
+                fds.extend(os.pipe())
+            except OSError:  # out of descriptors
+                return None
+        queue_r, queue_w = fds
         try:
             if len(indices) > fcntl.fcntl(queue_w, fcntl.F_GETPIPE_SZ):
                 fcntl.fcntl(queue_w, fcntl.F_SETPIPE_SZ, len(indices))
             os.set_blocking(queue_w, False)  # a short write means it did not fit after all
-            if os.write(queue_w, indices) != len(indices):
-                return None
+            fits = os.write(queue_w, indices) == len(indices)
         except OSError:  # F_SETPIPE_SZ refused (over pipe-max-size, or this user's pipe quota), or a full pipe
+            fits = False
+        _close(fds, 1)  # every reader sees the end once the indices are taken
+        if not fits:
             return None
-        finally:
-            os.close(queue_w)  # every reader sees the end once the indices are taken
         done: dict[int, R] = {}
 
         def take() -> dict[int, R]:
@@ -193,7 +200,8 @@ def _map_queued(fn: Callable[[T], R], items: Sequence[T], n_jobs: int) -> list[R
                 done[i] = fn(items[i])
         return [done[i] for i in range(len(items))]
     finally:
-        os.close(queue_r)
+        for j in range(len(fds)):
+            _close(fds, j)
 
 
 def _run_children(
@@ -203,45 +211,71 @@ def _run_children(
 ) -> None:
     """Fork a child for each of ``work`` (as many as can be made), run ``mine`` here, then call
     ``accept(index, its result, or None if it failed)`` for each child in turn; the work no child could be made
-    for is left to the caller. No child is left behind and no descriptor left open, whatever is raised here.
+    for is left to the caller. No child is left behind and no descriptor left open, whatever is raised here:
+    each step that makes, records or forgets a child or a descriptor runs with signals held.
     """
-    children: list[list[int]] = []  # [pid, read end or -1 once closed, index]
+    children: list[list[int]] = []  # [pid, read end, index]
     try:
         for c, job in enumerate(work):
-            # signals wait while a child is made and recorded: a Ctrl-C at that moment could otherwise
-            # raise in the child before it is inside its own guard, or leave a child no one knows of
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            try:
-                child = _fork(job, blocked)
+            # a Ctrl-C while a child is made could otherwise raise in the child before it is inside
+            # its own guard, or leave a child no one knows of
+            with _signals_held() as mask:
+                child = _fork(job, mask)
                 if child is not None:
                     children.append([*child, c])
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if child is None:  # no more children to be had
                 break
         mine()
         while children:
             pid, read_end, c = children[0]
             payload = _read_all(read_end)
-            children[0][1] = -1
-            os.close(read_end)
-            _reap(pid)
-            children.pop(0)
+            with _signals_held():
+                children.pop(0)
+                os.close(read_end)
+                _reap(pid)
             accept(c, _unframe(payload))
     finally:
-        for child in children:  # this process raised (or was interrupted): leave no child behind
-            pid, read_end, _ = child
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(pid)
-            if read_end >= 0:
-                child[1] = -1
+        with _signals_held():  # a second Ctrl-C waits until every child is gone
+            for pid, read_end, _ in children:  # this process raised (or was interrupted)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _reap(pid)
                 try:
                     os.close(read_end)
                 except OSError:
                     pass
+            children.clear()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[set]:
+    """Signals wait (are blocked in this thread) inside and are delivered on leaving; yields the mask to restore
+    in a child.
+
+    The first call changes nothing, so a Python handler that raises in it (handlers of signals
+    already pending run on return from ``pthread_sigmask``) leaves nothing blocked. The mask is
+    this thread's: a signal the kernel hands to a native thread that does not block it (one of
+    OpenBLAS's) still has its Python handler run here at the next bytecode. A Ctrl-C landing
+    so can leak a pipe's two descriptors or, rarer still, a child no one reads, which ends when
+    this process does (in a storm of raising SIGALRMs: 9 pipes in 39,000 interrupted passes).
+    The child itself is safe: it starts with signals blocked and Python's pending ones cleared.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        yield old
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _close(fds: list[int], j: int) -> None:
+    """Close ``fds[j]`` once (marked -1), with signals held so an interrupt cannot split the two."""
+    with _signals_held():
+        if fds[j] >= 0:
+            fd, fds[j] = fds[j], -1
+            os.close(fd)
 
 
 def _fork(job: Callable[[], object], mask: set) -> tuple[int, int] | None:
