@@ -777,12 +777,14 @@ class _EMBase:
         step = size * _group_chunks(size, n_chunks, 1 if fork else n_jobs)
         local = threading.local()
         starts = range(0, n, step)
-        parts = forked.split(starts, n_jobs) if fork else []
-        child0 = parts[1][0] if len(parts) > 1 else n  # the children's rows: child0 onwards
+        # a forked pass that writes memberships or scores: the children take the runs after the first of
+        # forked.split (rows child0 onwards), write them to shared memory, and `received` copies them over
+        writes = fork and (resp_out is not None or score_out is not None)
+        child0 = forked.split(starts, n_jobs)[1][0] if writes else n
         child_resp = child_score = None
-        if fork and resp_out is not None:
+        if writes and resp_out is not None:
             child_resp = forked.shared_array((n - child0, k), resp_out.dtype)
-        if fork and score_out is not None:
+        if writes and score_out is not None:
             child_score = forked.shared_array((n - child0,), score_out.dtype)
 
         def outputs() -> tuple[np.ndarray | None, np.ndarray | None, int]:
@@ -868,8 +870,8 @@ class _EMBase:
             with np.errstate(divide="ignore", over="ignore", invalid="ignore") if shift is not None else _NO_CONTEXT:
                 results = [r for s0 in starts for r in work(s0)]
         elif fork:
-            copy = received if resp_out is not None or score_out is not None else None  # else: the queue
-            results = [r for part in forked.map_forked(task, starts, n_jobs, copy) for r in part]
+            parts = forked.map_forked(task, starts, n_jobs, received if writes else None)
+            results = [r for part in parts for r in part]
         else:
             # numpy releases the GIL in BLAS and ufuncs; partial sums are added
             # in chunk order, so the result does not depend on thread timing

@@ -132,7 +132,7 @@ def map_forked(
     done: dict[int, list[R]] = {}
 
     def mine() -> None:
-        done[0] = [fn(i) for i in parts[0]]
+        done[0] = _run_part(fn, parts[0])
 
     def accept(c: int, result: object) -> None:
         if result is not None:
@@ -143,7 +143,7 @@ def map_forked(
     _run_children([functools.partial(_run_part, fn, part) for part in parts[1:]], mine, accept)
     for j in range(1, len(parts)):  # the parts of children that failed, or that no child could be made for
         if j not in done:
-            done[j] = [fn(i) for i in parts[j]]
+            done[j] = _run_part(fn, parts[j])
     return [r for j in range(len(parts)) for r in done[j]]
 
 
