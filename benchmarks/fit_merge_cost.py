@@ -51,6 +51,13 @@ Variants of the fit (the defaults are the procedure above):
     sweep), so that a gain from keeping more regions shows.
 ``--swap``
     fit on the odd-index half and cut on the even one (a cross-check).
+``--cross``
+    cross-fitting: the weights are fitted on each half in turn and the
+    other half is scored under them, so the cut is chosen on all 200
+    images, each scored by a fit that never saw it; the final weights are
+    then fitted on all 200 (twice the pairs). With ``--baseline`` the
+    current constants are scored on all 200 too, half of them the images
+    they were fitted on (so the comparison favours them).
 ``--table``
     an .npz to write the per-image score tables into (``ids``, ``grid``,
     ``fit`` and, with ``--baseline``, ``base_grid``, ``base``: images x
@@ -276,6 +283,9 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help=".npz for the per-image score tables")
     parser.add_argument("--memo", type=Path, help="folder keeping the workers' answers between runs")
     parser.add_argument("--swap", action="store_true", help="fit on the odd half, cut on the even one")
+    parser.add_argument(
+        "--cross", action="store_true", help="cut on both halves, each under the other's fit; final fit on both"
+    )
     args = parser.parse_args()
     if "val" in args.data.name:
         raise SystemExit("fit on bsds-train only: val is for the final report")
@@ -299,20 +309,35 @@ def main() -> None:
     compare = args.baseline or args.cut == "voi"
     start = time.perf_counter()
     with Pool(args.jobs) as pool:
-        rounds, weights = [], None
-        for r in range(args.rounds):
-            work = [("collect", args.memo, args.data, i, args.cache, weights) for i in fit_ids]
-            met = pool.map(kept, work, chunksize=2)
-            rounds.append(np.concatenate(
-                [sample(m, i, args.pairs, args.weight, args.late) for m, i in zip(met, fit_ids)]
-            ))  # fmt: skip
-            weights = fit(np.concatenate(rounds))
-            print(
-                f"# round {r}: {len(rounds[-1])} pairs from {len(fit_ids)} images; weights {np.round(weights, 4).tolist()}"
-            )
-        work = [("score", args.memo, args.data, i, args.cache, weights, thresholds, most) for i in cut_ids]
-        tables = {"ids": np.array(cut_ids), "grid": np.array(thresholds)}
-        tables["fit"] = np.stack(pool.map(kept, work, chunksize=2))  # images, thresholds, 5
+
+        def fit_on(fit_ids: list[str]) -> np.ndarray:
+            rounds, weights = [], None
+            for r in range(args.rounds):
+                work = [("collect", args.memo, args.data, i, args.cache, weights) for i in fit_ids]
+                met = pool.map(kept, work, chunksize=2)
+                rounds.append(np.concatenate(
+                    [sample(m, i, args.pairs, args.weight, args.late) for m, i in zip(met, fit_ids)]
+                ))  # fmt: skip
+                weights = fit(np.concatenate(rounds))
+                print(f"# round {r}: {len(rounds[-1])} pairs from {len(fit_ids)} images; "
+                      f"weights {np.round(weights, 4).tolist()}")  # fmt: skip
+            return weights
+
+        def scores(cut_ids: list[str], weights: np.ndarray) -> np.ndarray:
+            work = [("score", args.memo, args.data, i, args.cache, weights, thresholds, most) for i in cut_ids]
+            return np.stack(pool.map(kept, work, chunksize=2))  # images, thresholds, 5
+
+        if args.cross:  # each half scored under the fit of the other; the final weights fitted on both
+            parts = [(fit_ids, cut_ids), (cut_ids, fit_ids)]
+            scored_parts = [scores(c, fit_on(f)) for f, c in parts]
+            cut_ids = cut_ids + fit_ids
+            fit_ids = sorted(cut_ids)
+            print(f"# the final fit, on all {len(fit_ids)} images")
+            weights = fit_on(fit_ids)
+            tables = {"ids": np.array(cut_ids), "grid": np.array(thresholds), "fit": np.concatenate(scored_parts)}
+        else:
+            weights = fit_on(fit_ids)
+            tables = {"ids": np.array(cut_ids), "grid": np.array(thresholds), "fit": scores(cut_ids, weights)}
         curve = summary(tables["fit"])  # 4, thresholds
         scored = ~np.isnan(curve).any(axis=0)
         thresholds, curve = tuple(np.asarray(thresholds)[scored].tolist()), curve[:, scored]
@@ -337,7 +362,8 @@ def main() -> None:
     j = int(np.argmax(np.where(allowed, curve[0], -np.inf)))
     best = thresholds[j]
     rule = "best PRI" if args.cut == "pri" else f"best PRI with VoI <= {base_cut[1]:.4f}"
-    print(f"# {rule} on the {len(cut_ids)} other train images at P(different) = {best}; "
+    where = "train images, each under the other half's fit" if args.cross else "other train images"
+    print(f"# {rule} on the {len(cut_ids)} {where} at P(different) = {best}; "
           f"{time.perf_counter() - start:.0f} s")  # fmt: skip
     print(line("fit, chosen cut", curve[:3, j], curve[3, j]))
     if compare:
