@@ -40,3 +40,15 @@ __all__ = [
     "run_batch",
     "segment",
 ]
+
+# Modules not imported above load on first use, so ``segsoft.report.write_report(...)`` works after a plain
+# ``import segsoft`` without making that import slower.
+_LAZY_MODULES = frozenset({"boundaries", "cluster", "contours", "evaluate", "regions", "render", "report", "spatial"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

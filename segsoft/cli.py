@@ -239,6 +239,8 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
         ("seconds", f"{seconds:.2f}"),
         ("output", str(folder)),
     ]
+    if seg.bic is None:  # fuzzy c-means: no likelihood, so no BIC (the README says so)
+        rows = [row for row in rows if row[0] != "BIC"]
     if regions is not None:
         count = int(seg.regions(regions).max()) + 1
         rows.insert(-2, ("regions", f"{count}  (threshold {regions:g}; regions.png)"))
@@ -383,7 +385,8 @@ _OPTIONS: dict[str, tuple[Any, Any, str]] = {  # name: (type, typer.Option, Segm
         typer.Option(
             False,
             "--regions",
-            help="Also write regions.png and regions.npy: connected segments merged along weak boundaries.",
+            help="Also write regions.png and regions.npy (connected segments merged along weak boundaries), "
+            "boundaries.png and ucm.npy (every merge level).",
         ),
         "regions",
     ),
@@ -485,6 +488,11 @@ _ONLY_WITH: dict[str, tuple[Callable[[dict[str, Any]], bool], str, str]] = {
     "beta": (lambda v: v.get("model", "gmm") == "soft-kmeans", "--beta", "--model soft-kmeans"),
     "m": (lambda v: v.get("model", "gmm") == "fcm", "-m/--fuzzifier", "--model fcm"),
     "covariance": (lambda v: v.get("model", "gmm") == "gmm", "--covariance", "--model gmm"),
+    "probabilities_dtype": (
+        lambda v: str(v.get("probabilities", "npy")).strip().lower() != "none",
+        "--probabilities-dtype",
+        "--probabilities npy or tiff (none writes no memberships)",
+    ),
 }
 _CHOICE_FIELDS = ("color", "model", "covariance", "criterion", "palette")  # case-insensitive on the command line
 _OUTPUT_ONLY = ("alpha", "cmap", "palette", "probabilities", "probabilities_dtype")

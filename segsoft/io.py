@@ -27,6 +27,9 @@ states no 32-bit type     data in Pillow's 32-bit container); else as
 F (32-bit float), float   kept if the max is <= 1, else ``/ max``;      32
 grey or colour TIFF of    negatives clipped to 0; NaN/inf rejected
 any precision
+float grey or colour      kept; up to FLOAT_SLACK (0.1) outside         32
+array or .npy             [0, 1] clipped, further out an error (a
+                          0-255 float array is refused, not clipped)
 float multiband (any C    as stored (float32), no clipping or           32
 but grey, RGB, RGBA;      scaling; a pixel with NaN/inf in any band
 TIFF, .npy, array)        is masked out (nodata)
@@ -140,6 +143,9 @@ IMAGE_EXTENSIONS = frozenset(
 #: NumPy arrays found in folders and patterns as images too (an (H, W) or (H, W, C) stack),
 #: except the names segsoft itself writes into an output folder.
 ARRAY_EXTENSIONS = frozenset({".npy", ".npz"})
+# Float grey and colour arrays are taken to be in [0, 1]; what lies this far outside (the overshoot of a resampling
+# filter) is clipped, anything beyond is refused: a 0-255 array clipped to [0, 1] would be read as a white picture.
+FLOAT_SLACK = 0.1
 _OUTPUT_ARRAYS = frozenset({"probabilities.npy", "regions.npy", "labels.npy"})
 
 # What Pillow's decoders raise on damaged data: they are not consistent, so the
@@ -400,7 +406,9 @@ class Image:
             Any integer dtype (its full range maps to [0, 1]: uint8 is
             divided by 255, uint16 by 65535, signed types are shifted by
             their minimum first; see the module docstring), bool, or float
-            (grey, RGB and RGBA: taken to be in [0, 1] and clipped to it).
+            (grey, RGB and RGBA: in [0, 1]; values up to :data:`FLOAT_SLACK`
+            outside it, a resampling filter's overshoot, are clipped, and
+            anything further out, such as 0-255 floats, is an error).
             C = 1 is grey, 3 is RGB, 4 is RGBA (pixels where alpha maps to
             0 are masked out); any other C is a multiband image, shown
             through :func:`display_composite`, whose float values are kept
@@ -418,8 +426,8 @@ class Image:
         ------
         SegsoftError
             For an unsupported dtype (complex, object, ...) or shape, NaN or
-            infinite values in a grey or colour image, no pixels, or no
-            pixel left to use.
+            infinite values in a grey or colour image, float grey or colour
+            values outside [0, 1], no pixels, or no pixel left to use.
 
         Examples
         --------
@@ -624,6 +632,15 @@ def _array_image(
             a = cast
         elif not finite.all():
             raise SegsoftError(f"{where} contains NaN or infinite values")
+        elif a.size:
+            lo, hi = float(a.min()), float(a.max())
+            if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+                # clipping would keep a 0-255 picture as a white one: a wrong answer with no sign of it
+                what = "grey" if kind.startswith("gray") else "colour"
+                raise SegsoftError(
+                    f"{where if name else 'array:'} float {what} values must lie in [0, 1], these span "
+                    f"{lo:.4g} to {hi:.4g} (divide 0-255 data by 255, or give it as uint8)"
+                )
         bit_depth = 32
     elif a.dtype.kind in "biu":
         a, bit_depth = _int_unit(a, sixteen_in_32)
@@ -1071,7 +1088,12 @@ _READABLE_MAGIC = (
     (lambda h: h[:2] == b"BM" and len(h) >= 14 and h[6:10] == b"\x00\x00\x00\x00", "BMP"),
 )
 # What a plugin says when it does not recognise the data at all: no help to the user
-_VAGUE = re.compile(r"not identified by this driver|^not an? \w+ file$", re.IGNORECASE)
+# reasons that say nothing to a user: the generic one is given instead (struct's "unpack_from requires a buffer
+# of at least 2 bytes ..." is Python's own text for a header cut short)
+_VAGUE = re.compile(
+    r"not identified by this driver|^not an? \w+ file$|unpack_from requires|unpack requires|buffer of at least",
+    re.IGNORECASE,
+)
 
 
 def _damaged(f: BinaryIO, head: bytes) -> str | None:
@@ -1208,9 +1230,7 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
             s, axes, shape, band, frame, _ = plan
             h, w = shape[axes.index("Y")], shape[axes.index("X")]
             if max_pixels is not None and h * w > max_pixels:
-                raise SegsoftError(
-                    _too_many(name, w, h, max_pixels)
-                )
+                raise SegsoftError(_too_many(name, w, h, max_pixels))
             p0 = s.pages[0] if s.pages and s.pages[0] is not None else tif.pages[0]
             arr = s.asarray()
             # frames first, then rows, columns and the bands (C before S: channels of RGB samples)
@@ -1251,6 +1271,7 @@ def _read_tiff(f: BinaryIO, path: Path, name: str, max_pixels: int | None, page:
         top = float(arr.max()) if arr.size else 1.0
         # as for Pillow's mode F; divided before the cast so that float64 beyond float32's range stays finite
         arr = (arr / top if top > 1.0 else arr).astype(np.float32)
+        np.maximum(arr, 0.0, out=arr)  # negatives clipped to 0, as the module docstring says
     # the file states its sample type, so an int32 TIFF maps by the int32 range whatever its values
     image = _array_image(arr, name=name, kind=kind, band_names=names)
     image.path = path
@@ -1314,9 +1335,7 @@ def _load_npy(fp: BinaryIO, size: int, name: str, max_pixels: int | None) -> np.
         raise SegsoftError(f"{name}: an array of shape {shape} is not an image (expected (H, W) or (H, W, C))")
     h, w = shape[0], shape[1]
     if max_pixels is not None and h * w > max_pixels:
-        raise SegsoftError(
-            _too_many(name, w, h, max_pixels)
-        )
+        raise SegsoftError(_too_many(name, w, h, max_pixels))
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = size - fp.tell()
     if have != need:
@@ -1506,9 +1525,7 @@ def _from_pil(
 ) -> Image:
     w, h = pil.size
     if max_pixels is not None and w * h > max_pixels:
-        raise SegsoftError(
-            _too_many(name, w, h, max_pixels)
-        )
+        raise SegsoftError(_too_many(name, w, h, max_pixels))
     if w <= 0 or h <= 0:
         raise SegsoftError(f"{name}: image has no pixels ({w}x{h})")
     mode = pil.mode

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -24,6 +29,16 @@ def two_fields(values_a, values_b, h: int = 24, w: int = 30, seed: int = 0):
 def agreement(labels, truth) -> float:
     same = float(np.mean(labels == truth))
     return max(same, 1.0 - same)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-m", "segsoft", *map(str, args)], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def error(call) -> str:
@@ -62,12 +77,21 @@ def test_float_bands_of_thousands_are_not_a_constant_band(tmp_path):
     assert seg.probabilities.shape == (16, 16, 2)
 
 
-def test_colour_and_grey_floats_keep_their_clipping(tmp_path):
+def test_colour_and_grey_floats_clip_an_overshoot_and_refuse_other_ranges(tmp_path):
     rgb = np.full((4, 4, 3), 0.5, np.float32)
-    rgb[0, 0] = (-1.0, 2.0, 0.25)
+    rgb[0, 0] = (-0.05, 1.08, 0.25)  # a resampling filter's overshoot: clipped
     img = Image.from_array(rgb)
     assert img.pixels[0, 0].tolist() == [0.0, 1.0, 0.25] and img.is_color
     assert "NaN or infinite" in error(lambda: Image.from_array(np.array([[0.5, np.nan]], np.float32)))
+    # 0-255 floats clipped to [0, 1] would be a white picture: refused, saying what to do
+    msg = error(lambda: Image.from_array(rgb * 255))
+    assert msg.startswith("array: float colour values must lie in [0, 1], these span -12.75 to 275.4")
+    assert "divide 0-255 data by 255" in msg
+    assert "float grey values" in error(lambda: Image.from_array(np.array([[0.5, -0.2]], np.float32)))
+    np.save(tmp_path / "f255.npy", rgb * 255)
+    r = cli("run", tmp_path / "f255.npy", "-k", "2", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"segsoft: error: {tmp_path / 'f255.npy'}: " + msg.removeprefix("array: ")
 
 
 def test_nan_pixels_are_masked_and_not_clustered(tmp_path):
@@ -86,7 +110,10 @@ def test_nan_pixels_are_masked_and_not_clustered(tmp_path):
         seg = segsoft.segment(tmp_path / name, k=2, seed=0)
         assert np.isnan(seg.probabilities[nodata]).all()
         assert np.isfinite(seg.probabilities[~nodata]).all()
-        assert np.mean(seg.labels[~nodata] == truth[~nodata]) in (pytest.approx(1.0, abs=0.01), pytest.approx(0.0, abs=0.01))
+        assert np.mean(seg.labels[~nodata] == truth[~nodata]) in (
+            pytest.approx(1.0, abs=0.01),
+            pytest.approx(0.0, abs=0.01),
+        )
 
 
 def test_nan_combines_with_a_given_mask():

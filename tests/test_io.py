@@ -436,9 +436,11 @@ def test_from_array_dtypes_and_shapes():
     assert img.bit_depth == 8
     np.testing.assert_array_equal(img.pixels[0, :, 0], [1.0, 0.0])
 
-    img = Image.from_array(np.array([[[-0.5], [0.25], [1.5]]]))
+    img = Image.from_array(np.array([[[-0.05], [0.25], [1.05]]]))  # an overshoot of up to FLOAT_SLACK: clipped
     assert img.bit_depth == 32 and img.is_gray and img.pixels.shape == (1, 3, 3)
     np.testing.assert_array_equal(img.pixels[0, :, 1], [0.0, 0.25, 1.0])
+    with pytest.raises(SegsoftError, match=r"float grey values must lie in \[0, 1\], these span -0.5 to 1.5"):
+        Image.from_array(np.array([[[-0.5], [0.25], [1.5]]]))
     check_layout(img)
 
 
