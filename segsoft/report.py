@@ -422,6 +422,12 @@ def _read_summary(path: Path, out: Path) -> list[dict[str, Any]]:
             named = by_name.get((os.path.basename(base), page), [])
             folder = named[0] if len(named) == 1 else None  # two photos of one name: no guess
         row["folder"] = folder
+        if row.get("status") == "skipped" and folder is not None:
+            # complete outputs of an earlier run (--skip-existing): the page shows what the folder holds, so the
+            # image counts as done, with the time its own run recorded
+            earlier = _record_row(out / folder, out)
+            if earlier["status"] == "ok":
+                row["status"], row["seconds"] = "ok", earlier["seconds"]
     return rows
 
 

@@ -84,3 +84,20 @@ def test_a_jpeg_cut_short_gets_a_reason_in_words(tmp_path):
     assert line == (
         f"segsoft: error: {cut}: truncated or corrupt JPEG data (the file ends early or its header is damaged)"
     )
+
+
+def test_a_report_remade_after_a_skip_existing_rerun_counts_what_the_folder_holds(tmp_path):
+    from segsoft.report import report_rows
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("coffee.jpg", "chelsea.jpg"):
+        (images / name).write_bytes((ROOT / "images" / name).read_bytes())
+    out = tmp_path / "out"
+    assert cli("batch", images, "-k", "2", "-q", "-o", out).returncode == 0
+    r = cli("batch", images, "-k", "2", "--skip-existing", "-o", out)
+    assert r.returncode == 0 and "0 ok, 2 skipped" in r.stdout  # the rerun itself did nothing
+    assert cli("report", out).returncode == 0
+    rows, _ = report_rows(out)
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert all(isinstance(row["seconds"], float) and row["seconds"] > 0 for row in rows)
