@@ -653,6 +653,8 @@ def run(
         _run_large(image, folder, scheduler, opts, page, quiet, save_model, report, start)
         return
     score = "score (-J)" if opts.model == "fcm" else "log-likelihood"  # c-means has no likelihood
+    if opts.smoothing:  # EM climbs the smoothed objective; the summary's log-likelihood is the plain one
+        score = "smoothed objective"
     with _sigterm_as_interrupt(), _StatusLine(quiet, image.name, score) as status:
         seg = segment(
             image,

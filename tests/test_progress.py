@@ -105,6 +105,14 @@ def test_run_shows_each_stage_and_the_iterations_on_a_terminal(photo, tmp_path):
     assert (tmp_path / "photo" / "model.json").is_file()
 
 
+def test_with_smoothing_the_status_line_names_the_objective_it_climbs(photo, tmp_path):
+    code, screen, out = _on_pty("run", photo, "-k", "3", "--smooth", "1", "-o", tmp_path)
+    assert code == 0, screen
+    assert re.search(r"fitting: iteration \d+, smoothed objective -?\d+\.\d{4}", screen), screen
+    assert "iteration 1, log-likelihood" not in screen
+    assert any(line.startswith("log-likelihood") for line in out.splitlines())  # the summary's is the plain one
+
+
 def test_status_line_names_the_fuzzy_c_means_score():
     import io
 
