@@ -51,6 +51,11 @@ Variants of the fit (the defaults are the procedure above):
     sweep), so that a gain from keeping more regions shows.
 ``--swap``
     fit on the odd-index half and cut on the even one (a cross-check).
+``--seeds``
+    the memberships the merge sees averaged over this many k=12 fits
+    (seeds 0, 1, ...; the extra ones cached as ``<id>.seed<s>.npz``), so
+    the membership distance is the mean of the fits' (1: one fit, as
+    ``segsoft`` has it today).
 ``--cross``
     cross-fitting: the weights are fitted on each half in turn and the
     other half is scored under them, so the cut is chosen on all 200
@@ -92,8 +97,16 @@ EQUAL_REGIONS = (8.7, 10.0)  # regions a picture at which fits are compared
 WEIGHTS = ("none", "pixels", "sqrt", "smaller")
 
 
-def memberships(data: Path, image_id: str, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(region colours, k=12 memberships) of one image: ``segsoft.segment(rgb, k=12, seed=0)``, cached if asked."""
+def memberships(data: Path, image_id: str, cache: Path | None, seeds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(region colours, k=12 memberships) of one image: ``segsoft.segment(rgb, k=12, seed=0)``, cached if asked.
+
+    With ``seeds`` > 1 the memberships of the fits with seeds 0 .. seeds - 1 side by side, each divided by
+    ``seeds`` (k=12 x seeds columns): the Bhattacharyya coefficient of two regions is then the mean of the fits'.
+    """
+    if seeds > 1:
+        rgb, p = memberships(data, image_id, cache)
+        extra = [_seed_memberships(data, image_id, cache, s) for s in range(1, seeds)]
+        return rgb, np.concatenate([p, *extra], axis=2) / np.float32(seeds)
     path = cache / f"{image_id}.npz" if cache else None
     if path is not None and path.exists():
         z = np.load(path)
@@ -109,6 +122,22 @@ def memberships(data: Path, image_id: str, cache: Path | None) -> tuple[np.ndarr
     if path is not None:
         np.savez(path, rgb=colours, p=p)
     return colours, p
+
+
+def _seed_memberships(data: Path, image_id: str, cache: Path | None, seed: int) -> np.ndarray:
+    """The k=12 memberships of ``segsoft.segment(rgb, k=12, seed=seed)``, cached as ``<id>.seed<seed>.npz``."""
+    path = cache / f"{image_id}.seed{seed}.npz" if cache else None
+    if path is not None and path.exists():
+        return np.load(path)["p"]
+    from PIL import Image as PILImage
+
+    import segsoft
+
+    rgb = np.asarray(PILImage.open(data / "images" / f"{image_id}.jpg").convert("RGB"))
+    p = segsoft.segment(rgb, k=12, seed=seed).probabilities.astype(np.float32)
+    if path is not None:
+        np.savez(path, p=p)
+    return p
 
 
 def _set_model(weights: np.ndarray | None) -> str:
@@ -141,12 +170,12 @@ def kept(args: tuple) -> np.ndarray:
 def collect(args: tuple) -> np.ndarray:
     """The pairs one image's agglomeration meets: rows of 7 features, the label (chance of the same segment) and
     the two sides' pixels (smaller, larger)."""
-    data, image_id, cache, weights = args
+    data, image_id, cache, weights, seeds = args
     from segsoft.evaluate import load_ground_truth
     from segsoft.regions import region_hierarchy
 
     cost = _set_model(weights)
-    rgb, p = memberships(data, image_id, cache)
+    rgb, p = memberships(data, image_id, cache, seeds)
     gts = load_ground_truth(data / "gt" / f"{image_id}.npz")
     state: dict = {}
     rows: list[tuple] = []
@@ -225,12 +254,12 @@ def fit(rows: np.ndarray) -> np.ndarray:
 def score(args: tuple) -> np.ndarray:
     """(thresholds, 5): PRI, VoI, covered pixels, scored pixels, regions of one image at each cut (nan where it
     has more than ``most`` regions)."""
-    data, image_id, cache, weights, thresholds, most = args
+    data, image_id, cache, weights, thresholds, most, seeds = args
     from segsoft.evaluate import _per_human, load_ground_truth
     from segsoft.regions import region_hierarchy
 
     cost = _set_model(weights)
-    rgb, p = memberships(data, image_id, cache)
+    rgb, p = memberships(data, image_id, cache, seeds)
     gts = load_ground_truth(data / "gt" / f"{image_id}.npz")
     hierarchy = region_hierarchy(rgb, p, cost=cost)
     out = []
@@ -283,6 +312,7 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help=".npz for the per-image score tables")
     parser.add_argument("--memo", type=Path, help="folder keeping the workers' answers between runs")
     parser.add_argument("--swap", action="store_true", help="fit on the odd half, cut on the even one")
+    parser.add_argument("--seeds", type=int, default=1, help="memberships averaged over this many EM seeds")
     parser.add_argument(
         "--cross", action="store_true", help="cut on both halves, each under the other's fit; final fit on both"
     )
@@ -313,7 +343,7 @@ def main() -> None:
         def fit_on(fit_ids: list[str]) -> np.ndarray:
             rounds, weights = [], None
             for r in range(args.rounds):
-                work = [("collect", args.memo, args.data, i, args.cache, weights) for i in fit_ids]
+                work = [("collect", args.memo, args.data, i, args.cache, weights, args.seeds) for i in fit_ids]
                 met = pool.map(kept, work, chunksize=2)
                 rounds.append(np.concatenate(
                     [sample(m, i, args.pairs, args.weight, args.late) for m, i in zip(met, fit_ids)]
@@ -324,7 +354,9 @@ def main() -> None:
             return weights
 
         def scores(cut_ids: list[str], weights: np.ndarray) -> np.ndarray:
-            work = [("score", args.memo, args.data, i, args.cache, weights, thresholds, most) for i in cut_ids]
+            work = [
+                ("score", args.memo, args.data, i, args.cache, weights, thresholds, most, args.seeds) for i in cut_ids
+            ]
             return np.stack(pool.map(kept, work, chunksize=2))  # images, thresholds, 5
 
         if args.cross:  # each half scored under the fit of the other; the final weights fitted on both
@@ -345,7 +377,7 @@ def main() -> None:
             own = 1 / (1 + math.exp(-(logit(MERGE_THRESHOLD) - current.LEARNED_SHIFT)))
             grid = tuple(sorted({*(FINE_THRESHOLDS if args.fine else THRESHOLDS), own}))
             now = np.r_[current.LEARNED_BIAS, current.LEARNED_WEIGHTS]
-            work = [("score", args.memo, args.data, i, args.cache, now, grid, most) for i in cut_ids]
+            work = [("score", args.memo, args.data, i, args.cache, now, grid, most, args.seeds) for i in cut_ids]
             tables["base_grid"], tables["base"] = np.array(grid), np.stack(pool.map(kept, work, chunksize=2))
             base = summary(tables["base"])
             base_cut = base[:, grid.index(own)]
