@@ -103,11 +103,17 @@ def memberships(data: Path, image_id: str, cache: Path | None, seeds: int = 1) -
     With ``seeds`` > 1 the memberships of the fits with seeds 0 .. seeds - 1 side by side, each divided by
     ``seeds`` (k=12 x seeds columns): the Bhattacharyya coefficient of two regions is then the mean of the fits'.
     """
+    colours, p = _fit(data, image_id, cache, 0)
     if seeds > 1:
-        rgb, p = memberships(data, image_id, cache)
-        extra = [_seed_memberships(data, image_id, cache, s) for s in range(1, seeds)]
-        return rgb, np.concatenate([p, *extra], axis=2) / np.float32(seeds)
-    path = cache / f"{image_id}.npz" if cache else None
+        extra = [_fit(data, image_id, cache, s)[1] for s in range(1, seeds)]
+        p = np.concatenate([p, *extra], axis=2) / np.float32(seeds)
+    return colours, p
+
+
+def _fit(data: Path, image_id: str, cache: Path | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(region colours, memberships) of ``segsoft.segment(rgb, k=12, seed=seed)``, cached as ``<id>.npz`` for
+    seed 0 and ``<id>.seed<seed>.npz`` for the others."""
+    path = cache / (f"{image_id}.npz" if seed == 0 else f"{image_id}.seed{seed}.npz") if cache else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["rgb"], z["p"]
@@ -117,27 +123,11 @@ def memberships(data: Path, image_id: str, cache: Path | None, seeds: int = 1) -
     from segsoft.segment import _region_colors
 
     rgb = np.asarray(PILImage.open(data / "images" / f"{image_id}.jpg").convert("RGB"))
-    seg = segsoft.segment(rgb, k=12, seed=0)
+    seg = segsoft.segment(rgb, k=12, seed=seed)
     colours, p = _region_colors(seg.image).astype(np.float32), seg.probabilities.astype(np.float32)
     if path is not None:
         np.savez(path, rgb=colours, p=p)
     return colours, p
-
-
-def _seed_memberships(data: Path, image_id: str, cache: Path | None, seed: int) -> np.ndarray:
-    """The k=12 memberships of ``segsoft.segment(rgb, k=12, seed=seed)``, cached as ``<id>.seed<seed>.npz``."""
-    path = cache / f"{image_id}.seed{seed}.npz" if cache else None
-    if path is not None and path.exists():
-        return np.load(path)["p"]
-    from PIL import Image as PILImage
-
-    import segsoft
-
-    rgb = np.asarray(PILImage.open(data / "images" / f"{image_id}.jpg").convert("RGB"))
-    p = segsoft.segment(rgb, k=12, seed=seed).probabilities.astype(np.float32)
-    if path is not None:
-        np.savez(path, p=p)
-    return p
 
 
 def _set_model(weights: np.ndarray | None) -> str:

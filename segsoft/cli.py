@@ -234,13 +234,11 @@ def _summary(seg: Any, folder: Path, seconds: float, regions: float | None = Non
             "score (-J)" if seg.settings.get("model") == "fcm" else "log-likelihood",  # c-means has no likelihood
             _fmt(seg.log_likelihood),
         ),
-        ("BIC", _fmt(seg.bic, ".1f")),
+        *([("BIC", _fmt(seg.bic, ".1f"))] if seg.bic is not None else []),  # fuzzy c-means has no BIC
         ("cluster sizes", _sizes(_fractions(seg))),
         ("seconds", f"{seconds:.2f}"),
         ("output", str(folder)),
     ]
-    if seg.bic is None:  # fuzzy c-means: no likelihood, so no BIC (the README says so)
-        rows = [row for row in rows if row[0] != "BIC"]
     if regions is not None:
         count = int(seg.regions(regions).max()) + 1
         rows.insert(-2, ("regions", f"{count}  (threshold {regions:g}; regions.png)"))

@@ -1087,13 +1087,10 @@ _READABLE_MAGIC = (
     # "BM" alone starts ordinary text too; a real header has zero reserved bytes
     (lambda h: h[:2] == b"BM" and len(h) >= 14 and h[6:10] == b"\x00\x00\x00\x00", "BMP"),
 )
-# What a plugin says when it does not recognise the data at all: no help to the user
-# reasons that say nothing to a user: the generic one is given instead (struct's "unpack_from requires a buffer
-# of at least 2 bytes ..." is Python's own text for a header cut short)
-_VAGUE = re.compile(
-    r"not identified by this driver|^not an? \w+ file$|unpack_from requires|unpack requires|buffer of at least",
-    re.IGNORECASE,
-)
+# Reasons that tell a user nothing, so the generic one is given instead: what a plugin says when it does not
+# recognise the data at all, and struct's "unpack_from requires a buffer of at least 2 bytes ..." (Python's own
+# text for a header cut short)
+_VAGUE = re.compile(r"not identified by this driver|^not an? \w+ file$|unpack(_from)? requires", re.IGNORECASE)
 
 
 def _damaged(f: BinaryIO, head: bytes) -> str | None:

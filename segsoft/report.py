@@ -402,6 +402,7 @@ def _read_summary(path: Path, out: Path) -> list[dict[str, Any]]:
         raise SegsoftError(f"{path}: cannot read ({exc})") from None
     by_path: dict[tuple[str, int | None], str] = {}
     by_name: dict[tuple[str, int | None], list[str]] = {}
+    seconds: dict[str, Any] = {}  # each image folder's own recorded time
     for folder in _model_folders(out):
         record = _read_record(folder / "model.json")
         image = (record or {}).get("image") or {}
@@ -411,6 +412,8 @@ def _read_summary(path: Path, out: Path) -> list[dict[str, Any]]:
         m = re.match(r"^frame_(\d+)$", folder.name)
         key_page = int(m.group(1)) if m else None
         rel = _relative(out, folder)
+        timings = record.get("timings")
+        seconds[rel] = timings.get("total") if isinstance(timings, dict) else None
         by_path.setdefault((os.path.realpath(source), key_page), rel)
         by_name.setdefault((os.path.basename(source), key_page), []).append(rel)
     for row in rows:
@@ -425,9 +428,7 @@ def _read_summary(path: Path, out: Path) -> list[dict[str, Any]]:
         if row.get("status") == "skipped" and folder is not None:
             # complete outputs of an earlier run (--skip-existing): the page shows what the folder holds, so the
             # image counts as done, with the time its own run recorded
-            earlier = _record_row(out / folder, out)
-            if earlier["status"] == "ok":
-                row["status"], row["seconds"] = "ok", earlier["seconds"]
+            row["status"], row["seconds"] = "ok", seconds[folder]
     return rows
 
 
